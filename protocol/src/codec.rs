@@ -1,0 +1,232 @@
+//! The one codec: length-prefixed bincode frames on QUIC streams.
+//!
+//! A frame is a 4-byte little-endian length followed by that many bytes of
+//! bincode (standard configuration, serde types). The length is checked
+//! against the caller's limit *before* any buffer is allocated, and bincode
+//! itself is told the same limit, so a hostile length or a nested length
+//! inside the payload cannot make us allocate more than the limit.
+//!
+//! Every protocol (tracker API, Raft, peer) uses the request/response shape
+//! built here: one bi-directional stream per request, one frame each way.
+
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Size of the length prefix.
+pub const PREFIX: usize = 4;
+
+/// Errors of reading or writing one frame.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The peer announced a frame larger than we accept.
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { len: usize, limit: usize },
+    /// The bytes did not decode as the expected message.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The message could not be encoded (a bug, or a value over the limit).
+    #[error("cannot encode frame: {0}")]
+    Encode(String),
+    /// The stream ended before a whole frame arrived.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes `msg` as one frame (prefix included).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    let mut buf = vec![0u8; PREFIX];
+    bincode::serde::encode_into_std_write(msg, &mut buf, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
+    let len = u32::try_from(buf.len() - PREFIX).map_err(|_| CodecError::Encode("frame over 4 GiB".into()))?;
+    buf[..PREFIX].copy_from_slice(&len.to_le_bytes());
+    Ok(buf)
+}
+
+/// Decodes a frame body (without prefix), refusing trailing bytes.
+pub fn decode<T: DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, CodecError> {
+    if body.len() > limit {
+        return Err(CodecError::TooLarge { len: body.len(), limit });
+    }
+    // bincode's own limit caps what a length *inside* the body may make it
+    // allocate; it must be a constant, so pick the smallest tier that still
+    // admits every legitimate frame of this limit.
+    let res = if limit <= 1 << 20 {
+        bincode::serde::decode_from_slice(body, config().with_limit::<{ 1 << 20 }>())
+    } else if limit <= 16 << 20 {
+        bincode::serde::decode_from_slice(body, config().with_limit::<{ 16 << 20 }>())
+    } else {
+        bincode::serde::decode_from_slice(body, config().with_limit::<{ 256 << 20 }>())
+    };
+    let (msg, used) = res.map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Malformed(format!("{} trailing bytes", body.len() - used)));
+    }
+    Ok(msg)
+}
+
+/// Writes one frame.
+pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), CodecError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let buf = encode(msg)?;
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Reads one frame body, checking the announced length against `limit`
+/// before allocating.
+pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<Vec<u8>, CodecError> {
+    let mut prefix = [0u8; PREFIX];
+    read_exact(r, &mut prefix).await?;
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > limit {
+        return Err(CodecError::TooLarge { len, limit });
+    }
+    let mut body = vec![0u8; len];
+    read_exact(r, &mut body).await?;
+    Ok(body)
+}
+
+/// Reads and decodes one frame.
+pub async fn read_frame<R, T>(r: &mut R, limit: usize) -> Result<T, CodecError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let body = read_body(r, limit).await?;
+    decode(&body, limit)
+}
+
+async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), CodecError> {
+    match r.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(CodecError::Truncated),
+        Err(e) => Err(CodecError::Io(e)),
+    }
+}
+
+/// Errors of one request/response exchange over a QUIC connection.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Opening the stream failed: the connection is gone.
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Sending failed.
+    #[error("send failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Sending or receiving a frame failed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// No answer before the deadline.
+    #[error("timed out")]
+    Timeout,
+}
+
+impl From<quinn::ClosedStream> for CallError {
+    fn from(e: quinn::ClosedStream) -> Self {
+        CallError::Codec(CodecError::Io(e.into()))
+    }
+}
+
+/// One request/response on a fresh bi-directional stream of `conn`.
+pub async fn call<Req, Resp>(conn: &quinn::Connection, req: &Req, limit: usize) -> Result<Resp, CallError>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned,
+{
+    let frame = encode(req)?;
+    call_raw(conn, &frame, limit).await
+}
+
+/// Like [`call`] with a request already encoded by [`encode`] (the proxy
+/// forwards frames it has checked without decoding them twice).
+pub async fn call_raw<Resp: DeserializeOwned>(
+    conn: &quinn::Connection,
+    frame: &[u8],
+    limit: usize,
+) -> Result<Resp, CallError> {
+    let body = call_raw_body(conn, frame, limit).await?;
+    Ok(decode(&body, limit)?)
+}
+
+/// Sends an encoded frame and returns the raw body of the answer.
+pub async fn call_raw_body(conn: &quinn::Connection, frame: &[u8], limit: usize) -> Result<Vec<u8>, CallError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(frame).await?;
+    send.finish()?;
+    Ok(read_body(&mut recv, limit).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Msg {
+        a: u32,
+        b: String,
+        c: Vec<u8>,
+    }
+
+    #[tokio::test]
+    async fn round_trip() {
+        let m = Msg {
+            a: 7,
+            b: "x".into(),
+            c: vec![1, 2, 3],
+        };
+        let buf = encode(&m).unwrap();
+        let got: Msg = read_frame(&mut &buf[..], 1024).await.unwrap();
+        assert_eq!(got, m);
+    }
+
+    /// A length over the limit is refused before the body is read or
+    /// allocated: the stream here holds only the prefix.
+    #[tokio::test]
+    async fn oversized_prefix_refused_before_allocation() {
+        let prefix = (u32::MAX).to_le_bytes();
+        let err = read_frame::<_, Msg>(&mut &prefix[..], 1 << 20).await.unwrap_err();
+        assert!(
+            matches!(err, CodecError::TooLarge { len, .. } if len == u32::MAX as usize),
+            "{err}"
+        );
+    }
+
+    /// A nested length inside the body (a Vec claiming 2^60 elements) does
+    /// not allocate past the frame.
+    #[tokio::test]
+    async fn hostile_inner_length_is_malformed() {
+        let mut body = vec![7u8, 1, b'x'];
+        body.push(253); // varint marker: a u64 follows
+        body.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let err = read_frame::<_, Msg>(&mut &frame[..], 1024).await.unwrap_err();
+        assert!(matches!(err, CodecError::Malformed(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn truncated_and_trailing() {
+        let m = Msg {
+            a: 1,
+            b: "y".into(),
+            c: vec![],
+        };
+        let buf = encode(&m).unwrap();
+        let err = read_frame::<_, Msg>(&mut &buf[..buf.len() - 1], 1024)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CodecError::Truncated), "{err}");
+        let mut body = buf[PREFIX..].to_vec();
+        body.push(0);
+        assert!(matches!(decode::<Msg>(&body, 1024), Err(CodecError::Malformed(_))));
+    }
+}

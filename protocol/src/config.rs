@@ -1,0 +1,356 @@
+//! Configuration files (JSON) of the tracker, the proxy and the node.
+//!
+//! Every field has a default, so `{}` is a valid file; unknown fields are
+//! refused; an error names the file, the field path and the position.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: field `{field}`: {message}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Reads and parses a JSON configuration file.
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses JSON text as the configuration of `path` (used by tests too).
+pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError::Field {
+            path: path.into(),
+            field: if field == "." { "(top level)".into() } else { field },
+            message: inner.to_string(),
+        }
+    })
+}
+
+/// One tracker member as listed in every member's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberAddr {
+    pub id: u64,
+    /// UDP address of the tracker API (`quorrent-tracker/1`).
+    pub api: String,
+    /// UDP address of Raft (`quorrent-raft/1`, mutual TLS).
+    pub raft: String,
+}
+
+/// The default three local members (API 7401-7403, Raft 7411-7413).
+pub fn default_members() -> Vec<MemberAddr> {
+    (1..=3)
+        .map(|i| MemberAddr {
+            id: i,
+            api: format!("127.0.0.1:{}", 7400 + i),
+            raft: format!("127.0.0.1:{}", 7410 + i),
+        })
+        .collect()
+}
+
+/// Raft timing and snapshot policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTiming {
+    /// Leader heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// Election timeout range, ms.
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Take a snapshot (and compact the log) after this many entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot for slow followers.
+    pub keep_after_snapshot: u64,
+    /// Snapshot pieces are at most this many bytes on the wire.
+    pub snapshot_chunk_bytes: u64,
+    /// Raft RPC connections are declared dead after this many ms of silence.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 50,
+            election_min_ms: 150,
+            election_max_ms: 300,
+            snapshot_every: 20_000,
+            keep_after_snapshot: 1_000,
+            snapshot_chunk_bytes: 4 << 20,
+            idle_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Bounds on untrusted input and on queues.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest tracker-API frame accepted, bytes.
+    pub max_frame_bytes: usize,
+    /// Largest Raft frame accepted, bytes (must exceed snapshot pieces).
+    pub max_raft_frame_bytes: usize,
+    /// Most search hits in one page.
+    pub max_search_page: u32,
+    /// Most addresses one peer may announce.
+    pub max_peer_addrs: usize,
+    /// Most requests in progress at once (past it: "overloaded").
+    pub max_pending: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 1 << 20,
+            max_raft_frame_bytes: 64 << 20,
+            max_search_page: 1000,
+            max_peer_addrs: 8,
+            max_pending: 8192,
+        }
+    }
+}
+
+/// `quorrent-tracker --config FILE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerConfig {
+    /// This member's id; must appear in `members` unless `join` is set.
+    pub id: u64,
+    /// The initial cluster, identical in every member's file.
+    pub members: Vec<MemberAddr>,
+    /// Addresses of this member when it joins later (not in `members`).
+    pub api_addr: Option<String>,
+    pub raft_addr: Option<String>,
+    /// Start without bootstrapping: wait to be added by `admin add`.
+    pub join: bool,
+    /// Where the Raft log, vote and snapshots live (default data/tracker-ID).
+    pub data_dir: Option<PathBuf>,
+    pub log_dir: PathBuf,
+    /// Log level when RUST_LOG is not set.
+    pub log_level: String,
+    pub certs_dir: PathBuf,
+    pub raft: RaftTiming,
+    pub limits: Limits,
+    /// How long a login session lasts, seconds.
+    pub session_ttl_secs: u64,
+    /// Owners silent for longer drop out of answers, seconds.
+    pub owner_ttl_secs: u64,
+    /// Writes per Raft entry at most (group commit).
+    pub max_batch: usize,
+    /// Raft entries being replicated at once from the write batcher.
+    pub max_batches_in_flight: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            id: 1,
+            members: default_members(),
+            api_addr: None,
+            raft_addr: None,
+            join: false,
+            data_dir: None,
+            log_dir: "logs".into(),
+            log_level: "info".into(),
+            certs_dir: "certs".into(),
+            raft: RaftTiming::default(),
+            limits: Limits::default(),
+            session_ttl_secs: 24 * 3600,
+            owner_ttl_secs: 30,
+            max_batch: 1024,
+            max_batches_in_flight: 4,
+        }
+    }
+}
+
+impl TrackerConfig {
+    /// Checks cross-field rules; `path` names the file in the error.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |message: String| {
+            Err(ConfigError::Invalid {
+                path: path.into(),
+                message,
+            })
+        };
+        if !self.join && !self.members.iter().any(|m| m.id == self.id) {
+            return bad(format!(
+                "field `id`: member {} is not listed in `members` (set `join` to add it later)",
+                self.id
+            ));
+        }
+        if self.join && (self.api_addr.is_none() || self.raft_addr.is_none()) {
+            return bad("a joining member needs `api_addr` and `raft_addr`".into());
+        }
+        for m in &self.members {
+            for (f, a) in [("api", &m.api), ("raft", &m.raft)] {
+                if a.parse::<SocketAddr>().is_err() {
+                    return bad(format!(
+                        "field `members[id={}].{f}`: {a:?} is not an IP:port address",
+                        m.id
+                    ));
+                }
+            }
+        }
+        if self.raft.election_min_ms <= self.raft.heartbeat_ms || self.raft.election_max_ms <= self.raft.election_min_ms
+        {
+            return bad("field `raft`: need heartbeat_ms < election_min_ms < election_max_ms".into());
+        }
+        if self.limits.max_raft_frame_bytes < 2 * self.raft.snapshot_chunk_bytes as usize {
+            return bad(
+                "field `limits.max_raft_frame_bytes` must be at least twice `raft.snapshot_chunk_bytes`".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// This member's (api, raft) addresses.
+    pub fn own_addrs(&self) -> Option<(String, String)> {
+        if let (Some(a), Some(r)) = (&self.api_addr, &self.raft_addr) {
+            return Some((a.clone(), r.clone()));
+        }
+        self.members
+            .iter()
+            .find(|m| m.id == self.id)
+            .map(|m| (m.api.clone(), m.raft.clone()))
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| format!("data/tracker-{}", self.id).into())
+    }
+}
+
+/// `quorrent-proxy --config FILE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Name of this proxy; its certificate is `certs/NAME.pem`, its log
+    /// `logs/NAME.log`.
+    pub name: String,
+    pub listen: String,
+    /// The tracker members' API addresses (id -> address).
+    pub trackers: Vec<MemberAddr>,
+    pub log_dir: PathBuf,
+    pub log_level: String,
+    pub certs_dir: PathBuf,
+    /// How long a request may wait for a leader, ms.
+    pub deadline_ms: u64,
+    pub limits: Limits,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            name: "proxy-1".into(),
+            listen: "127.0.0.1:7400".into(),
+            trackers: default_members(),
+            log_dir: "logs".into(),
+            log_level: "info".into(),
+            certs_dir: "certs".into(),
+            deadline_ms: 5_000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Sharing parameters of a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SharingConfig {
+    /// Chunk size for files this node shares, bytes.
+    pub chunk_size: u32,
+    /// Peers downloaded from at once.
+    pub max_peers: usize,
+    /// Chunk requests in flight per peer, at most.
+    pub max_in_flight_per_peer: usize,
+    /// Heartbeat interval to the tracker, seconds.
+    pub heartbeat_secs: u64,
+}
+
+impl Default for SharingConfig {
+    fn default() -> Self {
+        SharingConfig {
+            chunk_size: 1 << 20,
+            max_peers: 8,
+            max_in_flight_per_peer: 8,
+            heartbeat_secs: 10,
+        }
+    }
+}
+
+/// `quorrent --config FILE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Proxies tried in order.
+    pub proxies: Vec<String>,
+    /// Storage folder (default HOME/files).
+    pub storage_dir: Option<PathBuf>,
+    pub log_dir: PathBuf,
+    pub log_level: String,
+    /// The CA certificate that signs the proxies' certificates.
+    pub ca_cert: PathBuf,
+    /// Address the peer server listens on.
+    pub listen: String,
+    pub sharing: SharingConfig,
+    pub limits: Limits,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            proxies: vec!["127.0.0.1:7400".into()],
+            storage_dir: None,
+            log_dir: "logs".into(),
+            log_level: "info".into(),
+            ca_cert: "certs/ca.pem".into(),
+            listen: "127.0.0.1:0".into(),
+            sharing: SharingConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c: TrackerConfig = parse(Path::new("t.json"), "{}").unwrap();
+        c.validate(Path::new("t.json")).unwrap();
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let e = parse::<TrackerConfig>(Path::new("t.json"), r#"{"raft": {"heartbeat_ms": "x"}}"#).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("t.json") && s.contains("raft.heartbeat_ms"), "{s}");
+        let e = parse::<TrackerConfig>(Path::new("t.json"), r#"{"bogus": 1}"#).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = parse::<TrackerConfig>(Path::new("t.json"), "{").unwrap_err();
+        assert!(e.to_string().contains("t.json"), "{e}");
+    }
+}

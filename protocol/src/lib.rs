@@ -1,0 +1,28 @@
+//! The shared ground of quorrent: wire types of every protocol, the one
+//! codec that frames them, content addressing, identities, TLS and
+//! certificate helpers, QUIC transport settings, configuration types and
+//! logging set-up.
+//!
+//! Only this crate knows bincode and the frame format; the binaries speak
+//! in the typed messages defined here (the tracker's Raft RPCs are the one
+//! set of messages defined elsewhere, because their types come from
+//! openraft, and they too go through [`codec`]).
+
+pub mod codec;
+pub mod config;
+pub mod content;
+pub mod ids;
+pub mod logging;
+pub mod peer;
+pub mod quic;
+pub mod tls;
+pub mod tracker_api;
+
+/// Milliseconds since the Unix epoch, the one wall clock the system uses
+/// for expiries that cross machines (sessions).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

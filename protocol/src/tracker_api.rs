@@ -1,0 +1,252 @@
+//! The tracker API (`quorrent-tracker/1`): what nodes ask of the tracker
+//! cluster, spoken node -> proxy and proxy -> leader tracker.
+//!
+//! Sequence: the client opens one bi-directional stream per request, sends
+//! one [`Envelope`] frame and finishes its side; the server answers one
+//! [`Answer`] frame. A connection carries any number of such streams at
+//! once. A frame that does not decode gets `Err(BadFrame)` on that stream
+//! and the connection stays usable.
+//!
+//! Goals: every write is exactly-once (the envelope's [`WriteId`]), so the
+//! proxy may retry a request on a new leader; every read is linearizable
+//! unless the envelope asks for [`Consistency::Stale`].
+//!
+//! Non-goals: streaming results (search is paginated instead), pushing
+//! events to nodes (nodes poll with heartbeats).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ClientId, FileId, NameError, PeerId};
+
+/// ALPN of the tracker API.
+pub const ALPN: &[u8] = b"quorrent-tracker/1";
+
+/// Identifies one write for exactly-once application: the client's id and
+/// its sequence number. A client has one write outstanding at a time and
+/// numbers them 1, 2, 3, ...; a retry reuses the number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WriteId {
+    pub client: ClientId,
+    pub seq: u64,
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Linearizable: the leader confirms its leadership with a quorum and
+    /// waits until its state machine has applied the read index.
+    #[default]
+    Linearizable,
+    /// Whatever the answering member has applied; any member answers.
+    Stale,
+}
+
+/// One request as it travels on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The session token from Login; needed by all but Register, Login,
+    /// ClusterStatus and WatchLeader.
+    pub token: Option<String>,
+    /// Present on writes; the proxy rejects a write without it.
+    pub write_id: Option<WriteId>,
+    /// The address of the node as the proxy saw it (for per-source login
+    /// throttling). Trusted only from a connection holding a certificate
+    /// of the cluster CA.
+    pub origin: Option<SocketAddr>,
+    pub consistency: Consistency,
+    pub request: Request,
+}
+
+/// Metadata of a registered file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub id: FileId,
+    pub name: String,
+    pub size: u64,
+    pub chunk_size: u32,
+    pub chunk_count: u32,
+}
+
+/// Where a peer can be reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub peer_id: PeerId,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchHit {
+    pub file: FileMeta,
+    /// Owners heard from within the liveness TTL.
+    pub live_owners: u32,
+}
+
+/// One member of the tracker cluster as seen by the answering member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub api_addr: String,
+    pub raft_addr: String,
+    pub voter: bool,
+    /// Last log index known applied (own) or matched (leader's view of a
+    /// follower); None when unknown.
+    pub last_applied: Option<u64>,
+}
+
+/// The cluster as one member sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub responder: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_applied: Option<u64>,
+    pub members: Vec<MemberInfo>,
+}
+
+/// The requests. Discriminants are part of the protocol: new requests go
+/// at the end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    Register {
+        user: String,
+        password: String,
+    },
+    Login {
+        user: String,
+        password: String,
+    },
+    Logout,
+    AnnouncePeer {
+        peer_id: PeerId,
+        addrs: Vec<SocketAddr>,
+    },
+    Own {
+        peer_id: PeerId,
+        file: FileMeta,
+    },
+    Disown {
+        peer_id: PeerId,
+        file_id: FileId,
+    },
+    /// Case-insensitive substring of the name; `cursor` is the `next` of
+    /// the previous page (0 to start).
+    Search {
+        text: String,
+        cursor: u64,
+        limit: u32,
+    },
+    GetOwners {
+        file_id: FileId,
+    },
+    Heartbeat {
+        peer_id: PeerId,
+    },
+    ClusterStatus,
+    /// Long poll: answers with this member's status as soon as its view of
+    /// (leader, term) differs from the one given, or after `wait_ms`.
+    WatchLeader {
+        leader: Option<u64>,
+        term: u64,
+        wait_ms: u32,
+    },
+}
+
+impl Request {
+    /// Whether the request changes replicated state (and so needs a
+    /// [`WriteId`]).
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Request::Register { .. }
+                | Request::Login { .. }
+                | Request::Logout
+                | Request::AnnouncePeer { .. }
+                | Request::Own { .. }
+                | Request::Disown { .. }
+        )
+    }
+
+    /// A short name for logs (never the fields: they may hold a password).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Register { .. } => "register",
+            Request::Login { .. } => "login",
+            Request::Logout => "logout",
+            Request::AnnouncePeer { .. } => "announce",
+            Request::Own { .. } => "own",
+            Request::Disown { .. } => "disown",
+            Request::Search { .. } => "search",
+            Request::GetOwners { .. } => "get-owners",
+            Request::Heartbeat { .. } => "heartbeat",
+            Request::ClusterStatus => "cluster-status",
+            Request::WatchLeader { .. } => "watch-leader",
+        }
+    }
+}
+
+/// Successful answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Registered {
+        user: String,
+    },
+    LoggedIn {
+        user: String,
+        token: String,
+        expires_ms: u64,
+    },
+    Done,
+    Files {
+        hits: Vec<SearchHit>,
+        next: Option<u64>,
+    },
+    Owners {
+        file: FileMeta,
+        owners: Vec<PeerInfo>,
+    },
+    Status(ClusterStatus),
+}
+
+/// Errors that cross the wire. Bad input is answered precisely; internal
+/// details stay in the server's log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ApiError {
+    #[error("not the leader; the leader is {leader:?} at {addr:?}")]
+    NotLeader { leader: Option<u64>, addr: Option<String> },
+    #[error("not logged in (unknown or expired session)")]
+    NotLoggedIn,
+    #[error("wrong user name or password")]
+    BadCredentials,
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("too many failed logins; try again in {retry_after_ms} ms")]
+    TooManyAttempts { retry_after_ms: u64 },
+    #[error("invalid input: {0}")]
+    InvalidName(#[from] NameError),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("unknown file {0}")]
+    UnknownFile(FileId),
+    #[error("unknown peer {0}; announce it first")]
+    UnknownPeer(PeerId),
+    #[error("peer {0} belongs to another user")]
+    PeerOfOtherUser(PeerId),
+    #[error("file id {0} is already registered with different metadata")]
+    FileConflict(FileId),
+    #[error("write {seq} of this client is older than its last ({last}); not applied")]
+    StaleWrite { seq: u64, last: u64 },
+    #[error("malformed request: {0}")]
+    BadFrame(String),
+    #[error("tracker cluster unavailable: {0}")]
+    Unavailable(String),
+    #[error("overloaded, try again later")]
+    Overloaded,
+    #[error("internal error (see the tracker log)")]
+    Internal,
+}
+
+/// What the server sends back on the stream.
+pub type Answer = Result<Reply, ApiError>;
