@@ -48,6 +48,12 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
     Ok(buf)
 }
 
+/// Encodes `msg` without the length prefix (for values stored on disk,
+/// such as Raft log entries and snapshots).
+pub fn encode_body<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(msg, config()).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
 /// Decodes a frame body (without prefix), refusing trailing bytes.
 pub fn decode<T: DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, CodecError> {
     if body.len() > limit {

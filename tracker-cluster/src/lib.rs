@@ -1,1 +1,201 @@
-//! placeholder
+//! One member of the quorrent tracker cluster: a Raft group (openraft 0.9)
+//! that replicates user accounts, sessions, peers and the file registry,
+//! and serves the tracker API from its leader.
+//!
+//! Entry point: [`Tracker::start`] binds the endpoints, opens the store,
+//! starts Raft and bootstraps the initial membership; [`Tracker::shutdown`]
+//! stops it. `main.rs` only parses the command line, sets up logging and
+//! waits for a signal.
+
+pub mod app;
+pub mod liveness;
+pub mod network;
+pub mod proposer;
+pub mod registry;
+pub mod store;
+pub mod throttle;
+pub mod typ;
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use openraft::SnapshotPolicy;
+use protocol::{
+    config::TrackerConfig,
+    quic,
+    tls::{self, ClientAuth},
+    tracker_api,
+};
+
+use crate::{
+    app::App,
+    network::{raft_network_impl::Network, RAFT_ALPN},
+    typ::{Member, Raft},
+};
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("certificates: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("address {0:?} is not IP:port")]
+    Addr(String),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("storage in {dir}: {source}")]
+    Store { dir: String, source: typ::StorageError },
+    #[error("raft configuration: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("this member's addresses are not in the configuration")]
+    NoAddress,
+}
+
+/// A running member.
+pub struct Tracker {
+    pub app: Arc<App>,
+    pub api_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    api_ep: quinn::Endpoint,
+    raft_ep: quinn::Endpoint,
+}
+
+fn parse_addr(a: &str) -> Result<SocketAddr, StartError> {
+    a.parse().map_err(|_| StartError::Addr(a.to_owned()))
+}
+
+fn bind(addr: SocketAddr, server: quinn::ServerConfig) -> Result<quinn::Endpoint, StartError> {
+    quic::endpoint(addr, Some(server)).map_err(|source| StartError::Bind { addr, source })
+}
+
+/// openraft's configuration from ours.
+pub fn raft_config(c: &TrackerConfig) -> Result<openraft::Config, StartError> {
+    let r = &c.raft;
+    let cfg = openraft::Config {
+        cluster_name: "quorrent".into(),
+        heartbeat_interval: r.heartbeat_ms,
+        election_timeout_min: r.election_min_ms,
+        election_timeout_max: r.election_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_every),
+        max_in_snapshot_log_to_keep: r.keep_after_snapshot,
+        snapshot_max_chunk_size: r.snapshot_chunk_bytes,
+        // Entries are batches of up to `max_batch` writes; keep one
+        // AppendEntries well under the Raft frame limit.
+        max_payload_entries: 64,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    Ok(cfg.validate()?)
+}
+
+/// The QUIC client configuration for Raft and admin traffic: trusts the
+/// cluster CA and presents `identity` (mutual TLS).
+pub fn raft_client(
+    roots: Arc<rustls::RootCertStore>,
+    identity: &tls::Identity,
+    idle: Duration,
+) -> Result<quinn::ClientConfig, tls::TlsError> {
+    tls::quic_client(
+        tls::client_crypto(roots, Some(identity), RAFT_ALPN)?,
+        quic::control_transport(idle),
+    )
+}
+
+impl Tracker {
+    /// Starts a member from its configuration.
+    pub async fn start(config: TrackerConfig) -> Result<Tracker, StartError> {
+        let certs = &config.certs_dir;
+        let roots = tls::load_ca(certs)?;
+        let identity = tls::load_identity(certs, &format!("tracker-{}", config.id))?;
+        let (api, raft) = config.own_addrs().ok_or(StartError::NoAddress)?;
+        let idle = Duration::from_millis(config.raft.idle_timeout_ms);
+
+        let raft_server = tls::quic_server(
+            tls::server_crypto(&identity, &[RAFT_ALPN], ClientAuth::Required(roots.clone()))?,
+            quic::control_transport(idle),
+        )?;
+        let raft_ep = bind(parse_addr(&raft)?, raft_server)?;
+        let api_server = tls::quic_server(
+            tls::server_crypto(&identity, &[tracker_api::ALPN], ClientAuth::Optional(roots.clone()))?,
+            quic::control_transport(Duration::from_secs(10)),
+        )?;
+        let api_ep = bind(parse_addr(&api)?, api_server)?;
+        let api_addr = api_ep.local_addr().map_err(|source| StartError::Bind {
+            addr: parse_addr(&api).unwrap_or(([0, 0, 0, 0], 0).into()),
+            source,
+        })?;
+        let raft_addr = raft_ep.local_addr().map_err(|source| StartError::Bind {
+            addr: parse_addr(&raft).unwrap_or(([0, 0, 0, 0], 0).into()),
+            source,
+        })?;
+
+        let dir = config.data_dir();
+        let (log, sm) = store::open(&dir).map_err(|source| StartError::Store {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+        let shared = sm.shared.clone();
+        let net = Network::new(
+            raft_ep.clone(),
+            raft_client(roots, &identity, idle)?,
+            config.limits.max_raft_frame_bytes,
+        );
+        let raft = Raft::new(config.id, Arc::new(raft_config(&config)?), net, log, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        if !config.join
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?
+        {
+            // Every member proposes the same initial membership; openraft
+            // makes that safe (the same log entry at index 0 everywhere).
+            let members: BTreeMap<u64, Member> = config
+                .members
+                .iter()
+                .map(|m| {
+                    (
+                        m.id,
+                        Member {
+                            api: m.api.clone(),
+                            raft: m.raft.clone(),
+                        },
+                    )
+                })
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!("bootstrapped the initial membership"),
+                Err(e) => tracing::info!(error = %e, "initial membership already in place"),
+            }
+        }
+
+        let app = App::new(config.id, raft, shared, config);
+        tokio::spawn(network::api::serve(app.clone(), api_ep.clone()));
+        tokio::spawn(network::raft::serve(app.clone(), raft_ep.clone()));
+        tracing::info!(id = app.id, %api_addr, %raft_addr, "tracker member started");
+        Ok(Tracker {
+            app,
+            api_addr,
+            raft_addr,
+            api_ep,
+            raft_ep,
+        })
+    }
+
+    /// Stops Raft and closes both endpoints.
+    pub async fn shutdown(self) {
+        if let Err(e) = self.app.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        self.api_ep.close(0u32.into(), b"shutdown");
+        self.raft_ep.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            self.api_ep.wait_idle().await;
+            self.raft_ep.wait_idle().await;
+        })
+        .await;
+        tracing::info!(id = self.app.id, "tracker member stopped");
+    }
+}

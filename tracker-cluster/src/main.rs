@@ -1,1 +1,135 @@
-fn main() {}
+//! `quorrent-tracker`: runs one tracker member, makes certificates, and
+//! administers the cluster's membership.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use protocol::{config::TrackerConfig, quic, tls};
+use tracker_cluster::{
+    network::{management, raft_network_impl::Network},
+    Tracker,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "quorrent-tracker",
+    version,
+    about = "One member of the quorrent tracker cluster (Raft)"
+)]
+struct Cli {
+    /// Configuration file (JSON); every field has a default.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Makes the local CA (if missing) and a certificate for each name.
+    GenCerts {
+        /// Folder of the CA and certificates.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Names, e.g. tracker-1 tracker-2 tracker-3 proxy-1 admin.
+        names: Vec<String>,
+    },
+    /// Changes or shows the cluster membership (uses certs/admin.pem).
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Adds a running member (started with `"join": true`): learner first, then voter.
+    Add { id: u64, api: String, raft: String },
+    /// Removes a member.
+    Remove { id: u64 },
+    /// Prints the cluster status as JSON.
+    Status,
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<TrackerConfig> {
+    match path {
+        None => Ok(TrackerConfig::default()),
+        Some(p) => {
+            let c: TrackerConfig = protocol::config::load(p)?;
+            c.validate(p)?;
+            Ok(c)
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = real_main(cli) {
+        eprintln!("quorrent-tracker: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::GenCerts { dir, names }) => {
+            let made = tls::generate(&dir, &names)?;
+            for n in made {
+                println!("made {}/{n}.pem", dir.display());
+            }
+            Ok(())
+        }
+        Some(Command::Admin { action }) => {
+            let config = load_config(cli.config.as_ref())?;
+            tokio::runtime::Runtime::new()?.block_on(admin(config, action))
+        }
+        None => {
+            let config = load_config(cli.config.as_ref())?;
+            let _log = protocol::logging::init(
+                &config.log_dir,
+                &format!("tracker-{}.log", config.id),
+                &config.log_level,
+                true,
+            )
+            .with_context(|| format!("log folder {}", config.log_dir.display()))?;
+            tokio::runtime::Runtime::new()?.block_on(async move {
+                let tracker = Tracker::start(config).await?;
+                shutdown_signal().await;
+                tracing::info!("signal received, stopping");
+                tracker.shutdown().await;
+                anyhow::Ok(())
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn admin(config: TrackerConfig, action: AdminAction) -> anyhow::Result<()> {
+    let roots = tls::load_ca(&config.certs_dir)?;
+    let identity = tls::load_identity(&config.certs_dir, "admin")
+        .context("the admin certificate (make it with `quorrent-tracker gen-certs admin`)")?;
+    let ep = quic::endpoint("127.0.0.1:0".parse()?, None)?;
+    let client = tracker_cluster::raft_client(roots, &identity, Duration::from_secs(5))?;
+    let net = Network::new(ep.clone(), client, config.limits.max_raft_frame_bytes);
+    let members: Vec<_> = config.members.iter().map(|m| (m.id, m.raft.clone())).collect();
+    let req = match action {
+        AdminAction::Add { id, api, raft } => management::AdminRequest::Add { id, api, raft },
+        AdminAction::Remove { id } => management::AdminRequest::Remove { id },
+        AdminAction::Status => management::AdminRequest::Status,
+    };
+    let status = management::call(&net, &members, req, Duration::from_secs(60))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    println!("{}", serde_json::to_string_pretty(&status)?);
+    ep.close(0u32.into(), b"done");
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Owner liveness: soft state on the leader, never a Raft entry.
+//!
+//! A heartbeat only moves a timestamp in the leader's memory, so it costs
+//! no log entry and no fsync; losing this state with the leader loses
+//! nothing that matters. A new leader knows no timestamps, so it gives
+//! every owner one TTL of grace from the moment it took over: an owner that
+//! is alive heartbeats within that TTL and stays listed without a gap, and
+//! one that is dead drops out one TTL later, as it would have anyway.
+//!
+//! The struct is pure: every call takes `now`, so tests drive it with
+//! hand-made instants.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use protocol::ids::PeerId;
+
+#[derive(Debug)]
+pub struct Liveness {
+    ttl: Duration,
+    last_seen: HashMap<PeerId, Instant>,
+    /// Every owner counts as live until then (leader take-over grace).
+    grace_until: Option<Instant>,
+}
+
+impl Liveness {
+    pub fn new(ttl: Duration) -> Self {
+        Liveness {
+            ttl,
+            last_seen: HashMap::new(),
+            grace_until: None,
+        }
+    }
+
+    /// This member has just become leader.
+    pub fn on_leader_start(&mut self, now: Instant) {
+        self.grace_until = Some(now + self.ttl);
+    }
+
+    /// A heartbeat (or any request) from `peer`.
+    pub fn touch(&mut self, peer: PeerId, now: Instant) {
+        self.last_seen.insert(peer, now);
+        // Sweep now and then so memory follows the live set, not history.
+        if self.last_seen.len() % 1024 == 0 {
+            let ttl = self.ttl;
+            self.last_seen.retain(|_, t| now.saturating_duration_since(*t) <= ttl);
+        }
+    }
+
+    pub fn is_live(&self, peer: &PeerId, now: Instant) -> bool {
+        if self.grace_until.is_some_and(|g| now < g) {
+            return true;
+        }
+        self.last_seen
+            .get(peer)
+            .is_some_and(|t| now.saturating_duration_since(*t) <= self.ttl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_and_grace() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(30);
+        let mut l = Liveness::new(ttl);
+        let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
+        assert!(!l.is_live(&a, t0));
+        l.touch(a, t0);
+        assert!(l.is_live(&a, t0 + ttl));
+        assert!(!l.is_live(&a, t0 + ttl + Duration::from_millis(1)));
+        // A new leader: b, never heard of, is live for one TTL of grace.
+        let t1 = t0 + Duration::from_secs(100);
+        l.on_leader_start(t1);
+        assert!(l.is_live(&b, t1 + ttl - Duration::from_millis(1)));
+        assert!(!l.is_live(&b, t1 + ttl));
+        l.touch(b, t1 + Duration::from_secs(20));
+        assert!(l.is_live(&b, t1 + Duration::from_secs(49)));
+    }
+}

@@ -1,0 +1,383 @@
+//! The tracker API server (`quorrent-tracker/1`): accepts connections
+//! from proxies (and tools), one stream per request, and answers each
+//! [`Envelope`] with an [`Answer`].
+//!
+//! Writes and linearizable reads are served by the leader only; any
+//! member answers ClusterStatus, WatchLeader and stale reads. A follower
+//! answers everything else with `NotLeader` naming the leader.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use argon2::{password_hash::SaltString, Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use protocol::{
+    codec::{self, CodecError},
+    ids::{check_query, check_user},
+    tracker_api::{Answer, ApiError, Consistency, Envelope, Reply, Request},
+};
+
+use crate::{
+    app::{status_of, App},
+    registry::{token_hash, Op, Write},
+};
+
+/// Longest accepted password, bytes (argon2 cost does not grow with it,
+/// but the frame should stay small).
+const MAX_PASSWORD: usize = 1024;
+/// Longest WatchLeader wait honoured.
+const MAX_WATCH: Duration = Duration::from_secs(10);
+
+/// Accepts connections until the endpoint is closed.
+pub async fn serve(app: Arc<App>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let app = app.clone();
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(conn) => serve_conn(app, conn).await,
+                Err(e) => tracing::debug!(error = %e, "api handshake failed"),
+            }
+        });
+    }
+}
+
+async fn serve_conn(app: Arc<App>, conn: quinn::Connection) {
+    // A client holding a certificate of our CA (a proxy) may tell us the
+    // node's address for login throttling; anyone else may not.
+    let trusted = conn.peer_identity().is_some();
+    let remote = conn.remote_address();
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_stream(&app, send, recv, remote, trusted).await {
+                tracing::debug!(error = %e, %remote, "api stream ended badly");
+            }
+        });
+    }
+}
+
+async fn serve_stream(
+    app: &App,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    remote: SocketAddr,
+    trusted: bool,
+) -> Result<(), CodecError> {
+    let limit = app.config.limits.max_frame_bytes;
+    let answer: Answer = match codec::read_body(&mut recv, limit).await {
+        Err(e @ (CodecError::TooLarge { .. } | CodecError::Truncated)) => {
+            let _ = recv.stop(0u32.into());
+            Err(ApiError::BadFrame(e.to_string()))
+        }
+        Err(e) => return Err(e),
+        Ok(body) => match codec::decode::<Envelope>(&body, limit) {
+            Err(e) => Err(ApiError::BadFrame(e.to_string())),
+            Ok(env) => {
+                let origin = if trusted { env.origin.unwrap_or(remote) } else { remote };
+                match app.pending.try_acquire() {
+                    Err(_) => Err(ApiError::Overloaded),
+                    Ok(_permit) => handle(app, env, origin.ip()).await,
+                }
+            }
+        },
+    };
+    codec::write_frame(&mut send, &answer).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+/// Serves one request.
+pub async fn handle(app: &App, env: Envelope, origin: IpAddr) -> Answer {
+    let kind = env.request.kind();
+    let started = Instant::now();
+    let answer = dispatch(app, env, origin).await;
+    match &answer {
+        Err(ApiError::Internal) => tracing::error!(kind, "request failed internally"),
+        Err(e) => tracing::debug!(kind, error = %e, "request refused"),
+        Ok(_) => tracing::trace!(kind, us = started.elapsed().as_micros() as u64, "request served"),
+    }
+    answer
+}
+
+async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
+    let Envelope {
+        token,
+        write_id,
+        consistency,
+        request,
+        ..
+    } = env;
+    let token = token.as_deref().map(token_hash);
+    match request {
+        Request::ClusterStatus => Ok(Reply::Status(app.status())),
+        Request::WatchLeader { leader, term, wait_ms } => watch_leader(app, leader, term, wait_ms).await,
+        Request::Register { user, password } => {
+            app.leader_check()?;
+            check_user(&user)?;
+            check_password(&password)?;
+            let phc = hash_password(app, password).await?;
+            app.proposer
+                .propose(Write {
+                    id: write_id,
+                    op: Op::CreateUser { user, phc },
+                })
+                .await
+        }
+        Request::Login { user, password } => login(app, user, password, origin).await,
+        Request::Logout => {
+            app.leader_check()?;
+            let token = token.ok_or(ApiError::NotLoggedIn)?;
+            app.proposer
+                .propose(Write {
+                    id: write_id,
+                    op: Op::DeleteSession { token },
+                })
+                .await
+        }
+        Request::AnnouncePeer { peer_id, addrs } => {
+            app.leader_check()?;
+            let token = token.ok_or(ApiError::NotLoggedIn)?;
+            if addrs.len() > app.config.limits.max_peer_addrs {
+                return Err(ApiError::Invalid(format!(
+                    "{} addresses, at most {} allowed",
+                    addrs.len(),
+                    app.config.limits.max_peer_addrs
+                )));
+            }
+            let answer = app
+                .proposer
+                .propose(Write {
+                    id: write_id,
+                    op: Op::AnnouncePeer {
+                        token,
+                        peer: peer_id,
+                        addrs,
+                    },
+                })
+                .await;
+            if answer.is_ok() {
+                app.liveness
+                    .lock()
+                    .expect("liveness lock")
+                    .touch(peer_id, Instant::now());
+            }
+            answer
+        }
+        Request::Own { peer_id, file } => {
+            app.leader_check()?;
+            let token = token.ok_or(ApiError::NotLoggedIn)?;
+            crate::registry::check_meta(&file)?;
+            let answer = app
+                .proposer
+                .propose(Write {
+                    id: write_id,
+                    op: Op::Own {
+                        token,
+                        peer: peer_id,
+                        file,
+                    },
+                })
+                .await;
+            if answer.is_ok() {
+                app.liveness
+                    .lock()
+                    .expect("liveness lock")
+                    .touch(peer_id, Instant::now());
+            }
+            answer
+        }
+        Request::Disown { peer_id, file_id } => {
+            app.leader_check()?;
+            let token = token.ok_or(ApiError::NotLoggedIn)?;
+            app.proposer
+                .propose(Write {
+                    id: write_id,
+                    op: Op::Disown {
+                        token,
+                        peer: peer_id,
+                        file: file_id,
+                    },
+                })
+                .await
+        }
+        Request::Heartbeat { peer_id } => {
+            app.leader_check()?;
+            let token = token.ok_or(ApiError::NotLoggedIn)?;
+            app.state
+                .read()
+                .registry
+                .check_peer_session(&token, &peer_id, protocol::unix_ms())?;
+            app.liveness
+                .lock()
+                .expect("liveness lock")
+                .touch(peer_id, Instant::now());
+            Ok(Reply::Done)
+        }
+        Request::Search { text, cursor, limit } => {
+            check_query(&text)?;
+            let token = token.ok_or(ApiError::NotLoggedIn)?;
+            read_barrier(app, consistency).await?;
+            let limit = limit.clamp(1, app.config.limits.max_search_page);
+            let live = app.live_fn();
+            let st = app.state.read();
+            st.registry.session_user(&token, protocol::unix_ms())?;
+            let (hits, next) = st.registry.search(&text, cursor, limit, live);
+            Ok(Reply::Files { hits, next })
+        }
+        Request::GetOwners { file_id } => {
+            let token = token.ok_or(ApiError::NotLoggedIn)?;
+            read_barrier(app, consistency).await?;
+            let live = app.live_fn();
+            let st = app.state.read();
+            st.registry.session_user(&token, protocol::unix_ms())?;
+            let (file, owners) = st.registry.owners(&file_id, live)?;
+            Ok(Reply::Owners { file, owners })
+        }
+    }
+}
+
+/// Makes a read linearizable: confirms leadership with a quorum and waits
+/// until the state machine has applied the read index. A stale read is
+/// served from whatever this member has applied.
+async fn read_barrier(app: &App, consistency: Consistency) -> Result<(), ApiError> {
+    if consistency == Consistency::Stale {
+        return Ok(());
+    }
+    app.leader_check()?;
+    app.raft.ensure_linearizable().await.map_err(|e| match e {
+        openraft::error::RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)) => {
+            ApiError::NotLeader {
+                leader: f.leader_id,
+                addr: f.leader_node.map(|n| n.api),
+            }
+        }
+        openraft::error::RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_)) => {
+            ApiError::NotLeader {
+                leader: None,
+                addr: None,
+            }
+        }
+        openraft::error::RaftError::Fatal(_) => ApiError::Unavailable("this tracker is shutting down".into()),
+    })?;
+    Ok(())
+}
+
+async fn watch_leader(app: &App, leader: Option<u64>, term: u64, wait_ms: u32) -> Answer {
+    let mut rx = app.raft.metrics();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64).min(MAX_WATCH);
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            if m.current_leader != leader || m.current_term != term {
+                return Ok(Reply::Status(status_of(app.id, &m)));
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return Err(ApiError::Unavailable("this tracker is shutting down".into())),
+            Err(_) => return Ok(Reply::Status(app.status())),
+        }
+    }
+}
+
+fn check_password(p: &str) -> Result<(), ApiError> {
+    if p.is_empty() || p.len() > MAX_PASSWORD {
+        return Err(ApiError::Invalid(format!("password must be 1 to {MAX_PASSWORD} bytes")));
+    }
+    Ok(())
+}
+
+/// argon2id with the crate's default (OWASP) parameters, on the blocking
+/// pool, at most two at once.
+async fn hash_password(app: &App, password: String) -> Result<String, ApiError> {
+    let _permit = app.argon.acquire().await.map_err(|_| ApiError::Internal)?;
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?
+    .map_err(|e| {
+        tracing::error!(error = %e, "argon2 hashing failed");
+        ApiError::Internal
+    })
+}
+
+/// A valid PHC string to verify against when the user does not exist, so
+/// that an unknown user costs the same time as a wrong password.
+fn dummy_phc() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        Argon2::default()
+            .hash_password(b"quorrent-dummy", &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+async fn verify_password(app: &App, phc: Option<String>, password: String) -> Result<bool, ApiError> {
+    let _permit = app.argon.acquire().await.map_err(|_| ApiError::Internal)?;
+    tokio::task::spawn_blocking(move || {
+        let known = phc.is_some();
+        let phc = phc.unwrap_or_else(|| dummy_phc().to_owned());
+        let ok = PasswordHash::new(&phc)
+            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .unwrap_or(false);
+        known && ok
+    })
+    .await
+    .map_err(|_| ApiError::Internal)
+}
+
+/// Login: throttle, check the password on the leader, then replicate the
+/// new session (only the token's hash is stored).
+///
+/// Login is not deduplicated by the client table: its answer holds the
+/// token, which must not be stored in the replicated state. A retried
+/// login opens a second session, which is harmless and expires.
+async fn login(app: &App, user: String, password: String, origin: IpAddr) -> Answer {
+    app.leader_check()?;
+    check_user(&user)?;
+    check_password(&password)?;
+    if let Some(wait) = app
+        .throttle
+        .lock()
+        .expect("throttle lock")
+        .check(&user, Some(origin), Instant::now())
+    {
+        return Err(ApiError::TooManyAttempts {
+            retry_after_ms: wait.as_millis() as u64,
+        });
+    }
+    read_barrier(app, Consistency::Linearizable).await?;
+    let phc = app.state.read().registry.password_hash(&user).map(str::to_owned);
+    if !verify_password(app, phc, password).await? {
+        app.throttle
+            .lock()
+            .expect("throttle lock")
+            .failed(&user, Some(origin), Instant::now());
+        return Err(ApiError::BadCredentials);
+    }
+    app.throttle
+        .lock()
+        .expect("throttle lock")
+        .succeeded(&user, Some(origin));
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let expires_ms = protocol::unix_ms() + app.config.session_ttl_secs * 1000;
+    let op = Op::CreateSession {
+        token: token_hash(&token),
+        user: user.clone(),
+        expires_ms,
+    };
+    app.proposer.propose(Write { id: None, op }).await?;
+    Ok(Reply::LoggedIn {
+        user,
+        token,
+        expires_ms,
+    })
+}

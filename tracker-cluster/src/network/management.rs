@@ -1,0 +1,151 @@
+//! Cluster management: add a member (as a learner until it has caught up,
+//! then as a voter), remove one, show the status. Requests travel on the
+//! mutual-TLS Raft endpoint, so only holders of a CA certificate (the
+//! `admin` certificate, or a member's) can change the membership.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use openraft::ChangeMembers;
+use protocol::tracker_api::ClusterStatus;
+use serde::{Deserialize, Serialize};
+
+use super::{raft_network_impl::Network, RaftReply, RaftRequest};
+use crate::{
+    app::App,
+    typ::{Member, NodeId},
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Adds a member: it must be running (with `join: true`).
+    Add {
+        id: NodeId,
+        api: String,
+        raft: String,
+    },
+    Remove {
+        id: NodeId,
+    },
+    Status,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminReply {
+    Status(ClusterStatus),
+    /// Not the leader: ask this member instead.
+    NotLeader {
+        leader: Option<NodeId>,
+        raft: Option<String>,
+    },
+}
+
+pub async fn handle(app: &App, req: AdminRequest) -> Result<AdminReply, String> {
+    if !matches!(req, AdminRequest::Status) {
+        if let Err(_e) = app.leader_check() {
+            let m = app.metrics();
+            let raft = m
+                .current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.raft.clone()));
+            return Ok(AdminReply::NotLeader {
+                leader: m.current_leader,
+                raft,
+            });
+        }
+    }
+    match req {
+        AdminRequest::Status => {}
+        AdminRequest::Add { id, api, raft } => {
+            for (what, a) in [("api", &api), ("raft", &raft)] {
+                a.parse::<std::net::SocketAddr>()
+                    .map_err(|_| format!("{what} address {a:?} is not IP:port"))?;
+            }
+            tracing::info!(id, %api, %raft, "adding member as learner");
+            app.raft
+                .add_learner(id, Member { api, raft }, true)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut voters: BTreeSet<NodeId> = app.metrics().membership_config.membership().voter_ids().collect();
+            voters.insert(id);
+            tracing::info!(id, "learner caught up; promoting to voter");
+            app.raft
+                .change_membership(voters, false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        AdminRequest::Remove { id } => {
+            let voters: BTreeSet<NodeId> = app.metrics().membership_config.membership().voter_ids().collect();
+            if !voters.contains(&id) && app.metrics().membership_config.membership().get_node(&id).is_none() {
+                return Err(format!("member {id} is not in the cluster"));
+            }
+            if voters.len() == 1 && voters.contains(&id) {
+                return Err("cannot remove the last voter".into());
+            }
+            tracing::info!(id, "removing member");
+            let remaining: BTreeSet<NodeId> = voters.into_iter().filter(|v| *v != id).collect();
+            app.raft
+                .change_membership(remaining, false)
+                .await
+                .map_err(|e| e.to_string())?;
+            // A learner (not a voter) is dropped from the node list too.
+            let _ = app
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+                .await;
+        }
+    }
+    Ok(AdminReply::Status(app.status()))
+}
+
+/// Sends an admin request to the cluster, starting from `members` (raft
+/// addresses by id) and following `NotLeader` answers, for at most
+/// `deadline`.
+pub async fn call(
+    net: &Network,
+    members: &[(NodeId, String)],
+    req: AdminRequest,
+    deadline: Duration,
+) -> Result<ClusterStatus, String> {
+    let until = tokio::time::Instant::now() + deadline;
+    let mut targets: Vec<(NodeId, String)> = members.to_vec();
+    let mut i = 0;
+    let mut last_err = String::from("no member listed");
+    while tokio::time::Instant::now() < until {
+        let Some((id, addr)) = targets.get(i % targets.len().max(1)).cloned() else {
+            break;
+        };
+        i += 1;
+        let conn = match net.connect(id, &addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                last_err = format!("member {id} at {addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let reply = tokio::time::timeout(
+            left,
+            protocol::codec::call::<_, RaftReply>(&conn, &RaftRequest::Admin(req.clone()), 64 << 20),
+        )
+        .await;
+        match reply {
+            Err(_) => last_err = "timed out".into(),
+            Ok(Err(e)) => last_err = format!("member {id} at {addr}: {e}"),
+            Ok(Ok(RaftReply::Admin(Ok(AdminReply::Status(s))))) => return Ok(s),
+            Ok(Ok(RaftReply::Admin(Ok(AdminReply::NotLeader {
+                leader: Some(l),
+                raft: Some(r),
+            })))) => {
+                targets.insert(i % (targets.len() + 1), (l, r));
+                continue;
+            }
+            Ok(Ok(RaftReply::Admin(Ok(AdminReply::NotLeader { .. })))) => {
+                last_err = "no leader yet".into();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Ok(RaftReply::Admin(Err(e)))) => return Err(e),
+            Ok(Ok(other)) => last_err = format!("unexpected reply {other:?}"),
+        }
+    }
+    Err(last_err)
+}

@@ -1,0 +1,111 @@
+//! Group commit: client writes wait in one bounded queue; a single task
+//! takes everything that is waiting (up to `max_batch`) as one Raft entry,
+//! so one log append and one fsync per member carry many writes. Up to
+//! `max_in_flight` entries are being replicated at once; while they are,
+//! new writes pile up and make the next entry bigger, which is what lets
+//! throughput grow with the number of clients.
+
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError as OpenWriteError, RaftError as OpenRaftError};
+use protocol::tracker_api::{Answer, ApiError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::{
+    registry::{Batch, Write},
+    typ::Raft,
+};
+
+type Job = (Write, oneshot::Sender<Answer>);
+
+/// The handle the API uses to propose writes.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Proposer {
+    /// Starts the batching task.
+    pub fn start(raft: Raft, queue: usize, max_batch: usize, max_in_flight: usize) -> Self {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        tokio::spawn(run(raft, rx, max_batch.max(1), max_in_flight.max(1)));
+        Proposer { tx }
+    }
+
+    /// Proposes one write and waits for its answer once committed and
+    /// applied. A full queue answers "overloaded" at once.
+    pub async fn propose(&self, write: Write) -> Answer {
+        let (tx, rx) = oneshot::channel();
+        self.tx.try_send((write, tx)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ApiError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => ApiError::Unavailable("shutting down".into()),
+        })?;
+        rx.await
+            .unwrap_or_else(|_| Err(ApiError::Unavailable("write dropped during shutdown".into())))
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, max_batch: usize, max_in_flight: usize) {
+    let permits = Arc::new(Semaphore::new(max_in_flight));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else { return };
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (writes, replies): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+            let n = writes.len();
+            let batch = Batch {
+                now_ms: protocol::unix_ms(),
+                writes,
+            };
+            match raft.client_write(batch).await {
+                Ok(resp) if resp.data.len() == n => {
+                    for (reply, answer) in replies.into_iter().zip(resp.data) {
+                        let _ = reply.send(answer);
+                    }
+                }
+                Ok(resp) => {
+                    tracing::error!(want = n, got = resp.data.len(), "state machine answered a batch short");
+                    for reply in replies {
+                        let _ = reply.send(Err(ApiError::Internal));
+                    }
+                }
+                Err(e) => {
+                    let err = write_error(&raft, e);
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Maps openraft's write error to what crosses the wire.
+fn write_error(raft: &Raft, e: OpenRaftError<u64, OpenWriteError<u64, crate::typ::Member>>) -> ApiError {
+    match e {
+        OpenRaftError::APIError(OpenWriteError::ForwardToLeader(f)) => ApiError::NotLeader {
+            leader: f.leader_id,
+            addr: f.leader_node.map(|n| n.api),
+        },
+        OpenRaftError::APIError(OpenWriteError::ChangeMembershipError(e)) => {
+            tracing::error!(error = %e, "unexpected membership error on a write");
+            ApiError::Internal
+        }
+        OpenRaftError::Fatal(e) => {
+            tracing::error!(error = %e, "raft stopped");
+            let _ = raft;
+            ApiError::Unavailable("this tracker is shutting down".into())
+        }
+    }
+}
