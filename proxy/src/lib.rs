@@ -1,1 +1,83 @@
-//! placeholder
+//! The quorrent proxy: the one front door for nodes. It speaks the tracker
+//! API (`quorrent-tracker/1`) to nodes and forwards each request stream to
+//! the current Raft leader, retrying on the new leader when the old one
+//! fails, so a node sees a pause rather than an error.
+//!
+//! Pieces: [`leader`] follows the leader by long-polling every member
+//! (WatchLeader), so a new leader is known as soon as any member knows it;
+//! [`upstream`] keeps one QUIC connection per member and multiplexes
+//! requests on it; [`forward`] serves node connections. The proxy holds no
+//! state that must agree with another proxy's, so several can run side by
+//! side.
+
+pub mod forward;
+pub mod leader;
+pub mod upstream;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use protocol::{
+    config::ProxyConfig,
+    quic,
+    tls::{self, ClientAuth},
+    tracker_api,
+};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("certificates: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("address {0:?} is not IP:port")]
+    Addr(String),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    upstream: Arc<upstream::Upstreams>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub async fn start(config: ProxyConfig) -> Result<Proxy, StartError> {
+        let roots = tls::load_ca(&config.certs_dir)?;
+        let identity = tls::load_identity(&config.certs_dir, &config.name)?;
+        let server = tls::quic_server(
+            tls::server_crypto(&identity, &[tracker_api::ALPN], ClientAuth::None)?,
+            quic::control_transport(Duration::from_secs(30)),
+        )?;
+        let listen: SocketAddr = config.listen.parse().map_err(|_| StartError::Addr(config.listen.clone()))?;
+        let endpoint = quic::endpoint(listen, Some(server))
+            .map_err(|source| StartError::Bind { addr: config.listen.clone(), source })?;
+        let addr = endpoint.local_addr().map_err(|source| StartError::Bind { addr: config.listen.clone(), source })?;
+        // Upstream connections present the proxy's certificate, so the
+        // trackers trust the node address it reports for throttling.
+        let client = tls::quic_client(
+            tls::client_crypto(roots, Some(&identity), tracker_api::ALPN)?,
+            quic::control_transport(Duration::from_millis(1500)),
+        )?;
+        let upstream = Arc::new(upstream::Upstreams::new(endpoint.clone(), client, &config.trackers, config.limits.max_frame_bytes));
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        leader::spawn_watchers(upstream.clone(), stop_rx.clone());
+        let fwd = Arc::new(forward::Forwarder::new(upstream.clone(), &config));
+        tokio::spawn(forward::serve(fwd, endpoint.clone()));
+        tracing::info!(%addr, name = %config.name, "proxy started");
+        Ok(Proxy { addr, endpoint, upstream, stop })
+    }
+
+    /// The leader as this proxy knows it now.
+    pub fn leader(&self) -> Option<u64> {
+        self.upstream.leader()
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        tracing::info!("proxy stopped");
+    }
+}

@@ -13,6 +13,7 @@ pub mod network;
 pub mod proposer;
 pub mod registry;
 pub mod store;
+pub mod testing;
 pub mod throttle;
 pub mod typ;
 

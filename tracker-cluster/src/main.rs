@@ -48,8 +48,12 @@ enum AdminAction {
     Add { id: u64, api: String, raft: String },
     /// Removes a member.
     Remove { id: u64 },
-    /// Prints the cluster status as JSON.
+    /// Prints the cluster status as the leader sees it, as JSON.
     Status,
+    /// Asks every configured member for its own view; prints a table.
+    Members,
+    /// Prints the current leader's id (exit 1 if there is none).
+    Leader,
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<TrackerConfig> {
@@ -125,6 +129,23 @@ async fn admin(config: TrackerConfig, action: AdminAction) -> anyhow::Result<()>
         AdminAction::Add { id, api, raft } => management::AdminRequest::Add { id, api, raft },
         AdminAction::Remove { id } => management::AdminRequest::Remove { id },
         AdminAction::Status => management::AdminRequest::Status,
+        AdminAction::Members => {
+            print_members(&net, &config).await;
+            ep.close(0u32.into(), b"done");
+            return Ok(());
+        }
+        AdminAction::Leader => {
+            for m in &config.members {
+                if let Ok(s) = management::status_of_member(&net, m.id, &m.raft, Duration::from_millis(1000)).await {
+                    if let Some(l) = s.leader {
+                        println!("{l}");
+                        ep.close(0u32.into(), b"done");
+                        return Ok(());
+                    }
+                }
+            }
+            anyhow::bail!("no leader elected");
+        }
     };
     let status = management::call(&net, &members, req, Duration::from_secs(60))
         .await
@@ -132,4 +153,26 @@ async fn admin(config: TrackerConfig, action: AdminAction) -> anyhow::Result<()>
     println!("{}", serde_json::to_string_pretty(&status)?);
     ep.close(0u32.into(), b"done");
     Ok(())
+}
+
+/// One row per configured member, each from that member's own view.
+async fn print_members(net: &Network, config: &TrackerConfig) {
+    println!("{:<4} {:<22} {:<22} {:<5} {:<9} {:>6} {:>12}", "id", "api", "raft", "up", "role", "term", "last-applied");
+    for m in &config.members {
+        let row = management::status_of_member(net, m.id, &m.raft, Duration::from_millis(1500)).await;
+        let (up, role, term, applied) = match row {
+            Ok(s) => {
+                let me = s.members.iter().find(|x| x.id == m.id);
+                let role = match (s.leader, me) {
+                    (Some(l), _) if l == m.id => "leader",
+                    (_, Some(x)) if !x.voter => "learner",
+                    (_, Some(_)) => "follower",
+                    (_, None) => "removed",
+                };
+                ("up", role, s.term.to_string(), s.last_applied.map_or("-".into(), |a| a.to_string()))
+            }
+            Err(_) => ("down", "-", "-".into(), "-".into()),
+        };
+        println!("{:<4} {:<22} {:<22} {:<5} {:<9} {:>6} {:>12}", m.id, m.api, m.raft, up, role, term, applied);
+    }
 }

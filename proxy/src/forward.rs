@@ -1,0 +1,174 @@
+//! Serving nodes: each request stream is read (length checked before
+//! allocation), validated, stamped with the node's address and a write id
+//! if it lacks one, and sent to the leader; the answer comes back on the
+//! same stream. On a broken connection, a timeout or `NotLeader`, the
+//! request is retried on the new leader until the deadline. Retrying a
+//! write is safe: it carries the same write id, and the tracker's client
+//! table applies it once.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use protocol::{
+    codec::{self, CodecError},
+    config::ProxyConfig,
+    tracker_api::{Answer, ApiError, Envelope, WriteId},
+};
+use tokio::sync::Semaphore;
+
+use crate::upstream::Upstreams;
+
+/// One attempt on a leader may take this long before we try again.
+const ATTEMPT: Duration = Duration::from_millis(1_500);
+
+pub struct Forwarder {
+    up: Arc<Upstreams>,
+    deadline: Duration,
+    limit: usize,
+    /// Requests in progress; past the limit nodes get "overloaded".
+    pending: Semaphore,
+    /// Client id for writes that come without a write id.
+    client: u128,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl Forwarder {
+    pub fn new(up: Arc<Upstreams>, config: &ProxyConfig) -> Self {
+        Forwarder {
+            up,
+            deadline: Duration::from_millis(config.deadline_ms),
+            limit: config.limits.max_frame_bytes,
+            pending: Semaphore::new(config.limits.max_pending),
+            client: rand::random(),
+            seq: Default::default(),
+        }
+    }
+}
+
+pub async fn serve(fwd: Arc<Forwarder>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let fwd = fwd.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            let remote = conn.remote_address();
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let fwd = fwd.clone();
+                tokio::spawn(async move {
+                    let answer = match codec::read_body(&mut recv, fwd.limit).await {
+                        Ok(body) => fwd.handle(&body, remote).await,
+                        Err(e @ (CodecError::TooLarge { .. } | CodecError::Truncated | CodecError::Malformed(_))) => {
+                            let _ = recv.stop(0u32.into());
+                            encode_answer(&Err(ApiError::BadFrame(e.to_string())))
+                        }
+                        Err(_) => return,
+                    };
+                    if send.write_all(&answer).await.is_ok() {
+                        let _ = send.finish();
+                    }
+                });
+            }
+        });
+    }
+}
+
+fn encode_answer(a: &Answer) -> Vec<u8> {
+    codec::encode(a).expect("answers encode")
+}
+
+impl Forwarder {
+    /// Forwards one request body; returns the encoded answer frame.
+    pub async fn handle(&self, body: &[u8], remote: std::net::SocketAddr) -> Vec<u8> {
+        let mut env: Envelope = match codec::decode(body, self.limit) {
+            Ok(e) => e,
+            Err(e) => return encode_answer(&Err(ApiError::BadFrame(e.to_string()))),
+        };
+        let Ok(_permit) = self.pending.try_acquire() else {
+            return encode_answer(&Err(ApiError::Overloaded));
+        };
+        env.origin = Some(remote);
+        if env.request.is_write() && env.write_id.is_none() {
+            let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            env.write_id = Some(WriteId { client: self.client ^ ((seq as u128) << 64), seq: 1 });
+        }
+        let frame = match codec::encode(&env) {
+            Ok(f) => f,
+            Err(e) => return encode_answer(&Err(ApiError::BadFrame(e.to_string()))),
+        };
+        match self.forward(&frame, env.request.kind()).await {
+            Ok(answer_body) => {
+                let mut out = Vec::with_capacity(answer_body.len() + 4);
+                out.extend_from_slice(&(answer_body.len() as u32).to_le_bytes());
+                out.extend_from_slice(&answer_body);
+                out
+            }
+            Err(e) => encode_answer(&Err(e)),
+        }
+    }
+
+    /// Sends `frame` to the leader until it answers something other than
+    /// "not leader", or the deadline passes.
+    async fn forward(&self, frame: &[u8], kind: &str) -> Result<Vec<u8>, ApiError> {
+        let started = Instant::now();
+        let until = tokio::time::Instant::now() + self.deadline;
+        let mut views = self.up.subscribe();
+        let mut rotate = 0usize;
+        let mut last = String::from("no leader known");
+        loop {
+            let view = *views.borrow_and_update();
+            let target = match view.leader {
+                Some(l) => l,
+                // No leader known: ask members in turn; a follower's
+                // NotLeader answer names the leader.
+                None => {
+                    rotate += 1;
+                    *self.up.members.keys().nth(rotate % self.up.members.len().max(1)).ok_or(ApiError::Internal)?
+                }
+            };
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(left.min(ATTEMPT), self.up.call_raw(target, frame)).await {
+                Ok(Ok(body)) => match codec::decode::<Answer>(&body, self.limit) {
+                    Ok(Err(ApiError::NotLeader { leader, .. })) => {
+                        last = format!("member {target} is not the leader");
+                        if let Some(l) = leader {
+                            if Some(l) != view.leader {
+                                self.up.observe_hint(l, view.term);
+                                continue;
+                            }
+                        }
+                        self.up.suspect(target, view.term);
+                    }
+                    Ok(Err(ApiError::Unavailable(m))) => {
+                        last = m;
+                        self.up.suspect(target, view.term);
+                    }
+                    _ => {
+                        let waited = started.elapsed();
+                        if waited > Duration::from_millis(200) {
+                            tracing::info!(kind, ms = waited.as_millis() as u64, "request served after a pause");
+                        }
+                        return Ok(body);
+                    }
+                },
+                Ok(Err(e)) => {
+                    last = e.to_string();
+                    self.up.suspect(target, view.term);
+                }
+                Err(_) => {
+                    last = format!("member {target} timed out");
+                    self.up.suspect(target, view.term);
+                }
+            }
+            // Wait for news of a leader, but not past the deadline and
+            // not so long that a quiet watcher stalls us.
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), views.changed()).await;
+        }
+        tracing::warn!(kind, %last, "no leader before the deadline");
+        Err(ApiError::Unavailable(format!("no leader answered within {} ms ({last})", self.deadline.as_millis())))
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Makes the local CA and the certificates of N trackers (default 3), the
+# proxies and the admin tool in certs/ (existing ones are kept).
+# Usage: scripts/gen-certs.sh [N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:-3}"
+cargo build --release --quiet -p tracker-cluster
+names=()
+for i in $(seq 1 "$n"); do names+=("tracker-$i"); done
+names+=(proxy-1 proxy-2 admin)
+target/release/quorrent-tracker gen-certs --dir certs "${names[@]}"

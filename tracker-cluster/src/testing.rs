@@ -1,0 +1,322 @@
+//! Test support: a cluster of real members in one process, each on its
+//! own tokio runtime so that it can be killed abruptly (its runtime shut
+//! down in the background, nothing flushed, sockets gone), on ephemeral
+//! loopback ports, with certificates made in a temporary folder. Used by
+//! this crate's and the proxy's integration tests and by the benchmarks.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use protocol::{
+    codec,
+    config::{MemberAddr, TrackerConfig},
+    quic, tls,
+    tracker_api::{self, Answer, ApiError, Consistency, Envelope, Reply, Request, WriteId},
+};
+
+use crate::Tracker;
+
+/// Picks a free UDP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+struct Running {
+    rt: tokio::runtime::Runtime,
+    tracker: Option<Tracker>,
+}
+
+/// A cluster of in-process members.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub members: Vec<MemberAddr>,
+    /// Per-member configuration; tests may change it before `start`.
+    pub configs: BTreeMap<u64, TrackerConfig>,
+    running: BTreeMap<u64, Running>,
+}
+
+impl TestCluster {
+    /// Prepares `n` members (not started) with fast Raft timings.
+    pub fn new(n: u64) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let members: Vec<MemberAddr> = (1..=n)
+            .map(|id| MemberAddr {
+                id,
+                api: format!("127.0.0.1:{}", free_port()),
+                raft: format!("127.0.0.1:{}", free_port()),
+            })
+            .collect();
+        let mut names: Vec<String> = (1..=n + 2).map(|i| format!("tracker-{i}")).collect();
+        names.extend(["proxy-1", "proxy-2", "admin"].map(String::from));
+        tls::generate(&dir.path().join("certs"), &names).expect("certificates");
+        let mut c = TestCluster { dir, members: members.clone(), configs: BTreeMap::new(), running: BTreeMap::new() };
+        for m in &members {
+            let cfg = c.config_for(m.id, false, None);
+            c.configs.insert(m.id, cfg);
+        }
+        c
+    }
+
+    pub fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn config_for(&self, id: u64, join: bool, addrs: Option<(String, String)>) -> TrackerConfig {
+        let mut cfg = TrackerConfig {
+            id,
+            members: self.members.clone(),
+            join,
+            data_dir: Some(self.dir.path().join(format!("data-{id}"))),
+            log_dir: self.dir.path().join("logs"),
+            certs_dir: self.certs(),
+            ..Default::default()
+        };
+        if let Some((api, raft)) = addrs {
+            cfg.api_addr = Some(api);
+            cfg.raft_addr = Some(raft);
+        }
+        cfg
+    }
+
+    /// Prepares a member that is not in the initial membership (it waits
+    /// to be added).
+    pub fn prepare_joiner(&mut self, id: u64) -> MemberAddr {
+        let m = MemberAddr { id, api: format!("127.0.0.1:{}", free_port()), raft: format!("127.0.0.1:{}", free_port()) };
+        let cfg = self.config_for(id, true, Some((m.api.clone(), m.raft.clone())));
+        self.configs.insert(id, cfg);
+        m
+    }
+
+    /// Starts member `id` on its own runtime (retrying while a killed
+    /// predecessor still holds the store open).
+    pub fn start(&mut self, id: u64) {
+        let cfg = self.configs[&id].clone();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .thread_name(format!("tracker-{id}"))
+                .build()
+                .expect("runtime");
+            let mut last = None;
+            for _ in 0..100 {
+                match rt.block_on(Tracker::start(cfg.clone())) {
+                    Ok(t) => return Running { rt, tracker: Some(t) },
+                    Err(e) => last = Some(e.to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            panic!("member {id} did not start: {last:?}");
+        });
+        let running = handle.join().expect("start thread");
+        self.running.insert(id, running);
+    }
+
+    pub fn start_all(&mut self) {
+        let ids: Vec<u64> = self.members.iter().map(|m| m.id).collect();
+        for id in ids {
+            self.start(id);
+        }
+    }
+
+    /// Kills member `id` abruptly: its runtime is shut down without any
+    /// graceful step, as a crash would.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut r) = self.running.remove(&id) {
+            let tracker = r.tracker.take();
+            std::mem::forget(tracker);
+            r.rt.shutdown_background();
+        }
+    }
+
+    /// Stops member `id` gracefully.
+    pub fn stop(&mut self, id: u64) {
+        if let Some(mut r) = self.running.remove(&id) {
+            if let Some(t) = r.tracker.take() {
+                let _ = std::thread::spawn(move || {
+                    r.rt.block_on(t.shutdown());
+                    r.rt.shutdown_background();
+                })
+                .join();
+            }
+        }
+    }
+
+    pub fn tracker(&self, id: u64) -> &Tracker {
+        self.running[&id].tracker.as_ref().expect("member running")
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.running.contains_key(&id)
+    }
+
+    pub fn running_ids(&self) -> Vec<u64> {
+        self.running.keys().copied().collect()
+    }
+
+    /// Waits until some running member sees a leader that is running, and
+    /// returns it.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            for (id, r) in &self.running {
+                let Some(t) = &r.tracker else { continue };
+                let m = t.app.metrics();
+                if m.current_leader == Some(*id) && m.state == openraft::ServerState::Leader {
+                    return *id;
+                }
+            }
+            assert!(tokio::time::Instant::now() < until, "no leader within {timeout:?}");
+            // Wake on the first metrics change of any member, or soon.
+            let mut rxs: Vec<_> = self.running.values().filter_map(|r| r.tracker.as_ref()).map(|t| t.app.raft.metrics()).collect();
+            let changes = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
+            let _ = tokio::time::timeout(Duration::from_millis(100), futures::future::select_all(changes)).await;
+        }
+    }
+
+    /// Waits until member `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) {
+        let mut rx = self.tracker(id).app.raft.metrics();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if rx.borrow_and_update().last_applied.is_some_and(|l| l.index >= index) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("member {id} did not apply {index} within {timeout:?}"));
+    }
+
+    /// The API addresses by member id.
+    pub fn api_addrs(&self) -> BTreeMap<u64, SocketAddr> {
+        self.configs
+            .iter()
+            .filter_map(|(id, c)| c.own_addrs().map(|(a, _)| (*id, a.parse().expect("addr"))))
+            .collect()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.running.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
+
+/// A tracker-API client for tests and benchmarks: dials members (or a
+/// proxy) directly, one stream per request, and numbers its writes.
+pub struct ApiClient {
+    pub endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    conns: tokio::sync::Mutex<BTreeMap<SocketAddr, quinn::Connection>>,
+    pub id: u128,
+    seq: std::sync::atomic::AtomicU64,
+    pub token: std::sync::Mutex<Option<String>>,
+}
+
+impl ApiClient {
+    pub fn new(certs: &Path) -> Self {
+        let roots = tls::load_ca(certs).expect("ca");
+        let crypto = tls::client_crypto(roots, None, tracker_api::ALPN).expect("client crypto");
+        let client = tls::quic_client(crypto, quic::control_transport(Duration::from_secs(5))).expect("quic client");
+        let endpoint = quic::endpoint("127.0.0.1:0".parse().expect("addr"), None).expect("endpoint");
+        ApiClient {
+            endpoint,
+            client,
+            conns: Default::default(),
+            id: rand::random(),
+            seq: Default::default(),
+            token: Default::default(),
+        }
+    }
+
+    /// Builds the envelope for a request, numbering writes.
+    pub fn envelope(&self, request: Request) -> Envelope {
+        let write_id = request.is_write().then(|| WriteId {
+            client: self.id,
+            seq: self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+        });
+        Envelope {
+            token: self.token.lock().expect("token").clone(),
+            write_id,
+            origin: None,
+            consistency: Consistency::Linearizable,
+            request,
+        }
+    }
+
+    pub async fn conn(&self, addr: SocketAddr, name: &str) -> Result<quinn::Connection, String> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&addr) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let c = self
+            .endpoint
+            .connect_with(self.client.clone(), addr, name)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        conns.insert(addr, c.clone());
+        Ok(c)
+    }
+
+    /// Sends one envelope to `addr`.
+    pub async fn send(&self, addr: SocketAddr, name: &str, env: &Envelope) -> Result<Answer, String> {
+        let conn = self.conn(addr, name).await?;
+        codec::call::<_, Answer>(&conn, env, 1 << 20).await.map_err(|e| e.to_string())
+    }
+
+    /// Sends to the cluster's leader, following NotLeader answers and
+    /// retrying transport errors, within `timeout`.
+    pub async fn leader_send(&self, members: &BTreeMap<u64, SocketAddr>, env: &Envelope, timeout: Duration) -> Answer {
+        let until = tokio::time::Instant::now() + timeout;
+        let mut target = *members.keys().next().expect("members");
+        let mut i = 0;
+        loop {
+            let addr = members[&target];
+            let res = tokio::time::timeout(Duration::from_secs(1), self.send(addr, &format!("tracker-{target}"), env)).await;
+            match res {
+                Ok(Ok(Err(ApiError::NotLeader { leader: Some(l), .. }))) if members.contains_key(&l) && l != target => {
+                    target = l;
+                    continue;
+                }
+                Ok(Ok(Err(ApiError::NotLeader { .. }))) | Ok(Err(_)) | Err(_) => {
+                    if tokio::time::Instant::now() >= until {
+                        return Err(ApiError::Unavailable("test client: no leader".into()));
+                    }
+                    i += 1;
+                    target = *members.keys().nth(i % members.len()).expect("member");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Ok(answer)) => return answer,
+            }
+        }
+    }
+
+    /// Registers and logs in `user` through `members`, keeping the token.
+    pub async fn sign_up(&self, members: &BTreeMap<u64, SocketAddr>, user: &str, password: &str) {
+        let t = Duration::from_secs(10);
+        let env = self.envelope(Request::Register { user: user.into(), password: password.into() });
+        match self.leader_send(members, &env, t).await {
+            Ok(Reply::Registered { .. }) | Err(ApiError::UserExists(_)) => {}
+            other => panic!("register {user}: {other:?}"),
+        }
+        let env = self.envelope(Request::Login { user: user.into(), password: password.into() });
+        match self.leader_send(members, &env, t).await {
+            Ok(Reply::LoggedIn { token, .. }) => *self.token.lock().expect("token") = Some(token),
+            other => panic!("login {user}: {other:?}"),
+        }
+    }
+}
