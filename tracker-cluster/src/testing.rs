@@ -128,8 +128,10 @@ impl TestCluster {
     pub fn kill(&mut self, id: u64) {
         if let Some(mut r) = self.running.remove(&id) {
             let tracker = r.tracker.take();
-            std::mem::forget(tracker);
             r.rt.shutdown_background();
+            // With the runtime gone, dropping the handles releases the
+            // sockets and the store, as the death of a process would.
+            drop(tracker);
         }
     }
 
