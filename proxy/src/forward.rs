@@ -90,7 +90,10 @@ impl Forwarder {
         env.origin = Some(remote);
         if env.request.is_write() && env.write_id.is_none() {
             let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            env.write_id = Some(WriteId { client: self.client ^ ((seq as u128) << 64), seq: 1 });
+            env.write_id = Some(WriteId {
+                client: self.client ^ ((seq as u128) << 64),
+                seq: 1,
+            });
         }
         let frame = match codec::encode(&env) {
             Ok(f) => f,
@@ -123,7 +126,12 @@ impl Forwarder {
                 // NotLeader answer names the leader.
                 None => {
                     rotate += 1;
-                    *self.up.members.keys().nth(rotate % self.up.members.len().max(1)).ok_or(ApiError::Internal)?
+                    *self
+                        .up
+                        .members
+                        .keys()
+                        .nth(rotate % self.up.members.len().max(1))
+                        .ok_or(ApiError::Internal)?
                 }
             };
             let left = until.saturating_duration_since(tokio::time::Instant::now());
@@ -169,6 +177,9 @@ impl Forwarder {
             let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), views.changed()).await;
         }
         tracing::warn!(kind, %last, "no leader before the deadline");
-        Err(ApiError::Unavailable(format!("no leader answered within {} ms ({last})", self.deadline.as_millis())))
+        Err(ApiError::Unavailable(format!(
+            "no leader answered within {} ms ({last})",
+            self.deadline.as_millis()
+        )))
     }
 }

@@ -40,7 +40,11 @@ async fn watch_once(up: &Upstreams, id: u64) {
         write_id: None,
         origin: None,
         consistency: Consistency::Stale,
-        request: Request::WatchLeader { leader: view.leader, term: view.term, wait_ms: POLL_MS },
+        request: Request::WatchLeader {
+            leader: view.leader,
+            term: view.term,
+            wait_ms: POLL_MS,
+        },
     };
     let Ok(frame) = codec::encode(&env) else { return };
     let res = tokio::time::timeout(Duration::from_millis(POLL_MS as u64 + 2_000), up.call_raw(id, &frame)).await;

@@ -50,23 +50,41 @@ impl Proxy {
             tls::server_crypto(&identity, &[tracker_api::ALPN], ClientAuth::None)?,
             quic::control_transport(Duration::from_secs(30)),
         )?;
-        let listen: SocketAddr = config.listen.parse().map_err(|_| StartError::Addr(config.listen.clone()))?;
-        let endpoint = quic::endpoint(listen, Some(server))
-            .map_err(|source| StartError::Bind { addr: config.listen.clone(), source })?;
-        let addr = endpoint.local_addr().map_err(|source| StartError::Bind { addr: config.listen.clone(), source })?;
+        let listen: SocketAddr = config
+            .listen
+            .parse()
+            .map_err(|_| StartError::Addr(config.listen.clone()))?;
+        let endpoint = quic::endpoint(listen, Some(server)).map_err(|source| StartError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+        let addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
         // Upstream connections present the proxy's certificate, so the
         // trackers trust the node address it reports for throttling.
         let client = tls::quic_client(
             tls::client_crypto(roots, Some(&identity), tracker_api::ALPN)?,
             quic::control_transport(Duration::from_millis(1500)),
         )?;
-        let upstream = Arc::new(upstream::Upstreams::new(endpoint.clone(), client, &config.trackers, config.limits.max_frame_bytes));
+        let upstream = Arc::new(upstream::Upstreams::new(
+            endpoint.clone(),
+            client,
+            &config.trackers,
+            config.limits.max_frame_bytes,
+        ));
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         leader::spawn_watchers(upstream.clone(), stop_rx.clone());
         let fwd = Arc::new(forward::Forwarder::new(upstream.clone(), &config));
         tokio::spawn(forward::serve(fwd, endpoint.clone()));
         tracing::info!(%addr, name = %config.name, "proxy started");
-        Ok(Proxy { addr, endpoint, upstream, stop })
+        Ok(Proxy {
+            addr,
+            endpoint,
+            upstream,
+            stop,
+        })
     }
 
     /// The leader as this proxy knows it now.

@@ -7,7 +7,11 @@ use clap::Parser;
 use protocol::config::ProxyConfig;
 
 #[derive(Parser)]
-#[command(name = "quorrent-proxy", version, about = "Front door of the quorrent tracker cluster: follows the Raft leader")]
+#[command(
+    name = "quorrent-proxy",
+    version,
+    about = "Front door of the quorrent tracker cluster: follows the Raft leader"
+)]
 struct Cli {
     /// Configuration file (JSON); every field has a default.
     #[arg(long)]
@@ -26,8 +30,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Some(p) => protocol::config::load(p)?,
         None => ProxyConfig::default(),
     };
-    let _log = protocol::logging::init(&config.log_dir, &format!("{}.log", config.name), &config.log_level, true)
-        .with_context(|| format!("log folder {}", config.log_dir.display()))?;
+    let _log = protocol::logging::init(
+        &config.log_dir,
+        &format!("{}.log", config.name),
+        &config.log_level,
+        true,
+    )
+    .with_context(|| format!("log folder {}", config.log_dir.display()))?;
     tokio::runtime::Runtime::new()?.block_on(async move {
         let proxy = proxy::Proxy::start(config).await?;
         use tokio::signal::unix::{signal, SignalKind};

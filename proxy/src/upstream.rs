@@ -47,9 +47,25 @@ impl Upstreams {
     pub fn new(endpoint: quinn::Endpoint, client: quinn::ClientConfig, trackers: &[MemberAddr], limit: usize) -> Self {
         let members = trackers
             .iter()
-            .map(|m| (m.id, Arc::new(Member { id: m.id, addr: m.api.clone(), conn: Default::default() })))
+            .map(|m| {
+                (
+                    m.id,
+                    Arc::new(Member {
+                        id: m.id,
+                        addr: m.api.clone(),
+                        conn: Default::default(),
+                    }),
+                )
+            })
             .collect();
-        Upstreams { endpoint, client, members, limit, view: watch::channel(LeaderView::default()).0, update: Mutex::new(()) }
+        Upstreams {
+            endpoint,
+            client,
+            members,
+            limit,
+            view: watch::channel(LeaderView::default()).0,
+            update: Mutex::new(()),
+        }
     }
 
     pub fn leader(&self) -> Option<u64> {
@@ -84,7 +100,10 @@ impl Upstreams {
         let _g = self.update.lock().expect("view lock");
         let cur = *self.view.borrow();
         if cur.term == term && cur.leader != Some(leader) && self.members.contains_key(&leader) {
-            self.view.send_replace(LeaderView { leader: Some(leader), term });
+            self.view.send_replace(LeaderView {
+                leader: Some(leader),
+                term,
+            });
         }
     }
 
@@ -126,6 +145,8 @@ impl Upstreams {
     /// Sends an encoded frame to member `id`, returns the raw answer body.
     pub async fn call_raw(&self, id: u64, frame: &[u8]) -> Result<Vec<u8>, UpstreamError> {
         let conn = self.conn(id).await?;
-        codec::call_raw_body(&conn, frame, self.limit).await.map_err(|source| UpstreamError::Call { id, source })
+        codec::call_raw_body(&conn, frame, self.limit)
+            .await
+            .map_err(|source| UpstreamError::Call { id, source })
     }
 }

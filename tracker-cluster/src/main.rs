@@ -157,7 +157,10 @@ async fn admin(config: TrackerConfig, action: AdminAction) -> anyhow::Result<()>
 
 /// One row per configured member, each from that member's own view.
 async fn print_members(net: &Network, config: &TrackerConfig) {
-    println!("{:<4} {:<22} {:<22} {:<5} {:<9} {:>6} {:>12}", "id", "api", "raft", "up", "role", "term", "last-applied");
+    println!(
+        "{:<4} {:<22} {:<22} {:<5} {:<9} {:>6} {:>12}",
+        "id", "api", "raft", "up", "role", "term", "last-applied"
+    );
     for m in &config.members {
         let row = management::status_of_member(net, m.id, &m.raft, Duration::from_millis(1500)).await;
         let (up, role, term, applied) = match row {
@@ -169,10 +172,18 @@ async fn print_members(net: &Network, config: &TrackerConfig) {
                     (_, Some(_)) => "follower",
                     (_, None) => "removed",
                 };
-                ("up", role, s.term.to_string(), s.last_applied.map_or("-".into(), |a| a.to_string()))
+                (
+                    "up",
+                    role,
+                    s.term.to_string(),
+                    s.last_applied.map_or("-".into(), |a| a.to_string()),
+                )
             }
             Err(_) => ("down", "-", "-".into(), "-".into()),
         };
-        println!("{:<4} {:<22} {:<22} {:<5} {:<9} {:>6} {:>12}", m.id, m.api, m.raft, up, role, term, applied);
+        println!(
+            "{:<4} {:<22} {:<22} {:<5} {:<9} {:>6} {:>12}",
+            m.id, m.api, m.raft, up, role, term, applied
+        );
     }
 }

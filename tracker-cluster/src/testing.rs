@@ -22,7 +22,10 @@ use crate::Tracker;
 
 /// Picks a free UDP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 struct Running {
@@ -53,7 +56,12 @@ impl TestCluster {
         let mut names: Vec<String> = (1..=n + 2).map(|i| format!("tracker-{i}")).collect();
         names.extend(["proxy-1", "proxy-2", "admin"].map(String::from));
         tls::generate(&dir.path().join("certs"), &names).expect("certificates");
-        let mut c = TestCluster { dir, members: members.clone(), configs: BTreeMap::new(), running: BTreeMap::new() };
+        let mut c = TestCluster {
+            dir,
+            members: members.clone(),
+            configs: BTreeMap::new(),
+            running: BTreeMap::new(),
+        };
         for m in &members {
             let cfg = c.config_for(m.id, false, None);
             c.configs.insert(m.id, cfg);
@@ -85,7 +93,11 @@ impl TestCluster {
     /// Prepares a member that is not in the initial membership (it waits
     /// to be added).
     pub fn prepare_joiner(&mut self, id: u64) -> MemberAddr {
-        let m = MemberAddr { id, api: format!("127.0.0.1:{}", free_port()), raft: format!("127.0.0.1:{}", free_port()) };
+        let m = MemberAddr {
+            id,
+            api: format!("127.0.0.1:{}", free_port()),
+            raft: format!("127.0.0.1:{}", free_port()),
+        };
         let cfg = self.config_for(id, true, Some((m.api.clone(), m.raft.clone())));
         self.configs.insert(id, cfg);
         m
@@ -174,7 +186,12 @@ impl TestCluster {
             }
             assert!(tokio::time::Instant::now() < until, "no leader within {timeout:?}");
             // Wake on the first metrics change of any member, or soon.
-            let mut rxs: Vec<_> = self.running.values().filter_map(|r| r.tracker.as_ref()).map(|t| t.app.raft.metrics()).collect();
+            let mut rxs: Vec<_> = self
+                .running
+                .values()
+                .filter_map(|r| r.tracker.as_ref())
+                .map(|t| t.app.raft.metrics())
+                .collect();
             let changes = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
             let _ = tokio::time::timeout(Duration::from_millis(100), futures::future::select_all(changes)).await;
         }
@@ -277,7 +294,9 @@ impl ApiClient {
     /// Sends one envelope to `addr`.
     pub async fn send(&self, addr: SocketAddr, name: &str, env: &Envelope) -> Result<Answer, String> {
         let conn = self.conn(addr, name).await?;
-        codec::call::<_, Answer>(&conn, env, 1 << 20).await.map_err(|e| e.to_string())
+        codec::call::<_, Answer>(&conn, env, 1 << 20)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Sends to the cluster's leader, following NotLeader answers and
@@ -288,7 +307,11 @@ impl ApiClient {
         let mut i = 0;
         loop {
             let addr = members[&target];
-            let res = tokio::time::timeout(Duration::from_secs(1), self.send(addr, &format!("tracker-{target}"), env)).await;
+            let res = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.send(addr, &format!("tracker-{target}"), env),
+            )
+            .await;
             match res {
                 Ok(Ok(Err(ApiError::NotLeader { leader: Some(l), .. }))) if members.contains_key(&l) && l != target => {
                     target = l;
@@ -310,12 +333,18 @@ impl ApiClient {
     /// Registers and logs in `user` through `members`, keeping the token.
     pub async fn sign_up(&self, members: &BTreeMap<u64, SocketAddr>, user: &str, password: &str) {
         let t = Duration::from_secs(10);
-        let env = self.envelope(Request::Register { user: user.into(), password: password.into() });
+        let env = self.envelope(Request::Register {
+            user: user.into(),
+            password: password.into(),
+        });
         match self.leader_send(members, &env, t).await {
             Ok(Reply::Registered { .. }) | Err(ApiError::UserExists(_)) => {}
             other => panic!("register {user}: {other:?}"),
         }
-        let env = self.envelope(Request::Login { user: user.into(), password: password.into() });
+        let env = self.envelope(Request::Login {
+            user: user.into(),
+            password: password.into(),
+        });
         match self.leader_send(members, &env, t).await {
             Ok(Reply::LoggedIn { token, .. }) => *self.token.lock().expect("token") = Some(token),
             other => panic!("login {user}: {other:?}"),

@@ -16,20 +16,39 @@ fn meta(name: &str, n: u64) -> FileMeta {
     let mut id = [0u8; 32];
     id[..8].copy_from_slice(&n.to_le_bytes());
     id[8..16].copy_from_slice(&blake3::hash(name.as_bytes()).as_bytes()[..8]);
-    FileMeta { id: FileId(id), name: name.into(), size: 1000, chunk_size: 1 << 20, chunk_count: 1 }
+    FileMeta {
+        id: FileId(id),
+        name: name.into(),
+        size: 1000,
+        chunk_size: 1 << 20,
+        chunk_count: 1,
+    }
 }
 
 /// Signs a client up and announces a peer for it.
-async fn peer_client(c: &TestCluster, members: &BTreeMap<u64, SocketAddr>, user: &str, peer: u8) -> (ApiClient, PeerId) {
+async fn peer_client(
+    c: &TestCluster,
+    members: &BTreeMap<u64, SocketAddr>,
+    user: &str,
+    peer: u8,
+) -> (ApiClient, PeerId) {
     let client = ApiClient::new(&c.certs());
     client.sign_up(members, user, "correct horse").await;
     let peer_id = PeerId([peer; 32]);
-    let env = client.envelope(Request::AnnouncePeer { peer_id, addrs: vec!["127.0.0.1:9".parse().unwrap()] });
+    let env = client.envelope(Request::AnnouncePeer {
+        peer_id,
+        addrs: vec!["127.0.0.1:9".parse().unwrap()],
+    });
     assert_eq!(client.leader_send(members, &env, T).await, Ok(Reply::Done));
     (client, peer_id)
 }
 
-async fn own(client: &ApiClient, members: &BTreeMap<u64, SocketAddr>, peer_id: PeerId, file: FileMeta) -> Result<Reply, ApiError> {
+async fn own(
+    client: &ApiClient,
+    members: &BTreeMap<u64, SocketAddr>,
+    peer_id: PeerId,
+    file: FileMeta,
+) -> Result<Reply, ApiError> {
     let env = client.envelope(Request::Own { peer_id, file });
     client.leader_send(members, &env, T).await
 }
@@ -48,13 +67,27 @@ async fn elect_and_replicate() {
     let members = c.api_addrs();
     let (client, peer) = peer_client(&c, &members, "alice", 1).await;
     for i in 0..20 {
-        assert_eq!(own(&client, &members, peer, meta(&format!("file-{i}.iso"), i)).await, Ok(Reply::Done));
+        assert_eq!(
+            own(&client, &members, peer, meta(&format!("file-{i}.iso"), i)).await,
+            Ok(Reply::Done)
+        );
     }
     // A follower refuses and names the leader.
     let follower = *members.keys().find(|id| **id != leader).unwrap();
-    let env = client.envelope(Request::Search { text: "file".into(), cursor: 0, limit: 10 });
-    match client.send(members[&follower], &format!("tracker-{follower}"), &env).await.unwrap() {
-        Err(ApiError::NotLeader { leader: Some(l), addr: Some(a) }) => {
+    let env = client.envelope(Request::Search {
+        text: "file".into(),
+        cursor: 0,
+        limit: 10,
+    });
+    match client
+        .send(members[&follower], &format!("tracker-{follower}"), &env)
+        .await
+        .unwrap()
+    {
+        Err(ApiError::NotLeader {
+            leader: Some(l),
+            addr: Some(a),
+        }) => {
             assert_eq!(l, leader);
             assert_eq!(a, members[&leader].to_string());
         }
@@ -80,15 +113,32 @@ async fn leader_killed_nothing_acknowledged_is_lost() {
     let members = c.api_addrs();
     let (client, peer) = peer_client(&c, &members, "bob", 2).await;
     for i in 0..50 {
-        assert_eq!(own(&client, &members, peer, meta(&format!("before-{i}"), i)).await, Ok(Reply::Done));
+        assert_eq!(
+            own(&client, &members, peer, meta(&format!("before-{i}"), i)).await,
+            Ok(Reply::Done)
+        );
     }
     c.kill(old);
     let killed = std::time::Instant::now();
-    let survivors: BTreeMap<u64, SocketAddr> = members.iter().filter(|(id, _)| **id != old).map(|(k, v)| (*k, *v)).collect();
-    assert_eq!(own(&client, &survivors, peer, meta("after", 1000)).await, Ok(Reply::Done));
+    let survivors: BTreeMap<u64, SocketAddr> = members
+        .iter()
+        .filter(|(id, _)| **id != old)
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    assert_eq!(
+        own(&client, &survivors, peer, meta("after", 1000)).await,
+        Ok(Reply::Done)
+    );
     let pause = killed.elapsed();
-    assert!(pause < Duration::from_secs(3), "first write after the kill took {pause:?}");
-    let env = client.envelope(Request::Search { text: "before-".into(), cursor: 0, limit: 1000 });
+    assert!(
+        pause < Duration::from_secs(3),
+        "first write after the kill took {pause:?}"
+    );
+    let env = client.envelope(Request::Search {
+        text: "before-".into(),
+        cursor: 0,
+        limit: 1000,
+    });
     match client.leader_send(&survivors, &env, T).await {
         Ok(Reply::Files { hits, .. }) => assert_eq!(hits.len(), 50),
         other => panic!("search: {other:?}"),
@@ -110,9 +160,16 @@ async fn restart_catches_up_by_snapshot() {
     let (client, peer) = peer_client(&c, &members, "carol", 3).await;
     let lagging = *members.keys().find(|id| **id != leader).unwrap();
     c.kill(lagging);
-    let live: BTreeMap<u64, SocketAddr> = members.iter().filter(|(id, _)| **id != lagging).map(|(k, v)| (*k, *v)).collect();
+    let live: BTreeMap<u64, SocketAddr> = members
+        .iter()
+        .filter(|(id, _)| **id != lagging)
+        .map(|(k, v)| (*k, *v))
+        .collect();
     for i in 0..120 {
-        assert_eq!(own(&client, &live, peer, meta(&format!("while-away-{i}"), i)).await, Ok(Reply::Done));
+        assert_eq!(
+            own(&client, &live, peer, meta(&format!("while-away-{i}"), i)).await,
+            Ok(Reply::Done)
+        );
     }
     let m = c.tracker(leader).app.metrics();
     let purged = m.purged.expect("the leader compacted its log").index;
@@ -120,8 +177,14 @@ async fn restart_catches_up_by_snapshot() {
     c.start(lagging);
     c.wait_applied(lagging, m.last_applied.unwrap().index, T).await;
     assert_eq!(file_count(&c, lagging), 120);
-    assert!(c.tracker(lagging).app.metrics().snapshot.is_some(), "caught up without a snapshot");
-    assert_eq!(c.tracker(lagging).app.state.read().registry.digest(), c.tracker(leader).app.state.read().registry.digest());
+    assert!(
+        c.tracker(lagging).app.metrics().snapshot.is_some(),
+        "caught up without a snapshot"
+    );
+    assert_eq!(
+        c.tracker(lagging).app.state.read().registry.digest(),
+        c.tracker(leader).app.state.read().registry.digest()
+    );
 }
 
 /// A member is added (learner, then voter) and another removed, while
@@ -142,24 +205,47 @@ async fn membership_changes_under_writes() {
     let writes = tokio::spawn(async move {
         let w = ApiClient::new(&certs);
         w.sign_up(&writer_members, "erin", "pw").await;
-        let env = w.envelope(Request::AnnouncePeer { peer_id: PeerId([5; 32]), addrs: vec![] });
+        let env = w.envelope(Request::AnnouncePeer {
+            peer_id: PeerId([5; 32]),
+            addrs: vec![],
+        });
         assert_eq!(w.leader_send(&writer_members, &env, T).await, Ok(Reply::Done));
         for i in 0..60 {
-            let env = w.envelope(Request::Own { peer_id: PeerId([5; 32]), file: meta(&format!("during-{i}"), 10_000 + i) });
-            assert_eq!(w.leader_send(&writer_members, &env, T).await, Ok(Reply::Done), "write {i}");
+            let env = w.envelope(Request::Own {
+                peer_id: PeerId([5; 32]),
+                file: meta(&format!("during-{i}"), 10_000 + i),
+            });
+            assert_eq!(
+                w.leader_send(&writer_members, &env, T).await,
+                Ok(Reply::Done),
+                "write {i}"
+            );
         }
     });
 
     let app = c.tracker(leader).app.clone();
-    let req = tracker_cluster::network::management::AdminRequest::Add { id: 4, api: new.api.clone(), raft: new.raft.clone() };
-    let status = tracker_cluster::network::management::handle(&app, req).await.expect("add");
-    let tracker_cluster::network::management::AdminReply::Status(s) = status else { panic!("not leader") };
+    let req = tracker_cluster::network::management::AdminRequest::Add {
+        id: 4,
+        api: new.api.clone(),
+        raft: new.raft.clone(),
+    };
+    let status = tracker_cluster::network::management::handle(&app, req)
+        .await
+        .expect("add");
+    let tracker_cluster::network::management::AdminReply::Status(s) = status else {
+        panic!("not leader")
+    };
     assert!(s.members.iter().any(|m| m.id == 4 && m.voter), "{s:?}");
     let victim = *[1, 2, 3].iter().find(|id| **id != leader).unwrap();
     let req = tracker_cluster::network::management::AdminRequest::Remove { id: victim };
-    tracker_cluster::network::management::handle(&app, req).await.expect("remove");
+    tracker_cluster::network::management::handle(&app, req)
+        .await
+        .expect("remove");
     writes.await.unwrap();
-    assert_eq!(own(&client, &members, peer, meta("last", 99_999)).await, Ok(Reply::Done));
+    assert_eq!(
+        own(&client, &members, peer, meta("last", 99_999)).await,
+        Ok(Reply::Done)
+    );
 
     let voters: Vec<u64> = app.metrics().membership_config.membership().voter_ids().collect();
     assert!(voters.contains(&4) && !voters.contains(&victim), "{voters:?}");
@@ -177,14 +263,23 @@ async fn duplicate_write_applied_once() {
     c.wait_leader(T).await;
     let members = c.api_addrs();
     let client = ApiClient::new(&c.certs());
-    let env = client.envelope(Request::Register { user: "frank".into(), password: "pw".into() });
+    let env = client.envelope(Request::Register {
+        user: "frank".into(),
+        password: "pw".into(),
+    });
     let first = client.leader_send(&members, &env, T).await;
     let again = client.leader_send(&members, &env, T).await;
     assert_eq!(first, Ok(Reply::Registered { user: "frank".into() }));
     assert_eq!(again, first);
     // A new write id for the same user is a second registration: refused.
-    let env = client.envelope(Request::Register { user: "frank".into(), password: "pw".into() });
-    assert_eq!(client.leader_send(&members, &env, T).await, Err(ApiError::UserExists("frank".into())));
+    let env = client.envelope(Request::Register {
+        user: "frank".into(),
+        password: "pw".into(),
+    });
+    assert_eq!(
+        client.leader_send(&members, &env, T).await,
+        Err(ApiError::UserExists("frank".into()))
+    );
 }
 
 /// Passwords are stored as argon2id hashes: no file of any member holds
@@ -206,19 +301,37 @@ async fn no_plaintext_password_on_disk() {
     for id in 1..=3 {
         for f in std::fs::read_dir(c.dir.path().join(format!("data-{id}"))).unwrap() {
             let bytes = std::fs::read(f.unwrap().path()).unwrap();
-            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "plaintext password on disk");
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "plaintext password on disk"
+            );
             seen_argon |= bytes.windows(9).any(|w| w == b"$argon2id");
         }
     }
     assert!(seen_argon, "no argon2id hash found on disk");
 
-    let wrong = client.envelope(Request::Login { user: "grace".into(), password: "nope".into() });
-    let unknown = client.envelope(Request::Login { user: "nobody".into(), password: "nope".into() });
-    assert_eq!(client.leader_send(&members, &wrong, T).await, Err(ApiError::BadCredentials));
-    assert_eq!(client.leader_send(&members, &unknown, T).await, Err(ApiError::BadCredentials));
+    let wrong = client.envelope(Request::Login {
+        user: "grace".into(),
+        password: "nope".into(),
+    });
+    let unknown = client.envelope(Request::Login {
+        user: "nobody".into(),
+        password: "nope".into(),
+    });
+    assert_eq!(
+        client.leader_send(&members, &wrong, T).await,
+        Err(ApiError::BadCredentials)
+    );
+    assert_eq!(
+        client.leader_send(&members, &unknown, T).await,
+        Err(ApiError::BadCredentials)
+    );
     let mut throttled = false;
     for _ in 0..6 {
-        let env = client.envelope(Request::Login { user: "grace".into(), password: "nope".into() });
+        let env = client.envelope(Request::Login {
+            user: "grace".into(),
+            password: "nope".into(),
+        });
         if let Err(ApiError::TooManyAttempts { .. }) = client.leader_send(&members, &env, T).await {
             throttled = true;
         }
@@ -253,17 +366,49 @@ async fn bad_frames_are_answered_and_harmless() {
         other => panic!("{other:?}"),
     }
     // Bad names are refused with the reason.
-    let env = raw.envelope(Request::Register { user: "bad\u{7}name".into(), password: "pw".into() });
-    assert!(matches!(raw.send(members[&leader], &format!("tracker-{leader}"), &env).await.unwrap(), Err(ApiError::InvalidName(_))));
-    let env = raw.envelope(Request::Register { user: "".into(), password: "pw".into() });
-    assert!(matches!(raw.send(members[&leader], &format!("tracker-{leader}"), &env).await.unwrap(), Err(ApiError::InvalidName(_))));
+    let env = raw.envelope(Request::Register {
+        user: "bad\u{7}name".into(),
+        password: "pw".into(),
+    });
+    assert!(matches!(
+        raw.send(members[&leader], &format!("tracker-{leader}"), &env)
+            .await
+            .unwrap(),
+        Err(ApiError::InvalidName(_))
+    ));
+    let env = raw.envelope(Request::Register {
+        user: "".into(),
+        password: "pw".into(),
+    });
+    assert!(matches!(
+        raw.send(members[&leader], &format!("tracker-{leader}"), &env)
+            .await
+            .unwrap(),
+        Err(ApiError::InvalidName(_))
+    ));
     // The same connection still works, and so does everyone else.
     let env = raw.envelope(Request::ClusterStatus);
-    assert!(matches!(raw.send(members[&leader], &format!("tracker-{leader}"), &env).await.unwrap(), Ok(Reply::Status(_))));
-    let env = other.envelope(Request::Search { text: "".into(), cursor: 0, limit: 5 });
-    assert!(matches!(other.leader_send(&members, &env, T).await, Ok(Reply::Files { .. })));
+    assert!(matches!(
+        raw.send(members[&leader], &format!("tracker-{leader}"), &env)
+            .await
+            .unwrap(),
+        Ok(Reply::Status(_))
+    ));
+    let env = other.envelope(Request::Search {
+        text: "".into(),
+        cursor: 0,
+        limit: 5,
+    });
+    assert!(matches!(
+        other.leader_send(&members, &env, T).await,
+        Ok(Reply::Files { .. })
+    ));
     // Unauthenticated requests get "not logged in".
-    let env = raw.envelope(Request::Search { text: "".into(), cursor: 0, limit: 5 });
+    let env = raw.envelope(Request::Search {
+        text: "".into(),
+        cursor: 0,
+        limit: 5,
+    });
     assert_eq!(raw.leader_send(&members, &env, T).await, Err(ApiError::NotLoggedIn));
 }
 
@@ -288,14 +433,30 @@ async fn raft_requires_cluster_certificate() {
         )
         .unwrap();
         let attempt = async {
-            let conn = ep.connect_with(cfg, raft_addr, "tracker-1").unwrap().await.map_err(|e| e.to_string())?;
+            let conn = ep
+                .connect_with(cfg, raft_addr, "tracker-1")
+                .unwrap()
+                .await
+                .map_err(|e| e.to_string())?;
             // TLS 1.3: the server may reject the client certificate after
             // the client thinks the handshake is done; the first stream fails.
-            let req = tracker_cluster::network::RaftRequest::Admin(tracker_cluster::network::management::AdminRequest::Status);
-            protocol::codec::call::<_, tracker_cluster::network::RaftReply>(&conn, &req, 1 << 20).await.map_err(|e| e.to_string())
+            let req = tracker_cluster::network::RaftRequest::Admin(
+                tracker_cluster::network::management::AdminRequest::Status,
+            );
+            protocol::codec::call::<_, tracker_cluster::network::RaftReply>(&conn, &req, 1 << 20)
+                .await
+                .map_err(|e| e.to_string())
         };
         let res = tokio::time::timeout(Duration::from_secs(5), attempt).await;
-        assert!(!matches!(res, Ok(Ok(_))), "raft accepted a client with {}", if id.is_some() { "a foreign certificate" } else { "no certificate" });
+        assert!(
+            !matches!(res, Ok(Ok(_))),
+            "raft accepted a client with {}",
+            if id.is_some() {
+                "a foreign certificate"
+            } else {
+                "no certificate"
+            }
+        );
     }
     // A member's own certificate works (the admin one is from the same CA).
     let admin = tls::load_identity(&c.certs(), "admin").unwrap();
@@ -304,6 +465,7 @@ async fn raft_requires_cluster_certificate() {
         tracker_cluster::raft_client(roots, &admin, Duration::from_secs(2)).unwrap(),
         1 << 20,
     );
-    let s = tracker_cluster::network::management::status_of_member(&net, 1, &c.members[0].raft, Duration::from_secs(5)).await;
+    let s = tracker_cluster::network::management::status_of_member(&net, 1, &c.members[0].raft, Duration::from_secs(5))
+        .await;
     assert_eq!(s.unwrap().leader, Some(1));
 }

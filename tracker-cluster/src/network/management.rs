@@ -97,12 +97,22 @@ pub async fn handle(app: &App, req: AdminRequest) -> Result<AdminReply, String> 
 }
 
 /// Asks one member for its own view of the cluster, without following.
-pub async fn status_of_member(net: &Network, id: NodeId, addr: &str, timeout: Duration) -> Result<ClusterStatus, String> {
-    let conn = tokio::time::timeout(timeout, net.connect(id, addr)).await.map_err(|_| "timed out".to_string())??;
-    let reply = tokio::time::timeout(timeout, protocol::codec::call::<_, RaftReply>(&conn, &RaftRequest::Admin(AdminRequest::Status), 64 << 20))
+pub async fn status_of_member(
+    net: &Network,
+    id: NodeId,
+    addr: &str,
+    timeout: Duration,
+) -> Result<ClusterStatus, String> {
+    let conn = tokio::time::timeout(timeout, net.connect(id, addr))
         .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| "timed out".to_string())??;
+    let reply = tokio::time::timeout(
+        timeout,
+        protocol::codec::call::<_, RaftReply>(&conn, &RaftRequest::Admin(AdminRequest::Status), 64 << 20),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())?
+    .map_err(|e| e.to_string())?;
     conn.close(0u32.into(), b"done");
     match reply {
         RaftReply::Admin(Ok(AdminReply::Status(s))) => Ok(s),
