@@ -292,7 +292,10 @@ pub struct SharingConfig {
 impl Default for SharingConfig {
     fn default() -> Self {
         SharingConfig {
-            chunk_size: 1 << 20,
+            // Measured with node/examples/bench_p2p (1 GiB, 4 seeders, one
+            // 2-core machine, medians of 3): 256 KiB 365 MB/s, 512 KiB 354,
+            // 1 MiB 322, and the least CPU per byte.
+            chunk_size: 256 << 10,
             max_peers: 8,
             max_in_flight_per_peer: 8,
             heartbeat_secs: 10,

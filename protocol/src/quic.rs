@@ -38,7 +38,7 @@ pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> std::i
     let socket = std::net::UdpSocket::bind(addr)?;
     set_buffers(&socket, 4 << 20);
     let runtime =
-        quinn::default_runtime().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::Other, "no async runtime"))?;
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
     quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
 }
 

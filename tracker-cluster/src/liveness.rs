@@ -43,7 +43,7 @@ impl Liveness {
     pub fn touch(&mut self, peer: PeerId, now: Instant) {
         self.last_seen.insert(peer, now);
         // Sweep now and then so memory follows the live set, not history.
-        if self.last_seen.len() % 1024 == 0 {
+        if self.last_seen.len().is_multiple_of(1024) {
             let ttl = self.ttl;
             self.last_seen.retain(|_, t| now.saturating_duration_since(*t) <= ttl);
         }

@@ -241,6 +241,8 @@ pub struct ApiClient {
     pub id: u128,
     seq: std::sync::atomic::AtomicU64,
     pub token: std::sync::Mutex<Option<String>>,
+    /// The member that answered last (tried first next time).
+    leader_hint: std::sync::atomic::AtomicU64,
 }
 
 impl ApiClient {
@@ -256,6 +258,7 @@ impl ApiClient {
             id: rand::random(),
             seq: Default::default(),
             token: Default::default(),
+            leader_hint: Default::default(),
         }
     }
 
@@ -302,13 +305,19 @@ impl ApiClient {
     /// Sends to the cluster's leader, following NotLeader answers and
     /// retrying transport errors, within `timeout`.
     pub async fn leader_send(&self, members: &BTreeMap<u64, SocketAddr>, env: &Envelope, timeout: Duration) -> Answer {
+        use std::sync::atomic::Ordering::Relaxed;
         let until = tokio::time::Instant::now() + timeout;
-        let mut target = *members.keys().next().expect("members");
+        let hint = self.leader_hint.load(Relaxed);
+        let mut target = if members.contains_key(&hint) {
+            hint
+        } else {
+            *members.keys().next().expect("members")
+        };
         let mut i = 0;
         loop {
             let addr = members[&target];
             let res = tokio::time::timeout(
-                Duration::from_secs(1),
+                Duration::from_secs(5),
                 self.send(addr, &format!("tracker-{target}"), env),
             )
             .await;
@@ -325,7 +334,10 @@ impl ApiClient {
                     target = *members.keys().nth(i % members.len()).expect("member");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Ok(Ok(answer)) => return answer,
+                Ok(Ok(answer)) => {
+                    self.leader_hint.store(target, Relaxed);
+                    return answer;
+                }
             }
         }
     }
@@ -350,4 +362,145 @@ impl ApiClient {
             other => panic!("login {user}: {other:?}"),
         }
     }
+}
+
+/// Where a load generator sends its requests.
+#[derive(Clone)]
+pub enum Target {
+    /// Straight to the members (following NotLeader), by id.
+    Members(BTreeMap<u64, SocketAddr>),
+    /// Through a proxy (address, certificate name).
+    Proxy(SocketAddr, String),
+}
+
+impl ApiClient {
+    /// Sends to a target; transport errors become `Unavailable`.
+    pub async fn send_to(&self, target: &Target, env: &Envelope) -> Answer {
+        match target {
+            Target::Members(m) => self.leader_send(m, env, Duration::from_secs(30)).await,
+            Target::Proxy(addr, name) => self
+                .send(*addr, name, env)
+                .await
+                .unwrap_or_else(|e| Err(ApiError::Unavailable(e))),
+        }
+    }
+}
+
+/// What a write load produced.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// Latency of every successful write.
+    pub latencies: Vec<Duration>,
+    /// Ids of the files whose Own was acknowledged.
+    pub acked: Vec<protocol::ids::FileId>,
+    pub elapsed: Duration,
+}
+
+impl LoadReport {
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    /// The `q` quantile of latencies (0.5 = median).
+    pub fn quantile(&mut self, q: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        self.latencies.sort_unstable();
+        let i = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        self.latencies[i]
+    }
+}
+
+/// The metadata of the `i`-th file of load client `c` (unique ids).
+pub fn load_file(run: u64, c: usize, i: u64) -> protocol::tracker_api::FileMeta {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&run.to_le_bytes());
+    id[8..16].copy_from_slice(&(c as u64).to_le_bytes());
+    id[16..24].copy_from_slice(&i.to_le_bytes());
+    protocol::tracker_api::FileMeta {
+        id: protocol::ids::FileId(id),
+        name: format!("load-{run}-{c}-{i}.bin"),
+        size: 1 << 20,
+        chunk_size: 1 << 20,
+        chunk_count: 1,
+    }
+}
+
+/// `clients` concurrent clients, each signed up as its own user with its
+/// own peer, register files (Own, a replicated write) one after another
+/// for `duration`. `run` keeps ids apart between runs.
+pub async fn write_load(certs: &Path, target: Target, clients: usize, duration: Duration, run: u64) -> LoadReport {
+    let mut tasks = Vec::new();
+    let start_gate = std::sync::Arc::new(tokio::sync::Barrier::new(clients + 1));
+    for c in 0..clients {
+        let certs = certs.to_owned();
+        let target = target.clone();
+        let gate = start_gate.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = ApiClient::new(&certs);
+            let user = format!("load{run}x{c}");
+            let peer = protocol::ids::PeerId(*blake3::hash(user.as_bytes()).as_bytes());
+            let mut report = LoadReport::default();
+            for req in [
+                Request::Register {
+                    user: user.clone(),
+                    password: "load".into(),
+                },
+                Request::Login {
+                    user: user.clone(),
+                    password: "load".into(),
+                },
+            ] {
+                let env = client.envelope(req);
+                match client.send_to(&target, &env).await {
+                    Ok(Reply::LoggedIn { token, .. }) => *client.token.lock().expect("token") = Some(token),
+                    Ok(_) | Err(ApiError::UserExists(_)) => {}
+                    Err(e) => panic!("load client {c}: {e}"),
+                }
+            }
+            let env = client.envelope(Request::AnnouncePeer {
+                peer_id: peer,
+                addrs: vec![],
+            });
+            client.send_to(&target, &env).await.expect("announce");
+            gate.wait().await;
+            let started = tokio::time::Instant::now();
+            let mut i = 0;
+            while started.elapsed() < duration {
+                let file = load_file(run, c, i);
+                let id = file.id;
+                let env = client.envelope(Request::Own { peer_id: peer, file });
+                let t = tokio::time::Instant::now();
+                match client.send_to(&target, &env).await {
+                    Ok(_) => {
+                        report.ok += 1;
+                        report.latencies.push(t.elapsed());
+                        report.acked.push(id);
+                    }
+                    Err(e) => {
+                        report.errors += 1;
+                        report.first_error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+                i += 1;
+            }
+            report
+        }));
+    }
+    start_gate.wait().await;
+    let started = std::time::Instant::now();
+    let mut total = LoadReport::default();
+    for t in tasks {
+        let r = t.await.expect("load task");
+        total.ok += r.ok;
+        total.errors += r.errors;
+        total.first_error = total.first_error.or(r.first_error);
+        total.latencies.extend(r.latencies);
+        total.acked.extend(r.acked);
+    }
+    total.elapsed = started.elapsed();
+    total
 }

@@ -1,0 +1,73 @@
+//! The command line of `quorrent` (see CLI.md, the contract): the argument
+//! types, parsed with clap.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// quorrent: share, find and download files from many peers at once.
+#[derive(Debug, Parser)]
+#[command(name = "quorrent", version)]
+pub struct Cli {
+    /// Configuration file (JSON); default: HOME/config.json, else built-in
+    /// defaults that reach the local cluster.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// The node's home: key pair, session, state.
+    #[arg(long, global = true, env = "QUORRENT_HOME")]
+    pub home: Option<PathBuf>,
+    /// Print one JSON value on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an account.
+    Register {
+        user: String,
+        /// Read the password from one line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Open a session (stored in the home).
+    Login {
+        user: String,
+        /// Read the password from one line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// End the session on the tracker and locally.
+    Logout,
+    /// Chunk, hash and register files as owned by this node.
+    Share {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Find registered files by name.
+    Search { text: String },
+    /// Download a file from several owners at once, then seed it.
+    Get {
+        /// A 64-digit file id, or an exact file name.
+        id_or_name: String,
+        /// Folder to put the file in (default: the storage folder).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// Exit once downloaded and registered, instead of seeding.
+        #[arg(long)]
+        no_seed: bool,
+    },
+    /// Serve every file owned or partly downloaded, until stopped.
+    Seed,
+    /// Show the node id, the session and the cluster.
+    Status,
+}
+
+impl Command {
+    /// Whether the command runs long and logs to stderr as it goes.
+    pub fn logs_to_stderr(&self) -> bool {
+        matches!(self, Command::Seed)
+    }
+}

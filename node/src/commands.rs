@@ -1,0 +1,737 @@
+//! What each command of the command line does, on top of the home, the
+//! tracker client, the peer server and the downloader. Every failure is a
+//! [`CommandError`] whose message is the one line the user sees.
+
+use std::{
+    io::{BufRead, IsTerminal},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use protocol::{
+    content::{hash_file, Manifest, ManifestError, MAX_CHUNK, MIN_CHUNK},
+    ids::{FileId, NameError},
+    tracker_api::{ApiError, FileMeta, Reply, Request, SearchHit},
+};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::{
+    cli::Command,
+    download::{self, DownloadError, DownloadPlan},
+    home::{Home, HomeError, Session},
+    peer_server::{PeerServer, ServeError},
+    store::{HaveBits, SharedFile, Store},
+    tracker::{TrackerClient, TrackerError},
+};
+
+/// Why a command failed; the message is what the user reads.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    #[error(transparent)]
+    Tracker(#[from] TrackerError),
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("not logged in: run `quorrent login USER`")]
+    NotLoggedIn,
+    #[error("cannot read the password: {0}")]
+    Password(String),
+    #[error("{path}: {source}")]
+    Share { path: PathBuf, source: ManifestError },
+    #[error("{0}")]
+    Name(#[from] NameError),
+    #[error("no file named {0:?} is registered (try `quorrent search`)")]
+    UnknownName(String),
+    #[error("several files are named {name:?}; pick one by id: {ids}")]
+    Ambiguous { name: String, ids: String },
+    #[error("no live owner of {0}: nobody is seeding it right now")]
+    NoOwner(String),
+    #[error("cannot use folder {path}: {source}")]
+    Folder { path: PathBuf, source: std::io::Error },
+    #[error("invalid listen address {0:?} in the configuration")]
+    Listen(String),
+    #[error("interrupted; {verified} of {total} chunks verified and kept, run get again to resume")]
+    Interrupted { verified: u32, total: u32 },
+}
+
+/// Runs one command.
+pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), CommandError> {
+    match command {
+        Command::Register { user, password_stdin } => register(home, &user, password_stdin, json).await,
+        Command::Login { user, password_stdin } => login(home, &user, password_stdin, json).await,
+        Command::Logout => logout(home, json).await,
+        Command::Share { paths } => share(home, &paths, json).await,
+        Command::Search { text } => search(home, &text, json).await,
+        Command::Get {
+            id_or_name,
+            output,
+            no_seed,
+        } => get(home, &id_or_name, output, no_seed, json).await,
+        Command::Seed => seed(home).await,
+        Command::Status => status(home, json).await,
+    }
+}
+
+/// Prints `value` as JSON, or `text` for people.
+fn emit(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{}", text());
+    }
+}
+
+fn read_password(from_stdin: bool) -> Result<String, CommandError> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| CommandError::Password(e.to_string()))?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    } else if let Ok(p) = std::env::var("QUORRENT_PASSWORD") {
+        p
+    } else {
+        rpassword::prompt_password("Password: ").map_err(|e| CommandError::Password(e.to_string()))?
+    };
+    if password.is_empty() {
+        return Err(CommandError::Password("the password is empty".into()));
+    }
+    Ok(password)
+}
+
+/// The stored session if it has not expired.
+fn live_session(home: &Home) -> Result<Option<Session>, CommandError> {
+    Ok(home.session()?.filter(|s| s.expires_ms > protocol::unix_ms()))
+}
+
+/// A tracker client carrying the session token, or "not logged in".
+fn logged_in(home: &Home) -> Result<(Arc<TrackerClient>, Session), CommandError> {
+    let session = live_session(home)?.ok_or(CommandError::NotLoggedIn)?;
+    let client = TrackerClient::new(&home.config, Some(session.token.clone()))?;
+    Ok((client, session))
+}
+
+fn unexpected(what: &'static str) -> CommandError {
+    CommandError::Tracker(TrackerError::Unexpected(what))
+}
+
+async fn register(home: &Home, user: &str, stdin: bool, json: bool) -> Result<(), CommandError> {
+    protocol::ids::check_user(user)?;
+    let password = read_password(stdin)?;
+    let client = TrackerClient::new(&home.config, None)?;
+    let reply = client
+        .call(Request::Register {
+            user: user.into(),
+            password,
+        })
+        .await?;
+    client.close().await;
+    let Reply::Registered { user } = reply else {
+        return Err(unexpected("register"));
+    };
+    info!(%user, "registered");
+    emit(json, json!({ "user": user }), || format!("registered {user}"));
+    Ok(())
+}
+
+async fn login(home: &Home, user: &str, stdin: bool, json: bool) -> Result<(), CommandError> {
+    protocol::ids::check_user(user)?;
+    let password = read_password(stdin)?;
+    let client = TrackerClient::new(&home.config, None)?;
+    let reply = client
+        .call(Request::Login {
+            user: user.into(),
+            password,
+        })
+        .await?;
+    client.close().await;
+    let Reply::LoggedIn {
+        user,
+        token,
+        expires_ms,
+    } = reply
+    else {
+        return Err(unexpected("login"));
+    };
+    home.save_session(&Session {
+        user: user.clone(),
+        token,
+        expires_ms,
+    })?;
+    info!(%user, "logged in");
+    emit(json, json!({ "user": user, "expires": expires_ms }), || {
+        format!("logged in as {user}")
+    });
+    Ok(())
+}
+
+async fn logout(home: &Home, json: bool) -> Result<(), CommandError> {
+    if let Some(session) = home.session()? {
+        let client = TrackerClient::new(&home.config, Some(session.token))?;
+        match client.call(Request::Logout).await {
+            // An expired session is as good as ended.
+            Ok(_) => {}
+            Err(e) if e.is_not_logged_in() => {}
+            Err(e) => return Err(e.into()),
+        }
+        client.close().await;
+    }
+    home.clear_session()?;
+    emit(json, json!({}), || "logged out".into());
+    Ok(())
+}
+
+/// A bar on stderr when it is a terminal and the output is not JSON.
+fn progress_bar(json: bool, len: u64, template: &str) -> Option<ProgressBar> {
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    Some(bar)
+}
+
+/// The addresses announced when no peer server runs (`share`): the
+/// configured listen address when its port is fixed.
+fn configured_addrs(home: &Home) -> Vec<SocketAddr> {
+    match home.config.listen.parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 => vec![a],
+        _ => Vec::new(),
+    }
+}
+
+async fn share(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), CommandError> {
+    let (client, _) = logged_in(home)?;
+    let mut manifests = Vec::new();
+    for path in paths {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| CommandError::Share {
+                path: path.clone(),
+                source: ManifestError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")),
+            })?
+            .to_owned();
+        let size = std::fs::metadata(path)
+            .map_err(|e| CommandError::Share {
+                path: path.clone(),
+                source: e.into(),
+            })?
+            .len();
+        let bar = progress_bar(
+            json,
+            size,
+            "hashing {msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+        );
+        if let Some(b) = &bar {
+            b.set_message(name.clone());
+        }
+        let chunk_size = chunk_size_for(size, home.config.sharing.chunk_size);
+        let (p, b) = (path.clone(), bar.clone());
+        let manifest = tokio::task::spawn_blocking(move || {
+            hash_file(&p, name, chunk_size, |done| {
+                if let Some(b) = &b {
+                    b.set_position(done);
+                }
+            })
+        })
+        .await
+        .map_err(|e| CommandError::Share {
+            path: path.clone(),
+            source: ManifestError::Io(std::io::Error::other(e)),
+        })?
+        .map_err(|source| CommandError::Share {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        manifests.push((path, manifest));
+    }
+    for (path, m) in manifests {
+        // Announcing here would replace the addresses of a `seed` of this
+        // node that may be running: announce only a peer the tracker lacks.
+        let own = || {
+            client.call(Request::Own {
+                peer_id: home.identity.peer_id,
+                file: m.meta(),
+            })
+        };
+        match own().await {
+            Err(TrackerError::Api(ApiError::UnknownPeer(_))) => {
+                announce(&client, home, configured_addrs(home)).await?;
+                own().await?;
+            }
+            other => {
+                other?;
+            }
+        }
+        home.record_owned(&m, path)?;
+        info!(file = %m.id(), name = %m.name, "shared");
+        emit(
+            json,
+            json!({ "file_id": m.id().to_hex(), "name": m.name, "size": m.size }),
+            || format!("{}  {}  {} bytes", m.id(), m.name, m.size),
+        );
+    }
+    if !json {
+        eprintln!("run `quorrent seed` to serve your files");
+    }
+    client.close().await;
+    Ok(())
+}
+
+/// The configured chunk size, doubled as needed to keep the manifest of a
+/// very large file at most 65,536 chunks (2 MiB) long.
+fn chunk_size_for(size: u64, configured: u32) -> u32 {
+    let mut c = configured.clamp(MIN_CHUNK, MAX_CHUNK);
+    while size.div_ceil(c as u64) > 65_536 && c < MAX_CHUNK {
+        c = (c * 2).min(MAX_CHUNK);
+    }
+    c
+}
+
+async fn announce(client: &TrackerClient, home: &Home, addrs: Vec<SocketAddr>) -> Result<(), CommandError> {
+    client
+        .call(Request::AnnouncePeer {
+            peer_id: home.identity.peer_id,
+            addrs,
+        })
+        .await?;
+    Ok(())
+}
+
+/// Every search hit for `text`, page by page.
+async fn search_all(client: &TrackerClient, text: &str) -> Result<Vec<SearchHit>, CommandError> {
+    protocol::ids::check_query(text)?;
+    let mut hits = Vec::new();
+    let mut cursor = 0;
+    for _ in 0..1000 {
+        let Reply::Files { hits: page, next } = client
+            .call(Request::Search {
+                text: text.into(),
+                cursor,
+                limit: 1000,
+            })
+            .await?
+        else {
+            return Err(unexpected("search"));
+        };
+        hits.extend(page);
+        match next {
+            Some(n) => cursor = n,
+            None => break,
+        }
+    }
+    Ok(hits)
+}
+
+async fn search(home: &Home, text: &str, json: bool) -> Result<(), CommandError> {
+    let (client, _) = logged_in(home)?;
+    let hits = search_all(&client, text).await?;
+    client.close().await;
+    if json {
+        let arr: Vec<_> = hits
+            .iter()
+            .map(|h| {
+                json!({ "file_id": h.file.id.to_hex(), "name": h.file.name, "size": h.file.size, "owners": h.live_owners })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(arr));
+    } else if hits.is_empty() {
+        println!("no file matches {text:?}");
+    } else {
+        println!("{:<64}  {:>14}  {:>6}  name", "file id", "size", "owners");
+        for h in &hits {
+            println!(
+                "{:<64}  {:>14}  {:>6}  {}",
+                h.file.id, h.file.size, h.live_owners, h.file.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A file id, or the id of the one file registered under exactly `name`.
+async fn resolve(client: &TrackerClient, id_or_name: &str) -> Result<FileId, CommandError> {
+    if id_or_name.len() == 64 {
+        if let Ok(id) = id_or_name.parse::<FileId>() {
+            return Ok(id);
+        }
+    }
+    let hits = search_all(client, id_or_name).await?;
+    let exact: Vec<&FileMeta> = hits.iter().map(|h| &h.file).filter(|f| f.name == id_or_name).collect();
+    match exact.as_slice() {
+        [] => Err(CommandError::UnknownName(id_or_name.into())),
+        [one] => Ok(one.id),
+        many => Err(CommandError::Ambiguous {
+            name: id_or_name.into(),
+            ids: many
+                .iter()
+                .map(|f| format!("{} ({} bytes)", f.id, f.size))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+fn listen_addr(home: &Home) -> Result<SocketAddr, CommandError> {
+    home.config
+        .listen
+        .parse()
+        .map_err(|_| CommandError::Listen(home.config.listen.clone()))
+}
+
+async fn get(
+    home: &Home,
+    id_or_name: &str,
+    output: Option<PathBuf>,
+    no_seed: bool,
+    json: bool,
+) -> Result<(), CommandError> {
+    let (client, _) = logged_in(home)?;
+    let id = resolve(&client, id_or_name).await?;
+    let Reply::Owners { file, owners } = client.call(Request::GetOwners { file_id: id }).await? else {
+        return Err(unexpected("get-owners"));
+    };
+    let me = home.identity.peer_id;
+    if let Some(rec) = home.state()?.files.get(&id.to_hex()) {
+        if rec.partial_in.is_none() && rec.path.is_file() {
+            // Already owned here: nothing to fetch, register and seed.
+            return owned_already(home, &client, id, &rec.path, no_seed, json).await;
+        }
+    }
+    let peers: Vec<_> = owners.into_iter().filter(|o| o.peer_id != me).collect();
+    if peers.is_empty() {
+        return Err(CommandError::NoOwner(format!("{} ({})", file.name, id)));
+    }
+    let dir = output.unwrap_or_else(|| home.storage_dir());
+    std::fs::create_dir_all(&dir).map_err(|source| CommandError::Folder {
+        path: dir.clone(),
+        source,
+    })?;
+    home.record_partial(&id, &file.name, file.size, &dir)?;
+
+    let store = Store::new();
+    load_owned(home, &store)?;
+    let server = PeerServer::start(&home.identity, listen_addr(home)?, store.clone())?;
+    let bar = progress_bar(
+        json,
+        file.size,
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+    );
+    let progress = bar.clone().map(|b| {
+        Arc::new(move |p: &download::Progress| {
+            b.set_position(p.bytes_done);
+            b.set_message(format!("{} peers", p.peers));
+        }) as download::ProgressFn
+    });
+    info!(file = %id, name = %file.name, owners = peers.len(), "downloading");
+    let plan = DownloadPlan {
+        file_id: id,
+        peers,
+        dir: dir.clone(),
+        identity: home.identity.identity.clone(),
+        sharing: home.config.sharing.clone(),
+        store: Some(store.clone()),
+        progress,
+    };
+    let result = tokio::select! {
+        r = download::run(plan) => r,
+        _ = stop_signal() => {
+            let n = file.chunk_count;
+            let have = download::load_have(&dir, &id, n);
+            if let Some(b) = &bar { b.abandon(); }
+            server.shutdown().await;
+            return Err(CommandError::Interrupted { verified: have.count(), total: n });
+        }
+    };
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            server.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    home.record_owned(&report.manifest, &report.path)?;
+    announce(&client, home, vec![server.local_addr()]).await?;
+    client
+        .call(Request::Own {
+            peer_id: me,
+            file: report.manifest.meta(),
+        })
+        .await?;
+    let path = std::fs::canonicalize(&report.path).unwrap_or(report.path.clone());
+    emit(
+        json,
+        json!({
+            "file_id": id.to_hex(),
+            "path": path,
+            "size": report.manifest.size,
+            "seconds": report.seconds,
+            "peers": report.peers_used(),
+            "per_peer": report.per_peer,
+        }),
+        || {
+            format!(
+                "{} ({} bytes) in {:.2} s from {} peers -> {}",
+                report.manifest.name,
+                report.manifest.size,
+                report.seconds,
+                report.peers_used(),
+                path.display()
+            )
+        },
+    );
+    if no_seed {
+        server.shutdown().await;
+        client.close().await;
+        return Ok(());
+    }
+    if !json {
+        eprintln!("seeding; press Ctrl-C to stop");
+    }
+    serve_until_stopped(home, &client, server, &store).await
+}
+
+/// `get` of a file this node already owns: report it, make sure the
+/// tracker knows, and seed unless told not to.
+async fn owned_already(
+    home: &Home,
+    client: &TrackerClient,
+    id: FileId,
+    path: &Path,
+    no_seed: bool,
+    json: bool,
+) -> Result<(), CommandError> {
+    let store = Store::new();
+    load_owned(home, &store)?;
+    let size = store.get(&id).map_or(0, |f| f.manifest.size);
+    let server = PeerServer::start(&home.identity, listen_addr(home)?, store.clone())?;
+    let print = || {
+        emit(
+            json,
+            json!({ "file_id": id.to_hex(), "path": path, "size": size, "seconds": 0.0, "peers": 0 }),
+            || format!("already here: {}", path.display()),
+        )
+    };
+    if no_seed {
+        let registered = register_owned(home, client, server.local_addr(), &store).await;
+        server.shutdown().await;
+        client.close().await;
+        registered?;
+        print();
+        return Ok(());
+    }
+    print();
+    serve_until_stopped(home, client, server, &store).await
+}
+
+async fn seed(home: &Home) -> Result<(), CommandError> {
+    let (client, _) = logged_in(home)?;
+    let store = Store::new();
+    load_owned(home, &store)?;
+    let server = PeerServer::start(&home.identity, listen_addr(home)?, store.clone())?;
+    info!(files = store.len(), addr = %server.local_addr(), "seeding");
+    serve_until_stopped(home, &client, server, &store).await
+}
+
+/// Announces the server, registers every complete owned file, then
+/// heartbeats until SIGINT or SIGTERM.
+async fn serve_until_stopped(
+    home: &Home,
+    client: &TrackerClient,
+    server: PeerServer,
+    store: &Store,
+) -> Result<(), CommandError> {
+    let addr = server.local_addr();
+    let registered = register_owned(home, client, addr, store).await;
+    if let Err(e) = registered {
+        server.shutdown().await;
+        return Err(e);
+    }
+    let every = Duration::from_secs(home.config.sharing.heartbeat_secs.max(1));
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {
+                match client.call(Request::Heartbeat { peer_id: home.identity.peer_id }).await {
+                    Ok(_) => {}
+                    Err(TrackerError::Api(ApiError::UnknownPeer(_))) => {
+                        warn!("the tracker forgot this peer; announcing again");
+                        if let Err(e) = register_owned(home, client, addr, store).await {
+                            warn!("announce failed: {e}");
+                        }
+                    }
+                    Err(e) if e.is_not_logged_in() => {
+                        server.shutdown().await;
+                        return Err(e.into());
+                    }
+                    Err(e) => warn!("heartbeat failed: {e}"),
+                }
+            }
+        }
+    }
+    info!("stopping");
+    server.shutdown().await;
+    client.close().await;
+    Ok(())
+}
+
+async fn register_owned(
+    home: &Home,
+    client: &TrackerClient,
+    addr: SocketAddr,
+    store: &Store,
+) -> Result<(), CommandError> {
+    announce(client, home, vec![addr]).await?;
+    for (hex, rec) in home.state()?.files {
+        let Ok(id) = hex.parse::<FileId>() else { continue };
+        let Some(f) = store.get(&id) else { continue };
+        if rec.partial_in.is_none() {
+            client
+                .call(Request::Own {
+                    peer_id: home.identity.peer_id,
+                    file: f.manifest.meta(),
+                })
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts every file of the state that is still on disk into the store:
+/// complete files whole, partial downloads with their verified chunks.
+fn load_owned(home: &Home, store: &Store) -> Result<(), CommandError> {
+    for (hex, rec) in home.state()?.files {
+        let Ok(id) = hex.parse::<FileId>() else { continue };
+        let manifest_path = match &rec.partial_in {
+            Some(dir) => download::sidecar(dir, &id, "manifest"),
+            None => home.manifest_path(&id),
+        };
+        let loaded = load_one(&id, &manifest_path, &rec.path, rec.partial_in.as_deref());
+        match loaded {
+            Ok(Some(shared)) => {
+                store.insert(shared);
+            }
+            Ok(None) => {}
+            Err(e) => warn!(file = %id.short(), path = %rec.path.display(), "not served: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn load_one(
+    id: &FileId,
+    manifest_path: &Path,
+    data: &Path,
+    partial_in: Option<&Path>,
+) -> Result<Option<SharedFile>, String> {
+    let bytes = match std::fs::read(manifest_path) {
+        Ok(b) => b,
+        // A partial download that has not got its manifest yet.
+        Err(_) if partial_in.is_some() => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", manifest_path.display())),
+    };
+    let manifest = Manifest::decode_checked(&bytes, *id).map_err(|e| e.to_string())?;
+    let file = std::fs::File::open(data).map_err(|e| e.to_string())?;
+    let n = manifest.chunks.len() as u32;
+    let have = match partial_in {
+        Some(dir) => download::load_have(dir, id, n),
+        None => HaveBits::full(n),
+    };
+    Ok(Some(SharedFile {
+        manifest,
+        manifest_bytes: bytes,
+        file,
+        have: Arc::new(have),
+    }))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn status(home: &Home, json: bool) -> Result<(), CommandError> {
+    let session = live_session(home)?;
+    let client = TrackerClient::new(&home.config, session.as_ref().map(|s| s.token.clone()))?;
+    let reply = client.call(Request::ClusterStatus).await?;
+    client.close().await;
+    let Reply::Status(st) = reply else {
+        return Err(unexpected("cluster-status"));
+    };
+    let user = session.map(|s| s.user);
+    emit(
+        json,
+        json!({
+            "peer_id": home.identity.peer_id.to_hex(),
+            "user": user,
+            "leader": st.leader,
+            "term": st.term,
+            "members": st.members,
+        }),
+        || {
+            let mut s = format!(
+                "peer id  {}\nuser     {}\nleader   {}\nterm     {}\nmembers",
+                home.identity.peer_id,
+                user.as_deref().unwrap_or("(not logged in)"),
+                st.leader.map_or("none".into(), |l| l.to_string()),
+                st.term
+            );
+            for m in &st.members {
+                s.push_str(&format!(
+                    "\n  {}  api {}  raft {}{}",
+                    m.id,
+                    m.api_addr,
+                    m.raft_addr,
+                    if Some(m.id) == st.leader { "  (leader)" } else { "" }
+                ));
+            }
+            s
+        },
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_grows_only_for_huge_files() {
+        assert_eq!(chunk_size_for(1 << 30, 256 << 10), 256 << 10);
+        assert_eq!(chunk_size_for(64 << 30, 256 << 10), 1 << 20);
+        assert_eq!(chunk_size_for(u64::MAX, 256 << 10), MAX_CHUNK);
+        assert_eq!(chunk_size_for(10, 1), MIN_CHUNK);
+    }
+}

@@ -1,0 +1,250 @@
+//! The node's home folder (`--home`, `QUORRENT_HOME`, else `~/.quorrent`,
+//! else `./.quorrent`): its key pair (`node.key`, `node.pem`), its session
+//! (`session.json`, mode 0600), its configuration (`--config FILE`, else
+//! `config.json` in the home, else the defaults), the manifests of the
+//! files it owns (`manifests/ID`) and the state file (`state.json`) that
+//! lists the files it owns or partly has, so that `seed` can serve them.
+//!
+//! Relative paths in the configuration (such as `certs/ca.pem`) are taken
+//! from the current folder, as the scripts run from the repository root.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use protocol::{
+    config::{ConfigError, NodeConfig},
+    content::Manifest,
+    ids::FileId,
+    tls::{NodeIdentity, TlsError},
+};
+use serde::{Deserialize, Serialize};
+
+/// Why the home could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("node key: {0}")]
+    Tls(#[from] TlsError),
+    #[error("{path}: unreadable: {message}")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
+    move |source| HomeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A login session as stored in the home.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub user: String,
+    pub token: String,
+    pub expires_ms: u64,
+}
+
+/// A file this node owns or is downloading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub name: String,
+    pub size: u64,
+    /// Where the data is: the file itself, or the part file of a download.
+    pub path: PathBuf,
+    /// The download folder while the file is partial (its `.quorrent/`
+    /// holds the manifest and the verified-chunk set); None when complete.
+    pub partial_in: Option<PathBuf>,
+}
+
+/// The files this node owns or partly has, by file id (hex).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    pub files: BTreeMap<String, FileRecord>,
+}
+
+/// The opened home.
+pub struct Home {
+    pub dir: PathBuf,
+    pub config: NodeConfig,
+    pub identity: NodeIdentity,
+}
+
+impl Home {
+    /// Opens (creating if needed, mode 0700) the home and loads the
+    /// configuration and the key pair.
+    pub fn open(home: Option<PathBuf>, config: Option<PathBuf>) -> Result<Home, HomeError> {
+        let dir = home.unwrap_or_else(default_home);
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(io(&dir))?;
+        }
+        let config = match config {
+            Some(path) => protocol::config::load(&path)?,
+            None if dir.join("config.json").exists() => protocol::config::load(&dir.join("config.json"))?,
+            None => NodeConfig::default(),
+        };
+        let identity = NodeIdentity::load_or_create(&dir)?;
+        Ok(Home { dir, config, identity })
+    }
+
+    /// Where downloads land unless `-o DIR` says otherwise.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.config
+            .storage_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.join("files"))
+    }
+
+    fn session_path(&self) -> PathBuf {
+        self.dir.join("session.json")
+    }
+
+    /// The stored session, if any (expired or not).
+    pub fn session(&self) -> Result<Option<Session>, HomeError> {
+        read_json(&self.session_path())
+    }
+
+    /// Stores the session, readable by the owner only.
+    pub fn save_session(&self, s: &Session) -> Result<(), HomeError> {
+        let bytes = serde_json::to_vec(s).map_err(|e| HomeError::Corrupt {
+            path: self.session_path(),
+            message: e.to_string(),
+        })?;
+        protocol::tls::write_private(&self.session_path(), &bytes)?;
+        Ok(())
+    }
+
+    pub fn clear_session(&self) -> Result<(), HomeError> {
+        match std::fs::remove_file(self.session_path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&self.session_path())(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    pub fn state(&self) -> Result<State, HomeError> {
+        Ok(read_json(&self.state_path())?.unwrap_or_default())
+    }
+
+    /// Reads the state, lets `f` change it and writes it back atomically.
+    pub fn update_state(&self, f: impl FnOnce(&mut State)) -> Result<(), HomeError> {
+        let mut state = self.state()?;
+        f(&mut state);
+        let path = self.state_path();
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(&state).map_err(|e| HomeError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(&tmp, text).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// Where the manifest of an owned file is kept.
+    pub fn manifest_path(&self, id: &FileId) -> PathBuf {
+        self.dir.join("manifests").join(id.to_hex())
+    }
+
+    /// Records a complete file this node owns, at `path`.
+    pub fn record_owned(&self, m: &Manifest, path: &Path) -> Result<(), HomeError> {
+        let mpath = self.manifest_path(&m.id());
+        let parent = self.dir.join("manifests");
+        std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+        std::fs::write(&mpath, m.encode()).map_err(io(&mpath))?;
+        let path = std::fs::canonicalize(path).map_err(io(path))?;
+        self.update_state(|s| {
+            s.files.insert(
+                m.id().to_hex(),
+                FileRecord {
+                    name: m.name.clone(),
+                    size: m.size,
+                    path,
+                    partial_in: None,
+                },
+            );
+        })
+    }
+
+    /// Records a download in progress in `dir` (so `seed` serves its
+    /// verified part); a complete record of the same file is kept.
+    pub fn record_partial(&self, id: &FileId, name: &str, size: u64, dir: &Path) -> Result<(), HomeError> {
+        let dir = std::fs::canonicalize(dir).map_err(io(dir))?;
+        self.update_state(|s| {
+            s.files.entry(id.to_hex()).or_insert_with(|| FileRecord {
+                name: name.to_owned(),
+                size,
+                path: crate::download::sidecar(&dir, id, "part"),
+                partial_in: Some(dir),
+            });
+        })
+    }
+}
+
+fn default_home() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(h) if !h.is_empty() => PathBuf::from(h).join(".quorrent"),
+        _ => PathBuf::from(".quorrent"),
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, HomeError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| HomeError::Corrupt {
+                path: path.to_owned(),
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_is_private_and_state_round_trips() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::open(Some(dir.path().join("h")), None).unwrap();
+        assert!(home.session().unwrap().is_none());
+        home.save_session(&Session {
+            user: "alice".into(),
+            token: "secret".into(),
+            expires_ms: 1,
+        })
+        .unwrap();
+        let mode = std::fs::metadata(home.dir.join("session.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0);
+        assert_eq!(home.session().unwrap().unwrap().user, "alice");
+        home.clear_session().unwrap();
+        assert!(home.session().unwrap().is_none());
+
+        let data = dir.path().join("a.txt");
+        std::fs::write(&data, b"hello").unwrap();
+        let m = protocol::content::hash_file(&data, "a.txt".into(), protocol::content::MIN_CHUNK, |_| {}).unwrap();
+        home.record_owned(&m, &data).unwrap();
+        let again = Home::open(Some(dir.path().join("h")), None).unwrap();
+        let rec = &again.state().unwrap().files[&m.id().to_hex()];
+        assert_eq!(rec.size, 5);
+        assert!(rec.partial_in.is_none());
+        assert_eq!(again.identity.peer_id, home.identity.peer_id);
+    }
+}

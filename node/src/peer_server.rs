@@ -1,0 +1,253 @@
+//! The peer server: answers the peer protocol (`quorrent-peer/1`) for the
+//! files in the [`Store`], complete or partial. One task per connection,
+//! one per stream; a bad frame gets `PeerResponse::Error` on its stream and
+//! the connection stays usable.
+//!
+//! Bounds: connections are capped, streams per connection are capped by
+//! the transport, and chunk bodies in memory are capped by a byte budget
+//! (a semaphore in 64 KiB units), whatever the chunk size, and by a count
+//! per connection, so a peer that stops reading cannot hold it all; a
+//! chunk the peer does not take in time is abandoned. Chunk buffers are
+//! reused through a small pool.
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::FileExt,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use protocol::{
+    codec,
+    peer::{PeerError, PeerRequest, PeerResponse, ALPN, MAX_FRAME},
+    tls::{ClientAuth, NodeIdentity},
+};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::store::{SharedFile, Store};
+
+/// Connections served at once; more are refused.
+const MAX_CONNECTIONS: usize = 128;
+/// Concurrent streams one connection may open.
+const MAX_STREAMS: u32 = 64;
+/// Bytes of chunk data held in memory at once, over all connections.
+const MEMORY_BUDGET: usize = 32 << 20;
+const UNIT: usize = 64 << 10;
+/// Chunks one connection may have in memory at once, so that a peer that
+/// stops reading cannot hold the whole budget.
+const CHUNKS_PER_CONNECTION: usize = 16;
+/// A chunk not taken by the peer within this time is abandoned.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("peer server TLS: {0}")]
+    Tls(#[from] protocol::tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running peer server.
+pub struct PeerServer {
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    store: Arc<Store>,
+    memory: Semaphore,
+    buffers: Mutex<Vec<Vec<u8>>>,
+}
+
+impl PeerServer {
+    /// Binds `listen` and serves `store` until [`PeerServer::shutdown`].
+    pub fn start(identity: &NodeIdentity, listen: SocketAddr, store: Arc<Store>) -> Result<Self, ServeError> {
+        let crypto = protocol::tls::server_crypto(&identity.identity, &[ALPN], ClientAuth::None)?;
+        let mut transport = protocol::quic::bulk_transport();
+        transport.max_concurrent_bidi_streams(MAX_STREAMS.into());
+        let server = protocol::tls::quic_server(crypto, transport)?;
+        let endpoint = protocol::quic::endpoint(listen, Some(server))
+            .map_err(|source| ServeError::Bind { addr: listen, source })?;
+        let addr = endpoint
+            .local_addr()
+            .map_err(|source| ServeError::Bind { addr: listen, source })?;
+        let shared = Arc::new(Shared {
+            store,
+            memory: Semaphore::new(MEMORY_BUDGET / UNIT),
+            buffers: Mutex::new(Vec::new()),
+        });
+        let task = tokio::spawn(accept_loop(endpoint.clone(), shared));
+        info!(%addr, "peer server listening");
+        Ok(PeerServer { endpoint, addr, task })
+    }
+
+    /// The address actually bound (the port is chosen when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes the endpoint at once: every connection ends, as if the node
+    /// had stopped.
+    pub fn close_now(&self) {
+        self.endpoint.close(0u32.into(), b"shutting down");
+    }
+
+    /// Closes every connection and waits briefly (200 ms) for the goodbyes to
+    /// leave.
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"shutting down");
+        self.task.abort();
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            warn!(remote = %incoming.remote_address(), "too many peer connections; refused");
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => serve_connection(conn, shared).await,
+                Err(e) => debug!(%remote, "peer handshake failed: {e}"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
+    let remote = conn.remote_address();
+    debug!(%remote, "peer connected");
+    let chunks = Arc::new(Semaphore::new(CHUNKS_PER_CONNECTION));
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(serve_stream(send, recv, shared.clone(), chunks.clone()));
+            }
+            Err(e) => {
+                debug!(%remote, "peer connection ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shared: Arc<Shared>,
+    chunks: Arc<Semaphore>,
+) {
+    let req: PeerRequest = match codec::read_frame(&mut recv, MAX_FRAME).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = reply(&mut send, &PeerResponse::Error(PeerError::BadRequest(e.to_string()))).await;
+            return;
+        }
+    };
+    let result = match req {
+        PeerRequest::Manifest { file } => match shared.store.get(&file) {
+            Some(f) => {
+                reply(
+                    &mut send,
+                    &PeerResponse::Manifest {
+                        bytes: f.manifest_bytes.clone(),
+                    },
+                )
+                .await
+            }
+            None => reply(&mut send, &PeerResponse::Error(PeerError::UnknownFile)).await,
+        },
+        PeerRequest::Have { file } => match shared.store.get(&file) {
+            Some(f) => {
+                let resp = PeerResponse::Have {
+                    bits: f.have.to_bytes(),
+                    complete: f.have.is_complete(),
+                };
+                reply(&mut send, &resp).await
+            }
+            None => reply(&mut send, &PeerResponse::Error(PeerError::UnknownFile)).await,
+        },
+        PeerRequest::Chunk { file, index } => match shared.store.get(&file) {
+            None => reply(&mut send, &PeerResponse::Error(PeerError::UnknownFile)).await,
+            Some(f) if !f.have.get(index) => reply(&mut send, &PeerResponse::Error(PeerError::MissingChunk)).await,
+            Some(f) => {
+                let Ok(_slot) = chunks.acquire().await else { return };
+                match tokio::time::timeout(SEND_TIMEOUT, send_chunk(&mut send, &shared, f, index)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let _ = send.reset(1u32.into());
+                        Err(codec::CallError::Timeout)
+                    }
+                }
+            }
+        },
+    };
+    if let Err(e) = result {
+        debug!("peer stream failed: {e}");
+    }
+}
+
+async fn reply(send: &mut quinn::SendStream, resp: &PeerResponse) -> Result<(), codec::CallError> {
+    codec::write_frame(send, resp).await?;
+    send.finish()?;
+    Ok(())
+}
+
+async fn send_chunk(
+    send: &mut quinn::SendStream,
+    shared: &Arc<Shared>,
+    file: Arc<SharedFile>,
+    index: u32,
+) -> Result<(), codec::CallError> {
+    let len = file.manifest.chunk_len(index) as usize;
+    let units = len.div_ceil(UNIT).max(1) as u32;
+    let Ok(_permit) = shared.memory.acquire_many(units).await else {
+        return reply(send, &PeerResponse::Error(PeerError::Busy)).await;
+    };
+    let mut buf = shared
+        .buffers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()
+        .unwrap_or_default();
+    buf.resize(len, 0);
+    let offset = index as u64 * file.manifest.chunk_size as u64;
+    let read = tokio::task::spawn_blocking(move || {
+        let r = file.file.read_exact_at(&mut buf, offset);
+        (r, buf)
+    })
+    .await;
+    let (read, buf) = match read {
+        Ok(x) => x,
+        Err(_) => return reply(send, &PeerResponse::Error(PeerError::Internal)).await,
+    };
+    let result = match read {
+        Ok(()) => write_chunk(send, &buf).await,
+        Err(e) => {
+            warn!(index, "cannot read chunk: {e}");
+            reply(send, &PeerResponse::Error(PeerError::Internal)).await
+        }
+    };
+    let mut pool = shared.buffers.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() * buf.capacity() < MEMORY_BUDGET {
+        pool.push(buf);
+    }
+    result
+}
+
+async fn write_chunk(send: &mut quinn::SendStream, data: &[u8]) -> Result<(), codec::CallError> {
+    codec::write_frame(send, &PeerResponse::Chunk { len: data.len() as u32 }).await?;
+    send.write_all(data).await?;
+    send.finish()?;
+    Ok(())
+}
