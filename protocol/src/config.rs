@@ -92,9 +92,11 @@ pub struct RaftTiming {
 impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
-            heartbeat_ms: 50,
-            election_min_ms: 150,
-            election_max_ms: 300,
+            // A follower elects after lease (= election_max_ms) plus its
+            // own timeout, so failover takes about 300-400 ms with these.
+            heartbeat_ms: 30,
+            election_min_ms: 100,
+            election_max_ms: 200,
             snapshot_every: 20_000,
             keep_after_snapshot: 1_000,
             snapshot_chunk_bytes: 4 << 20,

@@ -37,8 +37,7 @@ pub fn bulk_transport() -> quinn::TransportConfig {
 pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> std::io::Result<quinn::Endpoint> {
     let socket = std::net::UdpSocket::bind(addr)?;
     set_buffers(&socket, 4 << 20);
-    let runtime =
-        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
     quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
 }
 

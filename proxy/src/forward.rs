@@ -138,7 +138,18 @@ impl Forwarder {
             if left.is_zero() {
                 break;
             }
-            match tokio::time::timeout(left.min(ATTEMPT), self.up.call_raw(target, frame)).await {
+            // A request to a leader that has just died would wait for the
+            // connection to time out; as soon as the watchers learn of a
+            // new leader, send it there instead (the write id makes the
+            // duplicate harmless).
+            let attempt = tokio::select! {
+                res = tokio::time::timeout(left.min(ATTEMPT), self.up.call_raw(target, frame)) => res,
+                _ = moved_away(&mut views, target) => {
+                    last = format!("leader moved away from member {target}");
+                    continue;
+                }
+            };
+            match attempt {
                 Ok(Ok(body)) => match codec::decode::<Answer>(&body, self.limit) {
                     Ok(Err(ApiError::NotLeader { leader, .. })) => {
                         last = format!("member {target} is not the leader");
@@ -181,5 +192,17 @@ impl Forwarder {
             "no leader answered within {} ms ({last})",
             self.deadline.as_millis()
         )))
+    }
+}
+
+/// Resolves once the known leader is some member other than `target`.
+async fn moved_away(views: &mut tokio::sync::watch::Receiver<crate::upstream::LeaderView>, target: u64) {
+    loop {
+        if views.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if views.borrow_and_update().leader.is_some_and(|l| l != target) {
+            return;
+        }
     }
 }

@@ -109,12 +109,21 @@ async fn failover() {
         .unwrap();
     let mut pauses = Vec::new();
     for k in 0..10u64 {
-        let leader = c.wait_leader(Duration::from_secs(20)).await;
-        // Make sure every member is up to date before the kill.
+        // Every member up to date and agreeing on the leader before the kill.
+        let leader = c.wait_agreed_leader(Duration::from_secs(20)).await;
+        let env = client.envelope(Request::Own {
+            peer_id: peer,
+            file: load_file(98, 0, k),
+        });
+        client
+            .leader_send(&members, &env, Duration::from_secs(10))
+            .await
+            .unwrap();
         let idx = c.tracker(leader).app.metrics().last_applied.unwrap().index;
         for id in c.running_ids() {
             c.wait_applied(id, idx, Duration::from_secs(20)).await;
         }
+        client.forget_connections().await;
         let live: BTreeMap<_, _> = members
             .iter()
             .filter(|(id, _)| **id != leader)

@@ -197,6 +197,32 @@ impl TestCluster {
         }
     }
 
+    /// Waits until every running member names the same running leader, and
+    /// returns it.
+    pub async fn wait_agreed_leader(&self, timeout: Duration) -> u64 {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let leader = self.wait_leader(timeout).await;
+            let agreed = self
+                .running
+                .values()
+                .filter_map(|r| r.tracker.as_ref())
+                .all(|t| t.app.metrics().current_leader == Some(leader));
+            if agreed {
+                return leader;
+            }
+            assert!(tokio::time::Instant::now() < until, "members never agreed on a leader");
+            let mut rxs: Vec<_> = self
+                .running
+                .values()
+                .filter_map(|r| r.tracker.as_ref())
+                .map(|t| t.app.raft.metrics())
+                .collect();
+            let changes = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
+            let _ = tokio::time::timeout(Duration::from_millis(100), futures::future::select_all(changes)).await;
+        }
+    }
+
     /// Waits until member `id` has applied at least `index`.
     pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) {
         let mut rx = self.tracker(id).app.raft.metrics();
@@ -260,6 +286,12 @@ impl ApiClient {
             token: Default::default(),
             leader_hint: Default::default(),
         }
+    }
+
+    /// Drops cached connections (e.g. to members that were restarted and
+    /// would otherwise be found dead only at the idle timeout).
+    pub async fn forget_connections(&self) {
+        self.conns.lock().await.clear();
     }
 
     /// Builds the envelope for a request, numbering writes.
