@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 use protocol::{
-    ids::{FileId, PeerId},
+    ids::FileId,
     tracker_api::{ApiError, Reply, Request},
 };
 use tracker_cluster::testing::{write_load, ApiClient, Target};
@@ -101,12 +101,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     password: "check".into(),
                 },
             ] {
-                match client.send_to(&target, &client.envelope(req)).await? {
-                    Reply::LoggedIn { token, .. } => *client.token.lock().expect("token") = Some(token),
-                    _ => {}
+                if let Reply::LoggedIn { token, .. } = client.send_to(&target, &client.envelope(req)).await? {
+                    *client.token.lock().expect("token") = Some(token);
                 }
             }
-            let _ = PeerId([0; 32]);
             let mut missing = 0u64;
             for id in &ids {
                 match client
