@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=run
-BIN=target/release
+BIN="${CARGO_TARGET_DIR:-target}/release"
 BASE="${QUORRENT_BASE_PORT:-7400}"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }

@@ -11,7 +11,7 @@ BASE="${QUORRENT_BASE_PORT:-7400}"
 CLIENTS="${CLIENTS:-32}"
 SECS="${SECONDS_OF_LOAD:-6}"
 OUT=run/failover
-BIN=target/release
+BIN="${CARGO_TARGET_DIR:-target}/release"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }

@@ -171,20 +171,20 @@ printf '    %s$ quorrent --home %s/bob --json get %s --no-seed &%s\n' "$D" "$DEM
 "$BIN/quorrent" --home "$DEMO/bob" --json get "$NAME" --no-seed >"$DEMO/bob-get.json" 2>"$DEMO/bob-get.err" &
 GET_PID=$!
 PIDS+=("$GET_PID")
-STARTED=0
+# Bounded wait until the download has begun: its part file (or its
+# verified-chunk set) appears in bob's storage.
+PART=""
 for _ in $(seq 1 1000); do
-  if compgen -G "$DEMO/bob/files/.quorrent/*.part" >/dev/null || compgen -G "$DEMO/bob/files/.quorrent/*.have" >/dev/null; then
-    STARTED=1
-    break
-  fi
+  PART="$(compgen -G "$DEMO/bob/files/.quorrent/*.part" || compgen -G "$DEMO/bob/files/.quorrent/*.have" || true)"
+  [ -n "$PART" ] && break
   kill -0 "$GET_PID" 2>/dev/null || break
   sleep 0.01
 done
-[ "$STARTED" = 1 ] || die "bob's download never started: $(cat "$DEMO/bob-get.err")"
+[ -n "$PART" ] || die "bob's download never started: $(cat "$DEMO/bob-get.err")"
+say "download under way: ${PART%%$'\n'*}"
 KILLED="$(scripts/cluster.sh kill-leader)" || die "kill-leader failed"
 if kill -0 "$GET_PID" 2>/dev/null; then DURING=yes; else DURING=no; fi
-say "download under way: $(compgen -G "$DEMO/bob/files/.quorrent/*.part" | head -n 1)"
-ok "SIGKILLed the leader, tracker $KILLED (download still running: $DURING)"
+ok "SIGKILLed the leader, tracker $KILLED (bob's get still running: $DURING)"
 GET_RC=0
 wait "$GET_PID" || GET_RC=$?
 [ "$GET_RC" = 0 ] || die "bob's get failed (exit $GET_RC): $(cat "$DEMO/bob-get.err")"
@@ -199,7 +199,7 @@ cmp "$SRC" "$BOB_PATH" || die "bob's file differs from alice's"
 ok "bob's file is identical to alice's (cmp $SRC $BOB_PATH)"
 [ "$PEERS" = 3 ] || die "bob downloaded from $PEERS peer(s), not 3"
 ok "chunks came from $PEERS peers"
-[ "$DURING" = yes ] || die "the download ended before the leader was killed; try a bigger DEMO_SIZE_MIB"
+[ "$DURING" = yes ] || die "bob's get ended before the leader was killed; try a bigger DEMO_SIZE_MIB"
 NEW_LEADER=""
 for _ in $(seq 1 50); do
   NEW_LEADER="$(scripts/cluster.sh status 2>/dev/null | awk -v k="$KILLED" '$5 == "leader" && $1 != k { print $1; exit }')"

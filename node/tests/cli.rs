@@ -1,213 +1,78 @@
-//! The `quorrent` command line and the tracker client against a small
-//! in-process stand-in for the proxy (an in-memory tracker speaking the
-//! real tracker API over real QUIC with certificates of a test CA). The
-//! real cluster is tested by its own crates and by scripts/demo.sh; here
-//! the node's side of the contract is checked: commands, outputs, errors,
-//! exactly-once retries.
+//! The `quorrent` command line against the real thing: a tracker cluster of
+//! three real members (`tracker_cluster::testing::TestCluster`, each on its
+//! own runtime, real Raft over QUIC with mutual TLS, real redb stores) and
+//! real proxies (`proxy::Proxy`) in this process, on ephemeral loopback
+//! ports, with the certificates of a test CA. The nodes are the real
+//! `quorrent` binary, run as child processes (killed on drop).
+//!
+//! Checked here: the commands and their `--json` outputs, the clear
+//! one-line errors, and that a node goes on through failures of the
+//! cluster — the leader killed, the proxy in use shut down — with its
+//! writes applied exactly once. Synchronisation is on observable state
+//! (the tracker's answers, files appearing), never on fixed sleeps, and
+//! everything is bounded by a timeout.
 
 use std::{
-    collections::{BTreeSet, HashMap},
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    process::Stdio,
     time::Duration,
 };
 
 use node::tracker::TrackerClient;
 use protocol::{
-    codec,
-    config::{NodeConfig, SharingConfig},
-    ids::{FileId, PeerId},
-    tls::ClientAuth,
-    tracker_api::{
-        Answer, ApiError, ClusterStatus, Envelope, FileMeta, PeerInfo, Reply, Request, SearchHit, WriteId, ALPN,
-    },
+    config::{NodeConfig, ProxyConfig, SharingConfig},
+    ids::FileId,
+    tracker_api::{ApiError, PeerInfo, Reply, Request, SearchHit},
 };
-use tokio::sync::watch;
+use proxy::Proxy;
+use rand::{RngCore, SeedableRng};
+use tracker_cluster::testing::{free_port, ApiClient, TestCluster};
 
-const LIMIT: Duration = Duration::from_secs(120);
+/// Bound on one command, and on waiting for the cluster.
+const LIMIT: Duration = Duration::from_secs(60);
+const PASSWORD: &str = "pw-secret";
 
-#[derive(Default)]
-struct State {
-    users: HashMap<String, String>,
-    sessions: HashMap<String, String>,
-    peers: HashMap<PeerId, Vec<SocketAddr>>,
-    files: HashMap<FileId, FileMeta>,
-    owners: HashMap<FileId, BTreeSet<PeerId>>,
-    /// Last write per client: its sequence number and answer.
-    applied: HashMap<u128, (u64, Answer)>,
-    /// Every write id received, retries included.
-    write_ids: Vec<WriteId>,
-    /// Apply the next write, then drop the connection instead of answering.
-    lose_next_answer: bool,
-    owns: u32,
-}
-
-/// The stand-in proxy + tracker.
-struct Fake {
-    addr: SocketAddr,
-    state: Arc<Mutex<State>>,
-    /// Counts Own requests applied, to await them.
-    owns: watch::Receiver<u32>,
-    _endpoint: quinn::Endpoint,
-}
-
-impl Fake {
-    fn start(certs: &Path) -> Fake {
-        protocol::tls::generate(certs, &["proxy-1".into()]).unwrap();
-        let id = protocol::tls::load_identity(certs, "proxy-1").unwrap();
-        let crypto = protocol::tls::server_crypto(&id, &[ALPN], ClientAuth::None).unwrap();
-        let server =
-            protocol::tls::quic_server(crypto, protocol::quic::control_transport(Duration::from_secs(10))).unwrap();
-        let endpoint = protocol::quic::endpoint("127.0.0.1:0".parse().unwrap(), Some(server)).unwrap();
-        let addr = endpoint.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State::default()));
-        let (tx, owns) = watch::channel(0u32);
-        let tx = Arc::new(tx);
-        let (ep, st) = (endpoint.clone(), state.clone());
-        tokio::spawn(async move {
-            while let Some(inc) = ep.accept().await {
-                let (st, tx) = (st.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let Ok(conn) = inc.await else { return };
-                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                        let env: Envelope = match codec::read_frame(&mut recv, 1 << 20).await {
-                            Ok(e) => e,
-                            Err(_) => continue,
-                        };
-                        let (answer, lose) = {
-                            let mut s = st.lock().unwrap();
-                            let answer = handle(&mut s, env);
-                            let _ = tx.send(s.owns);
-                            (answer, std::mem::take(&mut s.lose_next_answer))
-                        };
-                        if lose {
-                            conn.close(0u32.into(), b"lost");
-                            return;
-                        }
-                        let _ = codec::write_frame(&mut send, &answer).await;
-                        let _ = send.finish();
-                    }
-                });
-            }
-        });
-        Fake {
-            addr,
-            state,
-            owns,
-            _endpoint: endpoint,
+/// A started cluster of three members, `owner_ttl` seconds of owner
+/// liveness when given (the default is 30 s).
+async fn cluster(owner_ttl: Option<u64>) -> TestCluster {
+    let mut c = TestCluster::new(3);
+    if let Some(ttl) = owner_ttl {
+        for cfg in c.configs.values_mut() {
+            cfg.owner_ttl_secs = ttl;
         }
     }
+    c.start_all();
+    c.wait_leader(LIMIT).await;
+    c
 }
 
-fn handle(s: &mut State, env: Envelope) -> Answer {
-    if let Some(w) = env.write_id {
-        s.write_ids.push(w);
-        if let Some((seq, answer)) = s.applied.get(&w.client) {
-            if *seq == w.seq {
-                return answer.clone();
-            }
-        }
-    }
-    let user = env.token.as_ref().and_then(|t| s.sessions.get(t)).cloned();
-    let need_user = || user.clone().ok_or(ApiError::NotLoggedIn);
-    let answer = (|| match env.request {
-        Request::Register { user, password } => {
-            if s.users.contains_key(&user) {
-                return Err(ApiError::UserExists(user));
-            }
-            s.users.insert(user.clone(), password);
-            Ok(Reply::Registered { user })
-        }
-        Request::Login { user, password } => {
-            if s.users.get(&user) != Some(&password) {
-                return Err(ApiError::BadCredentials);
-            }
-            let token = format!("t{}", s.sessions.len());
-            s.sessions.insert(token.clone(), user.clone());
-            Ok(Reply::LoggedIn {
-                user,
-                token,
-                expires_ms: protocol::unix_ms() + 3_600_000,
-            })
-        }
-        Request::Logout => {
-            need_user()?;
-            s.sessions.remove(env.token.as_deref().unwrap_or_default());
-            Ok(Reply::Done)
-        }
-        Request::AnnouncePeer { peer_id, addrs } => {
-            need_user()?;
-            s.peers.insert(peer_id, addrs);
-            Ok(Reply::Done)
-        }
-        Request::Own { peer_id, file } => {
-            need_user()?;
-            if !s.peers.contains_key(&peer_id) {
-                return Err(ApiError::UnknownPeer(peer_id));
-            }
-            s.owners.entry(file.id).or_default().insert(peer_id);
-            s.files.insert(file.id, file);
-            s.owns += 1;
-            Ok(Reply::Done)
-        }
-        Request::Search { text, .. } => {
-            need_user()?;
-            let hits = s
-                .files
-                .values()
-                .filter(|f| f.name.to_lowercase().contains(&text.to_lowercase()))
-                .map(|f| SearchHit {
-                    file: f.clone(),
-                    live_owners: s.owners.get(&f.id).map_or(0, |o| o.len() as u32),
-                })
-                .collect();
-            Ok(Reply::Files { hits, next: None })
-        }
-        Request::GetOwners { file_id } => {
-            need_user()?;
-            let file = s.files.get(&file_id).cloned().ok_or(ApiError::UnknownFile(file_id))?;
-            let owners = s.owners[&file_id]
-                .iter()
-                .map(|p| PeerInfo {
-                    peer_id: *p,
-                    addrs: s.peers[p].clone(),
-                })
-                .filter(|p| !p.addrs.is_empty())
-                .collect();
-            Ok(Reply::Owners { file, owners })
-        }
-        Request::Heartbeat { .. } => {
-            need_user()?;
-            Ok(Reply::Done)
-        }
-        Request::ClusterStatus | Request::WatchLeader { .. } => Ok(Reply::Status(ClusterStatus {
-            responder: 1,
-            leader: Some(1),
-            term: 3,
-            last_applied: Some(10),
-            members: vec![],
-        })),
-        Request::Disown { .. } => Ok(Reply::Done),
-    })();
-    if let Some(w) = env.write_id {
-        s.applied.insert(w.client, (w.seq, answer.clone()));
-    }
-    answer
+/// A real proxy in front of `c`, named `name` (its certificate), on `port`
+/// (0: ephemeral).
+async fn start_proxy(c: &TestCluster, name: &str, port: u16) -> Proxy {
+    let cfg = ProxyConfig {
+        name: name.into(),
+        listen: format!("127.0.0.1:{port}"),
+        trackers: c.members.clone(),
+        log_dir: c.dir.path().join("logs"),
+        certs_dir: c.certs(),
+        ..Default::default()
+    };
+    Proxy::start(cfg).await.expect("proxy starts")
 }
 
-/// A node home with a configuration pointing at the fake.
+/// A node home with a configuration listing `proxies` in order.
 struct Home {
     dir: PathBuf,
     config: PathBuf,
 }
 
-fn home(root: &Path, name: &str, fake: &Fake, certs: &Path) -> Home {
+fn home(root: &Path, name: &str, proxies: &[SocketAddr], c: &TestCluster) -> Home {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = NodeConfig {
-        proxies: vec![fake.addr.to_string()],
-        ca_cert: certs.join("ca.pem"),
+        proxies: proxies.iter().map(|p| p.to_string()).collect(),
+        ca_cert: c.certs().join("ca.pem"),
         log_dir: root.join("logs"),
         sharing: SharingConfig {
             chunk_size: 256 << 10,
@@ -221,23 +86,28 @@ fn home(root: &Path, name: &str, fake: &Fake, certs: &Path) -> Home {
     Home { dir, config }
 }
 
-fn quorrent(h: &Home, args: &[&str]) -> tokio::process::Command {
+fn quorrent_with(h: &Home, args: &[&str], password: &str) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_quorrent"));
     c.arg("--home")
         .arg(&h.dir)
         .arg("--config")
         .arg(&h.config)
         .args(args)
-        .env("QUORRENT_PASSWORD", "pw-secret")
+        .env("QUORRENT_PASSWORD", password)
+        .env_remove("QUORRENT_HOME")
         .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
+        .stdin(Stdio::null())
         .kill_on_drop(true);
     c
 }
 
+fn quorrent(h: &Home, args: &[&str]) -> tokio::process::Command {
+    quorrent_with(h, args, PASSWORD)
+}
+
 /// Runs a command to its end: (success, stdout, stderr).
-async fn run(h: &Home, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::time::timeout(LIMIT, quorrent(h, args).output())
+async fn output(mut cmd: tokio::process::Command) -> (bool, String, String) {
+    let out = tokio::time::timeout(LIMIT, cmd.output())
         .await
         .expect("command timed out")
         .unwrap();
@@ -248,140 +118,453 @@ async fn run(h: &Home, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-async fn ok_json(h: &Home, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let (ok, out, err) = run(h, &all).await;
+async fn run(h: &Home, args: &[&str]) -> (bool, String, String) {
+    output(quorrent(h, args)).await
+}
+
+fn json_of(args: &[&str], ok: bool, out: &str, err: &str) -> serde_json::Value {
     assert!(ok, "{args:?} failed: {err}");
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}"))
 }
 
-async fn fails_with(h: &Home, args: &[&str], needle: &str) {
-    let (ok, _, err) = run(h, args).await;
+async fn ok_json(h: &Home, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = run(h, &all).await;
+    json_of(args, ok, &out, &err)
+}
+
+/// The command fails with one line on stderr that contains `needle`.
+fn assert_one_line_error(args: &[&str], (ok, _, err): (bool, String, String), needle: &str) {
     assert!(!ok, "{args:?} succeeded");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
     assert!(err.contains(needle), "{args:?}: {err}");
 }
 
+async fn fails_with(h: &Home, args: &[&str], needle: &str) {
+    assert_one_line_error(args, run(h, args).await, needle);
+}
+
+/// register + login, checked.
+async fn sign_up(h: &Home, user: &str) {
+    assert_eq!(ok_json(h, &["register", user]).await["user"], user);
+    assert_eq!(ok_json(h, &["login", user]).await["user"], user);
+}
+
+/// The node's peer id (hex), from `status`.
+async fn peer_id(h: &Home) -> String {
+    ok_json(h, &["status"]).await["peer_id"].as_str().unwrap().to_owned()
+}
+
+/// `quorrent seed` in the background (killed on drop), its log on stderr
+/// kept in a file next to the home for post-mortems.
+fn spawn_seed(h: &Home) -> tokio::process::Child {
+    let log = std::fs::File::create(h.dir.with_extension("seed.err")).unwrap();
+    quorrent(h, &["seed"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &tokio::process::Child, sig: &str) {
+    let pid = child.id().expect("child running").to_string();
+    let status = std::process::Command::new("kill").args([sig, &pid]).status().unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// SIGTERM, and the process ends cleanly (exit status 0).
+async fn stop(mut child: tokio::process::Child) {
+    signal(&child, "-TERM");
+    let status = tokio::time::timeout(LIMIT, child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// `size` random bytes in `dir/name`.
+fn random_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut data = vec![0u8; size];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    let path = dir.join(name);
+    std::fs::write(&path, &data).unwrap();
+    path
+}
+
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}
+
+/// An observer of the tracker (its own account), asking through a proxy
+/// what the nodes did.
+struct Observer {
+    client: ApiClient,
+    proxy: SocketAddr,
+    name: &'static str,
+}
+
+impl Observer {
+    async fn new(c: &TestCluster, proxy: SocketAddr, name: &'static str) -> Observer {
+        let client = ApiClient::new(&c.certs());
+        client.sign_up(&c.api_addrs(), "observer", "observer-pw").await;
+        Observer { client, proxy, name }
+    }
+
+    async fn ask(&self, request: Request) -> Reply {
+        let env = self.client.envelope(request);
+        tokio::time::timeout(LIMIT, self.client.send(self.proxy, self.name, &env))
+            .await
+            .expect("tracker answers in time")
+            .expect("transport")
+            .expect("tracker reply")
+    }
+
+    /// The owners of `file` that the tracker counts as live, with the
+    /// addresses they announced.
+    async fn owners(&self, file: FileId) -> Vec<PeerInfo> {
+        match self.ask(Request::GetOwners { file_id: file }).await {
+            Reply::Owners { owners, .. } => owners,
+            other => panic!("get-owners: {other:?}"),
+        }
+    }
+
+    async fn search(&self, text: &str) -> Vec<SearchHit> {
+        match self
+            .ask(Request::Search {
+                text: text.into(),
+                cursor: 0,
+                limit: 100,
+            })
+            .await
+        {
+            Reply::Files { hits, .. } => hits,
+            other => panic!("search: {other:?}"),
+        }
+    }
+
+    /// The addresses `peer` (hex) is listed with as an owner of `file`.
+    async fn addrs_of(&self, file: FileId, peer: &str) -> Option<Vec<SocketAddr>> {
+        self.owners(file)
+            .await
+            .into_iter()
+            .find(|o| o.peer_id.to_hex() == peer)
+            .map(|o| o.addrs)
+    }
+
+    /// Waits until `peer` is listed as an owner of `file` with addresses
+    /// other than `before`: a `seed` started after `before` was read has
+    /// announced itself and registered its files.
+    async fn await_new_addrs(&self, file: FileId, peer: &str, before: Option<Vec<SocketAddr>>) {
+        tokio::time::timeout(LIMIT, async {
+            loop {
+                match self.addrs_of(file, peer).await {
+                    Some(a) if !a.is_empty() && Some(&a) != before.as_ref() => return,
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await
+        .expect("the seeder registered within the limit");
+    }
+}
+
+/// Starts `seed` for a node that owns `file` and waits until the tracker
+/// lists it with its new address.
+async fn seed_and_await(obs: &Observer, h: &Home, file: FileId) -> tokio::process::Child {
+    let peer = peer_id(h).await;
+    let before = obs.addrs_of(file, &peer).await;
+    let child = spawn_seed(h);
+    obs.await_new_addrs(file, &peer, before).await;
+    child
+}
+
+/// The whole CLI story on one real cluster: accounts, share on three
+/// nodes, search, a download from all three, seeding, and the errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn share_search_get_seed_through_the_cli() {
+    // A short owner TTL, so that "no live owner" comes within seconds.
+    let c = cluster(Some(3)).await;
+    let p = start_proxy(&c, "proxy-1", 0).await;
     let root = tempfile::tempdir().unwrap();
-    let certs = root.path().join("certs");
-    let fake = Fake::start(&certs);
-    let alice = home(root.path(), "alice", &fake, &certs);
-    let bob = home(root.path(), "bob", &fake, &certs);
+    let r = root.path();
+    let [alice, carol, dave, bob, erin] = ["alice", "carol", "dave", "bob", "erin"].map(|n| home(r, n, &[p.addr], &c));
 
     fails_with(&alice, &["search", "x"], "not logged in").await;
     assert_eq!(ok_json(&alice, &["register", "alice"]).await["user"], "alice");
     fails_with(&alice, &["register", "alice"], "already exists").await;
+    let wrong = ["login", "alice"];
+    assert_one_line_error(
+        &wrong,
+        output(quorrent_with(&alice, &wrong, "wrong")).await,
+        "login refused",
+    );
     let login = ok_json(&alice, &["login", "alice"]).await;
-    assert!(login["expires"].as_u64().unwrap() > 0);
+    assert_eq!(login["user"], "alice");
+    assert!(login["expires"].as_u64().unwrap() > protocol::unix_ms());
     let session = std::fs::read_to_string(alice.dir.join("session.json")).unwrap();
-    assert!(!session.contains("pw-secret"));
+    assert!(!session.contains(PASSWORD));
 
-    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let src = root.path().join("report.pdf");
-    std::fs::write(&src, &data).unwrap();
+    // alice and carol share the same bytes: one file id, two owners.
+    let src = random_file(&r.join("alice-data"), "data.bin", 32 << 20, 7);
     let shared = ok_json(&alice, &["share", src.to_str().unwrap()]).await;
-    assert_eq!(shared["name"], "report.pdf");
-    assert_eq!(shared["size"], 3_000_000);
-    let file_id = shared["file_id"].as_str().unwrap().to_owned();
+    assert_eq!(shared["name"], "data.bin");
+    assert_eq!(shared["size"], 32 << 20);
+    let id_hex = shared["file_id"].as_str().unwrap().to_owned();
+    let id: FileId = id_hex.parse().unwrap();
+    sign_up(&carol, "carol").await;
+    let carol_copy = r.join("carol-data").join("data.bin");
+    std::fs::create_dir_all(carol_copy.parent().unwrap()).unwrap();
+    std::fs::copy(&src, &carol_copy).unwrap();
+    let shared = ok_json(&carol, &["share", carol_copy.to_str().unwrap()]).await;
+    assert_eq!(shared["file_id"], id_hex.as_str());
 
-    let mut owns = fake.owns.clone();
-    let mut seeder = quorrent(&alice, &["seed"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // The seeder registers its files again once it listens: await that.
-    tokio::time::timeout(LIMIT, owns.wait_for(|n| *n >= 2))
-        .await
-        .unwrap()
-        .unwrap();
+    let obs = Observer::new(&c, p.addr, "proxy-1").await;
+    let mut seeders = vec![
+        seed_and_await(&obs, &alice, id).await,
+        seed_and_await(&obs, &carol, id).await,
+    ];
 
-    ok_json(&bob, &["register", "bob"]).await;
-    ok_json(&bob, &["login", "bob"]).await;
-    let hits = ok_json(&bob, &["search", "REPORT"]).await;
-    assert_eq!(hits[0]["file_id"], file_id.as_str());
-    assert_eq!(hits[0]["owners"], 1);
+    // dave downloads it from those two, then seeds: the third owner.
+    sign_up(&dave, "dave").await;
+    let got = ok_json(&dave, &["get", "data.bin", "--no-seed"]).await;
+    assert_eq!(got["file_id"], id_hex.as_str());
+    assert_eq!(got["peers"], 2, "{got}");
+    assert!(same_bytes(&src, Path::new(got["path"].as_str().unwrap())));
+    seeders.push(seed_and_await(&obs, &dave, id).await);
+
+    // bob finds it with three live owners and downloads from all three.
+    sign_up(&bob, "bob").await;
+    let hits = ok_json(&bob, &["search", "DATA"]).await;
+    assert_eq!(hits.as_array().unwrap().len(), 1, "{hits}");
+    assert_eq!(hits[0]["file_id"], id_hex.as_str());
+    assert_eq!(hits[0]["name"], "data.bin");
+    assert_eq!(hits[0]["owners"], 3, "{hits}");
+    let (ok, text, err) = run(&bob, &["search", "data"]).await;
+    assert!(ok && text.contains(&id_hex) && text.contains("data.bin"), "{text}{err}");
 
     fails_with(&bob, &["get", "nothing.txt"], "no file named").await;
-    let out = root.path().join("bob-files");
-    let got = ok_json(&bob, &["get", "report.pdf", "-o", out.to_str().unwrap(), "--no-seed"]).await;
-    assert_eq!(got["file_id"], file_id.as_str());
-    assert_eq!(got["peers"], 1);
-    assert_eq!(got["size"], 3_000_000);
-    assert_eq!(std::fs::read(got["path"].as_str().unwrap()).unwrap(), data);
-    // bob now owns it too; asking again finds it at home.
-    let hits = ok_json(&bob, &["search", "report"]).await;
-    assert_eq!(hits[0]["owners"], 2);
-    let again = ok_json(&bob, &["get", &file_id, "--no-seed"]).await;
+    let out = r.join("bob-files");
+    let got = ok_json(&bob, &["get", "data.bin", "-o", out.to_str().unwrap(), "--no-seed"]).await;
+    assert_eq!(got["file_id"], id_hex.as_str());
+    assert_eq!(got["size"], 32 << 20);
+    assert_eq!(got["peers"], 3, "chunks came from every owner: {got}");
+    assert_eq!(got["per_peer"].as_array().unwrap().len(), 3, "{got}");
+    let bob_path = PathBuf::from(got["path"].as_str().unwrap());
+    assert_eq!(bob_path, out.canonicalize().unwrap().join("data.bin"));
+    assert!(same_bytes(&src, &bob_path));
+    // bob is an owner now; asking again finds the file at home.
+    assert_eq!(ok_json(&bob, &["search", "data"]).await[0]["owners"], 4);
+    let again = ok_json(&bob, &["get", &id_hex, "--no-seed"]).await;
     assert_eq!(again["path"], got["path"]);
     assert_eq!(again["peers"], 0);
 
     let status = ok_json(&bob, &["status"]).await;
     assert_eq!(status["user"], "bob");
-    assert_eq!(status["leader"], 1);
+    // (Compared with the member ids only: a re-election may come between.)
+    let leader = status["leader"].as_u64().unwrap();
+    assert!(c.members.iter().any(|m| m.id == leader), "{status}");
+    assert_eq!(status["members"].as_array().unwrap().len(), 3, "{status}");
+    assert_eq!(status["peer_id"].as_str().unwrap().len(), 64, "{status}");
 
-    // SIGTERM ends the seeder cleanly.
-    let pid = seeder.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(LIMIT, seeder.wait()).await.unwrap().unwrap();
-    assert!(status.success(), "{status:?}");
-
-    // alice's node is gone, and bob never seeded: carol finds an owner
-    // list (the stand-in has no liveness) but nobody answers.
-    let carol = home(root.path(), "carol", &fake, &certs);
-    ok_json(&carol, &["register", "carol"]).await;
-    ok_json(&carol, &["login", "carol"]).await;
-    fails_with(&carol, &["get", &file_id, "--no-seed"], "could not reach any owner").await;
+    // SIGTERM ends each seeder cleanly. Once every owner has been silent
+    // for the TTL, nobody is a live owner: a clear error for erin.
+    for s in seeders {
+        stop(s).await;
+    }
+    tokio::time::timeout(LIMIT, async {
+        while obs.search("data.bin").await.iter().any(|h| h.live_owners > 0) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("owners drop out after the TTL");
+    sign_up(&erin, "erin").await;
+    fails_with(&erin, &["get", &id_hex, "--no-seed"], "no live owner").await;
+    assert!(!erin.dir.join("files").join("data.bin").exists());
 
     // Two files of the same name: a name is no longer enough.
-    let other = root.path().join("other");
-    std::fs::create_dir_all(&other).unwrap();
-    std::fs::write(other.join("report.pdf"), b"another report").unwrap();
-    ok_json(&alice, &["share", other.join("report.pdf").to_str().unwrap()]).await;
-    fails_with(&bob, &["get", "report.pdf"], "several files").await;
+    let other = random_file(&r.join("other"), "data.bin", 1000, 8);
+    ok_json(&alice, &["share", other.to_str().unwrap()]).await;
+    fails_with(&bob, &["get", "data.bin"], "several files").await;
 
     ok_json(&bob, &["logout"]).await;
-    fails_with(&bob, &["get", &file_id], "not logged in").await;
-    let log = std::fs::read_dir(root.path().join("logs")).unwrap().count();
-    assert!(log >= 2);
+    fails_with(&bob, &["get", &id_hex], "not logged in").await;
+    let logs = std::fs::read_dir(r.join("logs")).unwrap().count();
+    assert!(logs >= 5, "one log per node: {logs}");
+    p.shutdown().await;
 }
 
+/// A node configured with two proxies: while bob downloads, the leader is
+/// killed and the proxy bob talks to is shut down. bob's get still
+/// succeeds, exact, and its registration as an owner (writes after the
+/// failures) is there; a new node goes on through the second proxy; the
+/// killed member comes back, and a share during the next leader's death
+/// succeeds too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_answer_is_retried_with_the_same_write_id() {
+async fn get_and_share_go_on_through_leader_kill_and_proxy_loss() {
+    let mut c = cluster(None).await;
+    let port1 = free_port();
+    let p1 = start_proxy(&c, "proxy-1", port1).await;
+    let p2 = start_proxy(&c, "proxy-2", 0).await;
+    let proxies = [p1.addr, p2.addr];
     let root = tempfile::tempdir().unwrap();
-    let certs = root.path().join("certs");
-    let fake = Fake::start(&certs);
+    let r = root.path();
+    let [alice, bob] = ["alice", "bob"].map(|n| home(r, n, &proxies, &c));
+    let obs = Observer::new(&c, p2.addr, "proxy-2").await;
+
+    sign_up(&alice, "alice").await;
+    let src = random_file(&r.join("alice-data"), "movie.mkv", 16 << 20, 9);
+    let shared = ok_json(&alice, &["share", src.to_str().unwrap()]).await;
+    let id_hex = shared["file_id"].as_str().unwrap().to_owned();
+    let id: FileId = id_hex.parse().unwrap();
+    let alice_seed = seed_and_await(&obs, &alice, id).await;
+    sign_up(&bob, "bob").await;
+
+    // alice is frozen, so bob's get, once it has asked the tracker, waits
+    // on her: the failures land between its first and last tracker calls.
+    signal(&alice_seed, "-STOP");
+    let get = quorrent(&bob, &["--json", "get", &id_hex, "--no-seed"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = bob.dir.join("files").join(".quorrent");
+    tokio::time::timeout(LIMIT, async {
+        while !started.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("bob's download starts");
+    let leader = c.wait_leader(LIMIT).await;
+    c.kill(leader);
+    // The proxy closes its connections on the first poll of shutdown.
+    let mut closing = Box::pin(p1.shutdown());
+    let _ = tokio::time::timeout(Duration::ZERO, &mut closing).await;
+    signal(&alice_seed, "-CONT");
+    closing.await;
+
+    let out = tokio::time::timeout(LIMIT, get.wait_with_output())
+        .await
+        .expect("get ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let got = json_of(&["get"], out.status.success(), &stdout, &stderr);
+    assert!(stderr.trim().is_empty(), "no error shown: {stderr}");
+    assert_eq!(got["peers"], 1);
+    assert!(same_bytes(&src, Path::new(got["path"].as_str().unwrap())));
+    let new_leader = c.wait_leader(LIMIT).await;
+    assert_ne!(new_leader, leader);
+    // bob's announce and Own went to the new leader: two owners now.
+    let hits = obs.search("movie").await;
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].live_owners, 2, "{hits:?}");
+
+    // A new bob process: the first proxy is down, the second answers.
+    let hits = ok_json(&bob, &["search", "movie"]).await;
+    assert_eq!(hits[0]["owners"], 2, "{hits}");
+
+    // proxy-1 back on its port; the killed member back from its data,
+    // caught up with the others.
+    let p1 = start_proxy(&c, "proxy-1", port1).await;
+    c.start(leader);
+    let applied = c.tracker(new_leader).app.metrics().last_applied.unwrap().index;
+    c.wait_applied(leader, applied, LIMIT).await;
+
+    // The next leader dies and alice shares at once: the proxy waits for
+    // the election and the share succeeds, registered exactly once.
+    let second = random_file(&r.join("alice-data"), "notes.txt", 100_000, 10);
+    c.kill(new_leader);
+    let shared = ok_json(&alice, &["share", second.to_str().unwrap()]).await;
+    assert_eq!(shared["name"], "notes.txt");
+    let third = c.wait_leader(LIMIT).await;
+    assert!(third != new_leader);
+    let hits = obs.search("notes").await;
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0].file.id.to_hex(), shared["file_id"].as_str().unwrap());
+    assert_eq!(hits[0].live_owners, 1);
+
+    stop(alice_seed).await;
+    p1.shutdown().await;
+    p2.shutdown().await;
+}
+
+/// The node's tracker client, writing without pause (Register: applied
+/// twice it would answer "user exists"), while the leader is killed just
+/// as a write has entered its log and the proxy in use is shut down: the
+/// client retries through the second proxy with the same write id, and
+/// every write gets its first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_retried_exactly_once_across_failures() {
+    let mut c = cluster(None).await;
+    let p1 = start_proxy(&c, "proxy-1", 0).await;
+    let p2 = start_proxy(&c, "proxy-2", 0).await;
     let cfg = NodeConfig {
-        // The first proxy is down: the client moves on to the next.
-        proxies: vec!["127.0.0.1:1".into(), fake.addr.to_string()],
-        ca_cert: certs.join("ca.pem"),
+        proxies: vec![p1.addr.to_string(), p2.addr.to_string()],
+        ca_cert: c.certs().join("ca.pem"),
         ..NodeConfig::default()
     };
     let client = TrackerClient::new(&cfg, None).unwrap();
-    let reg = |user: &str| Request::Register {
-        user: user.into(),
-        password: "pw".into(),
+    const WRITES: usize = 16;
+    let (done_tx, mut done) = tokio::sync::watch::channel(0usize);
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for i in 0..WRITES {
+                let user = format!("user{i}");
+                let reply = client
+                    .call(Request::Register {
+                        user: user.clone(),
+                        password: "pw".into(),
+                    })
+                    .await;
+                answers.push((user, reply));
+                let _ = done_tx.send(i + 1);
+            }
+            answers
+        })
     };
-    client.call(reg("a")).await.unwrap();
-    fake.state.lock().unwrap().lose_next_answer = true;
-    // Applied once, answer lost, retried on a new connection: the stored
-    // answer comes back instead of "user exists".
-    let reply = tokio::time::timeout(LIMIT, client.call(reg("b")))
+    tokio::time::timeout(LIMIT, done.wait_for(|n| *n >= WRITES / 4))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(reply, Reply::Registered { user: "b".into() });
-    client.call(Request::ClusterStatus).await.unwrap();
-    let ids = fake.state.lock().unwrap().write_ids.clone();
-    let seqs: Vec<u64> = ids.iter().map(|w| w.seq).collect();
-    assert_eq!(seqs, vec![1, 2, 2]);
-    assert!(ids.iter().all(|w| w.client == ids[0].client));
-    let err = client.call(reg("a")).await.unwrap_err();
+    // The next write enters the leader's log: kill the leader and the
+    // proxy right then, before the answer can come back.
+    let leader = c.wait_leader(LIMIT).await;
+    let mut metrics = c.tracker(leader).app.raft.metrics();
+    let last = metrics.borrow().last_log_index;
+    tokio::time::timeout(LIMIT, async {
+        tokio::select! {
+            r = metrics.wait_for(|m| m.last_log_index > last) => { r.unwrap(); }
+            // (Should the writer be done already, the failures come after.)
+            r = done.wait_for(|n| *n == WRITES) => { r.unwrap(); }
+        }
+    })
+    .await
+    .unwrap();
+    drop(metrics);
+    c.kill(leader);
+    let mut closing = Box::pin(p1.shutdown());
+    let _ = tokio::time::timeout(Duration::ZERO, &mut closing).await;
+
+    let answers = tokio::time::timeout(LIMIT, writer).await.unwrap().unwrap();
+    for (user, reply) in answers {
+        assert_eq!(reply.unwrap(), Reply::Registered { user });
+    }
+    closing.await;
+    // The tracker did apply them: a second registration is refused.
+    let err = client
+        .call(Request::Register {
+            user: "user0".into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, node::tracker::TrackerError::Api(ApiError::UserExists(_))),
+        "{err}"
+    );
     assert!(err.to_string().contains("already exists"), "{err}");
+    p2.shutdown().await;
 }

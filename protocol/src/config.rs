@@ -93,10 +93,13 @@ impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
             // A follower elects after lease (= election_max_ms) plus its
-            // own timeout, so failover takes about 300-400 ms with these.
-            heartbeat_ms: 30,
-            election_min_ms: 100,
-            election_max_ms: 200,
+            // own timeout, so failover takes about 350-500 ms with these.
+            // openraft also uses the heartbeat interval as the timeout of
+            // every AppendEntries, so it must leave room for a follower's
+            // fsync of a full payload on a busy machine.
+            heartbeat_ms: 50,
+            election_min_ms: 120,
+            election_max_ms: 240,
             snapshot_every: 20_000,
             keep_after_snapshot: 1_000,
             snapshot_chunk_bytes: 4 << 20,

@@ -42,6 +42,13 @@ fn rss_bytes() -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    let _log = protocol::logging::init(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../logs"),
+        "bench-cluster.log",
+        "info",
+        false,
+    )
+    .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -65,6 +72,15 @@ fn main() {
 
 async fn writes() {
     let mut c = TestCluster::new(3);
+    // Knobs for tuning runs: batches in flight and the largest batch.
+    for cfg in c.configs.values_mut() {
+        if let Some(v) = std::env::var("BENCH_IN_FLIGHT").ok().and_then(|v| v.parse().ok()) {
+            cfg.max_batches_in_flight = v;
+        }
+        if let Some(v) = std::env::var("BENCH_MAX_BATCH").ok().and_then(|v| v.parse().ok()) {
+            cfg.max_batch = v;
+        }
+    }
     c.start_all();
     c.wait_leader(Duration::from_secs(20)).await;
     let target = Target::Members(c.api_addrs());
@@ -257,12 +273,12 @@ async fn search_and_snapshot() {
     let token = token_hash(client.token.lock().unwrap().as_deref().unwrap());
     let raft = c.tracker(leader).app.raft.clone();
     let started = Instant::now();
-    // Bulk-load through the real log: 2,000 writes per entry.
-    futures::stream::iter(0..FILES / 2_000)
+    // Bulk-load through the real log: 1,000 writes per entry.
+    futures::stream::iter(0..FILES / 1_000)
         .map(|b| {
             let raft = raft.clone();
             async move {
-                let writes = (0..2_000)
+                let writes = (0..1_000)
                     .map(|i| Write {
                         id: None,
                         op: Op::Own {
@@ -288,7 +304,7 @@ async fn search_and_snapshot() {
     let load = started.elapsed();
     println!("\n| 3 members, {FILES} files | value |\n|---|---|");
     println!(
-        "| bulk load through Raft (2,000 writes/entry) | {:.1} s ({:.0} writes/s) |",
+        "| bulk load through Raft (1,000 writes/entry) | {:.1} s ({:.0} writes/s) |",
         load.as_secs_f64(),
         FILES as f64 / load.as_secs_f64()
     );

@@ -80,9 +80,10 @@ pub fn raft_config(c: &TrackerConfig) -> Result<openraft::Config, StartError> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_every),
         max_in_snapshot_log_to_keep: r.keep_after_snapshot,
         snapshot_max_chunk_size: r.snapshot_chunk_bytes,
-        // Entries are batches of up to `max_batch` writes; keep one
-        // AppendEntries well under the Raft frame limit.
-        max_payload_entries: 64,
+        // Entries are batches of up to `max_batch` writes. openraft times
+        // an AppendEntries out after one heartbeat interval, so a payload
+        // must be small enough to send and fsync within it.
+        max_payload_entries: 16,
         install_snapshot_timeout: 10_000,
         ..Default::default()
     };

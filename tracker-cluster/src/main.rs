@@ -135,14 +135,22 @@ async fn admin(config: TrackerConfig, action: AdminAction) -> anyhow::Result<()>
             return Ok(());
         }
         AdminAction::Leader => {
+            // Ask everyone and believe the newest term: just after a
+            // failover a member may still name the dead leader.
+            let mut best: Option<(u64, u64)> = None;
             for m in &config.members {
                 if let Ok(s) = management::status_of_member(&net, m.id, &m.raft, Duration::from_millis(1000)).await {
                     if let Some(l) = s.leader {
-                        println!("{l}");
-                        ep.close(0u32.into(), b"done");
-                        return Ok(());
+                        if best.is_none_or(|(t, _)| s.term > t) {
+                            best = Some((s.term, l));
+                        }
                     }
                 }
+            }
+            ep.close(0u32.into(), b"done");
+            if let Some((_, l)) = best {
+                println!("{l}");
+                return Ok(());
             }
             anyhow::bail!("no leader elected");
         }
