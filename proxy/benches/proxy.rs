@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use protocol::config::ProxyConfig;
 use proxy::Proxy;
-use tracker_cluster::testing::{write_load, Target, TestCluster};
+use tracker_cluster::testing::{write_load, write_load_notify, Target, TestCluster};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -100,25 +100,31 @@ async fn failover() {
     let mut errors = 0;
     let mut lost = 0;
     for k in 0..10u64 {
-        let leader = c.wait_leader(Duration::from_secs(20)).await;
+        let leader = c.wait_agreed_leader(Duration::from_secs(20)).await;
         let idx = c.tracker(leader).app.metrics().last_applied.unwrap().index;
         for id in c.running_ids() {
             c.wait_applied(id, idx, Duration::from_secs(30)).await;
         }
         let certs = c.certs();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let load = tokio::spawn({
             let via = via.clone();
-            async move { write_load(&certs, via, 64, Duration::from_secs(3), 100 + k).await }
+            async move { write_load_notify(&certs, via, 64, Duration::from_secs(3), 100 + k, Some(tx)).await }
         });
-        // Let the load reach its steady state, then kill.
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // Once the timed writes run, let them reach a steady state, then kill.
+        rx.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         c.kill(leader);
         let mut r = load.await.unwrap();
         errors += r.errors;
         pauses.push(ms(r.quantile(1.0)));
         c.start(leader);
-        // Every acknowledged write must be on the new leader.
-        let nl = c.wait_leader(Duration::from_secs(20)).await;
+        // Every acknowledged write must be on the new leader, once the
+        // members agree on it (the restarted one may briefly believe it
+        // still leads its old term).
+        let nl = c.wait_agreed_leader(Duration::from_secs(20)).await;
+        let idx = c.tracker(nl).app.metrics().last_applied.unwrap().index;
+        c.wait_applied(nl, idx, Duration::from_secs(30)).await;
         let st = c.tracker(nl).app.state.read();
         let mut missing = 0;
         for id in &r.acked {

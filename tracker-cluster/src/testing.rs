@@ -465,6 +465,19 @@ pub fn load_file(run: u64, c: usize, i: u64) -> protocol::tracker_api::FileMeta 
 /// own peer, register files (Own, a replicated write) one after another
 /// for `duration`. `run` keeps ids apart between runs.
 pub async fn write_load(certs: &Path, target: Target, clients: usize, duration: Duration, run: u64) -> LoadReport {
+    write_load_notify(certs, target, clients, duration, run, None).await
+}
+
+/// [`write_load`] that notifies `started` once every client is signed up
+/// and the timed writes begin.
+pub async fn write_load_notify(
+    certs: &Path,
+    target: Target,
+    clients: usize,
+    duration: Duration,
+    run: u64,
+    started: Option<tokio::sync::oneshot::Sender<()>>,
+) -> LoadReport {
     let mut tasks = Vec::new();
     let start_gate = std::sync::Arc::new(tokio::sync::Barrier::new(clients + 1));
     for c in 0..clients {
@@ -523,6 +536,9 @@ pub async fn write_load(certs: &Path, target: Target, clients: usize, duration: 
         }));
     }
     start_gate.wait().await;
+    if let Some(s) = started {
+        let _ = s.send(());
+    }
     let started = std::time::Instant::now();
     let mut total = LoadReport::default();
     for t in tasks {
