@@ -22,7 +22,12 @@ fn every_rust_file_starts_with_a_module_comment() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = Vec::new();
     rust_files(&root, &mut files);
-    assert!(files.len() > 20, "found only {} files under {}", files.len(), root.display());
+    assert!(
+        files.len() > 20,
+        "found only {} files under {}",
+        files.len(),
+        root.display()
+    );
     let missing: Vec<_> = files
         .iter()
         .filter(|f| !std::fs::read_to_string(f).unwrap_or_default().starts_with("//!"))

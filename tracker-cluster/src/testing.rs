@@ -186,15 +186,21 @@ impl TestCluster {
             }
             assert!(tokio::time::Instant::now() < until, "no leader within {timeout:?}");
             // Wake on the first metrics change of any member, or soon.
-            let mut rxs: Vec<_> = self
-                .running
-                .values()
-                .filter_map(|r| r.tracker.as_ref())
-                .map(|t| t.app.raft.metrics())
-                .collect();
-            let changes = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-            let _ = tokio::time::timeout(Duration::from_millis(100), futures::future::select_all(changes)).await;
+            self.any_metrics_change(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits for the first metrics change of any running member, at most
+    /// `bound` (a change may come from a member started meanwhile).
+    async fn any_metrics_change(&self, bound: Duration) {
+        let mut rxs: Vec<_> = self
+            .running
+            .values()
+            .filter_map(|r| r.tracker.as_ref())
+            .map(|t| t.app.raft.metrics())
+            .collect();
+        let changes = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
+        let _ = tokio::time::timeout(bound, futures::future::select_all(changes)).await;
     }
 
     /// Waits until every running member names the same running leader, and
@@ -212,14 +218,7 @@ impl TestCluster {
                 return leader;
             }
             assert!(tokio::time::Instant::now() < until, "members never agreed on a leader");
-            let mut rxs: Vec<_> = self
-                .running
-                .values()
-                .filter_map(|r| r.tracker.as_ref())
-                .map(|t| t.app.raft.metrics())
-                .collect();
-            let changes = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-            let _ = tokio::time::timeout(Duration::from_millis(100), futures::future::select_all(changes)).await;
+            self.any_metrics_change(Duration::from_millis(100)).await;
         }
     }
 

@@ -146,47 +146,23 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
                     app.config.limits.max_peer_addrs
                 )));
             }
-            let answer = app
-                .proposer
-                .propose(Write {
-                    id: write_id,
-                    op: Op::AnnouncePeer {
-                        token,
-                        peer: peer_id,
-                        addrs,
-                    },
-                })
-                .await;
-            if answer.is_ok() {
-                app.liveness
-                    .lock()
-                    .expect("liveness lock")
-                    .touch(peer_id, Instant::now());
-            }
-            answer
+            let op = Op::AnnouncePeer {
+                token,
+                peer: peer_id,
+                addrs,
+            };
+            propose_from_peer(app, write_id, peer_id, op).await
         }
         Request::Own { peer_id, file } => {
             app.leader_check()?;
             let token = token.ok_or(ApiError::NotLoggedIn)?;
             crate::registry::check_meta(&file)?;
-            let answer = app
-                .proposer
-                .propose(Write {
-                    id: write_id,
-                    op: Op::Own {
-                        token,
-                        peer: peer_id,
-                        file,
-                    },
-                })
-                .await;
-            if answer.is_ok() {
-                app.liveness
-                    .lock()
-                    .expect("liveness lock")
-                    .touch(peer_id, Instant::now());
-            }
-            answer
+            let op = Op::Own {
+                token,
+                peer: peer_id,
+                file,
+            };
+            propose_from_peer(app, write_id, peer_id, op).await
         }
         Request::Disown { peer_id, file_id } => {
             app.leader_check()?;
@@ -236,6 +212,21 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
             Ok(Reply::Owners { file, owners })
         }
     }
+}
+
+/// Proposes a write made by `peer`; once it is applied, the request also
+/// counts as a sign of life of that peer.
+async fn propose_from_peer(
+    app: &App,
+    id: Option<protocol::tracker_api::WriteId>,
+    peer: protocol::ids::PeerId,
+    op: Op,
+) -> Answer {
+    let answer = app.proposer.propose(Write { id, op }).await;
+    if answer.is_ok() {
+        app.liveness.lock().expect("liveness lock").touch(peer, Instant::now());
+    }
+    answer
 }
 
 /// Makes a read linearizable: confirms leadership with a quorum and waits
