@@ -99,7 +99,7 @@ async fn sign_up(client: &ApiClient, proxy: SocketAddr, user: &str, peer: PeerId
 async fn failover_under_load_is_invisible() {
     let mut c = TestCluster::new(3);
     c.start_all();
-    let leader = c.wait_leader(T).await;
+    let leader = c.wait_agreed_leader(T).await;
     let proxy = Proxy::start(proxy_config(&c, "proxy-1", 0)).await.unwrap();
     let addr = proxy.addr;
     let done = Arc::new(AtomicUsize::new(0));
@@ -186,7 +186,7 @@ async fn failover_under_load_is_invisible() {
 async fn outage_is_reported_then_recovered() {
     let mut c = TestCluster::new(3);
     c.start_all();
-    c.wait_leader(T).await;
+    c.wait_agreed_leader(T).await;
     let mut cfg = proxy_config(&c, "proxy-1", 0);
     cfg.deadline_ms = 1_500;
     let proxy = Proxy::start(cfg).await.unwrap();
@@ -243,7 +243,7 @@ async fn outage_is_reported_then_recovered() {
 async fn proxy_restart_and_second_proxy() {
     let mut c = TestCluster::new(3);
     c.start_all();
-    c.wait_leader(T).await;
+    c.wait_agreed_leader(T).await;
     let port = free_port();
     let p1 = Proxy::start(proxy_config(&c, "proxy-1", port)).await.unwrap();
     let p2 = Proxy::start(proxy_config(&c, "proxy-2", 0)).await.unwrap();
@@ -280,7 +280,7 @@ async fn proxy_restart_and_second_proxy() {
 async fn garbage_to_proxy_is_contained() {
     let mut c = TestCluster::new(3);
     c.start_all();
-    c.wait_leader(T).await;
+    c.wait_agreed_leader(T).await;
     let proxy = Proxy::start(proxy_config(&c, "proxy-1", 0)).await.unwrap();
     let good = ApiClient::new(&c.certs());
     sign_up(&good, proxy.addr, "ken", PeerId([3; 32])).await;

@@ -63,7 +63,7 @@ fn file_count(c: &TestCluster, id: u64) -> usize {
 async fn elect_and_replicate() {
     let mut c = TestCluster::new(3);
     c.start_all();
-    let leader = c.wait_leader(T).await;
+    let leader = c.wait_agreed_leader(T).await;
     let members = c.api_addrs();
     let (client, peer) = peer_client(&c, &members, "alice", 1).await;
     for i in 0..20 {
@@ -109,7 +109,7 @@ async fn elect_and_replicate() {
 async fn leader_killed_nothing_acknowledged_is_lost() {
     let mut c = TestCluster::new(3);
     c.start_all();
-    let old = c.wait_leader(T).await;
+    let old = c.wait_agreed_leader(T).await;
     let members = c.api_addrs();
     let (client, peer) = peer_client(&c, &members, "bob", 2).await;
     for i in 0..50 {
@@ -155,7 +155,7 @@ async fn restart_catches_up_by_snapshot() {
         cfg.raft.keep_after_snapshot = 0;
     }
     c.start_all();
-    let leader = c.wait_leader(T).await;
+    let leader = c.wait_agreed_leader(T).await;
     let members = c.api_addrs();
     let (client, peer) = peer_client(&c, &members, "carol", 3).await;
     let lagging = *members.keys().find(|id| **id != leader).unwrap();
@@ -193,7 +193,7 @@ async fn restart_catches_up_by_snapshot() {
 async fn membership_changes_under_writes() {
     let mut c = TestCluster::new(3);
     c.start_all();
-    let leader = c.wait_leader(T).await;
+    let leader = c.wait_agreed_leader(T).await;
     let mut members = c.api_addrs();
     let (client, peer) = peer_client(&c, &members, "dave", 4).await;
     let new = c.prepare_joiner(4);
@@ -260,7 +260,7 @@ async fn membership_changes_under_writes() {
 async fn duplicate_write_applied_once() {
     let mut c = TestCluster::new(3);
     c.start_all();
-    c.wait_leader(T).await;
+    c.wait_agreed_leader(T).await;
     let members = c.api_addrs();
     let client = ApiClient::new(&c.certs());
     let env = client.envelope(Request::Register {
@@ -289,7 +289,7 @@ async fn duplicate_write_applied_once() {
 async fn no_plaintext_password_on_disk() {
     let mut c = TestCluster::new(3);
     c.start_all();
-    let leader = c.wait_leader(T).await;
+    let leader = c.wait_agreed_leader(T).await;
     let members = c.api_addrs();
     let secret = "Plaintext-Secret-8c1e";
     let client = ApiClient::new(&c.certs());
@@ -345,7 +345,7 @@ async fn no_plaintext_password_on_disk() {
 async fn bad_frames_are_answered_and_harmless() {
     let mut c = TestCluster::new(3);
     c.start_all();
-    let leader = c.wait_leader(T).await;
+    let leader = c.wait_agreed_leader(T).await;
     let members = c.api_addrs();
     let other = ApiClient::new(&c.certs());
     other.sign_up(&members, "heidi", "pw").await;
@@ -371,9 +371,7 @@ async fn bad_frames_are_answered_and_harmless() {
         password: "pw".into(),
     });
     assert!(matches!(
-        raw.send(members[&leader], &format!("tracker-{leader}"), &env)
-            .await
-            .unwrap(),
+        raw.leader_send(&members, &env, T).await,
         Err(ApiError::InvalidName(_))
     ));
     let env = raw.envelope(Request::Register {
@@ -381,9 +379,7 @@ async fn bad_frames_are_answered_and_harmless() {
         password: "pw".into(),
     });
     assert!(matches!(
-        raw.send(members[&leader], &format!("tracker-{leader}"), &env)
-            .await
-            .unwrap(),
+        raw.leader_send(&members, &env, T).await,
         Err(ApiError::InvalidName(_))
     ));
     // The same connection still works, and so does everyone else.
@@ -419,7 +415,7 @@ async fn raft_requires_cluster_certificate() {
     use protocol::{quic, tls};
     let mut c = TestCluster::new(1);
     c.start_all();
-    c.wait_leader(T).await;
+    c.wait_agreed_leader(T).await;
     let raft_addr: SocketAddr = c.members[0].raft.parse().unwrap();
     let roots = tls::load_ca(&c.certs()).unwrap();
     let rogue_dir = tempfile::tempdir().unwrap();

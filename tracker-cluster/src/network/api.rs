@@ -273,6 +273,12 @@ async fn watch_leader(app: &App, leader: Option<u64>, term: u64, wait_ms: u32) -
     }
 }
 
+/// A blocking task that did not finish means this member's runtime is
+/// going away; the proxy retries that on the next leader.
+fn shutting_down() -> ApiError {
+    ApiError::Unavailable("this tracker is shutting down".into())
+}
+
 fn check_password(p: &str) -> Result<(), ApiError> {
     if p.is_empty() || p.len() > MAX_PASSWORD {
         return Err(ApiError::Invalid(format!("password must be 1 to {MAX_PASSWORD} bytes")));
@@ -283,7 +289,7 @@ fn check_password(p: &str) -> Result<(), ApiError> {
 /// argon2id with the crate's default (OWASP) parameters, on the blocking
 /// pool, at most two at once.
 async fn hash_password(app: &App, password: String) -> Result<String, ApiError> {
-    let _permit = app.argon.acquire().await.map_err(|_| ApiError::Internal)?;
+    let _permit = app.argon.acquire().await.map_err(|_| shutting_down())?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         Argon2::default()
@@ -291,7 +297,7 @@ async fn hash_password(app: &App, password: String) -> Result<String, ApiError> 
             .map(|h| h.to_string())
     })
     .await
-    .map_err(|_| ApiError::Internal)?
+    .map_err(|_| shutting_down())?
     .map_err(|e| {
         tracing::error!(error = %e, "argon2 hashing failed");
         ApiError::Internal
@@ -312,7 +318,7 @@ fn dummy_phc() -> &'static str {
 }
 
 async fn verify_password(app: &App, phc: Option<String>, password: String) -> Result<bool, ApiError> {
-    let _permit = app.argon.acquire().await.map_err(|_| ApiError::Internal)?;
+    let _permit = app.argon.acquire().await.map_err(|_| shutting_down())?;
     tokio::task::spawn_blocking(move || {
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| dummy_phc().to_owned());
@@ -322,7 +328,7 @@ async fn verify_password(app: &App, phc: Option<String>, password: String) -> Re
         known && ok
     })
     .await
-    .map_err(|_| ApiError::Internal)
+    .map_err(|_| shutting_down())
 }
 
 /// Login: throttle, check the password on the leader, then replicate the
