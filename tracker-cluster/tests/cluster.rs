@@ -399,6 +399,22 @@ async fn bad_frames_are_answered_and_harmless() {
         other.leader_send(&members, &env, T).await,
         Ok(Reply::Files { .. })
     ));
+    // A client speaking another protocol is refused at the handshake.
+    {
+        use protocol::{quic, tls};
+        let roots = tls::load_ca(&c.certs()).unwrap();
+        let cfg = tls::quic_client(
+            tls::client_crypto(roots, None, b"bogus/1").unwrap(),
+            quic::control_transport(Duration::from_secs(2)),
+        )
+        .unwrap();
+        let res = raw
+            .endpoint
+            .connect_with(cfg, members[&leader], &format!("tracker-{leader}"))
+            .unwrap()
+            .await;
+        assert!(res.is_err(), "a connection with an unknown ALPN was accepted");
+    }
     // Unauthenticated requests get "not logged in".
     let env = raw.envelope(Request::Search {
         text: "".into(),
