@@ -48,17 +48,19 @@ done
 SRC="$OUT/alice/files/failover-256MiB.bin"
 head -c $((256 << 20)) /dev/urandom >"$SRC"
 q alice share "$SRC"
-q alice seed >"$OUT/alice-seed.out" 2>&1 &
+"$BIN/quorrent" --home "$OUT/alice" seed >"$OUT/alice-seed.out" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do ss -Hlun "sport = :$((BASE + 61))" | grep -q . && break; sleep 0.1; done
 
 say "$CLIENTS clients register files through the proxy for ${SECS}s"
 "$BIN/quorrent-loadgen" --proxy "127.0.0.1:$BASE" run --clients "$CLIENTS" --seconds "$SECS" --acked "$OUT/acked.txt" >"$OUT/report.json" &
 load=$!
+PIDS+=("$load")
 # Let the load run a while before the kill (a demo, not a test: a fixed
 # moment in the middle of the run is what we want to show).
 sleep "$(awk "BEGIN{print $SECS/3}")"
-q bob --json get failover-256MiB.bin --no-seed >"$OUT/bob-get.json" 2>"$OUT/bob-get.err" &
+"$BIN/quorrent" --home "$OUT/bob" --json get failover-256MiB.bin --no-seed >"$OUT/bob-get.json" 2>"$OUT/bob-get.err" &
+PIDS+=($!)
 get=$!
 for _ in $(seq 1 500); do
   compgen -G "$OUT/bob/files/.quorrent/*.part" >/dev/null && break
