@@ -68,7 +68,9 @@ impl App {
 
     /// `Ok` if this member leads now, else where the leader is.
     pub fn leader_check(&self) -> Result<(), ApiError> {
-        let m = self.metrics();
+        // Borrow, do not clone: this runs on every request.
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         if m.state == ServerState::Leader {
             return Ok(());
         }
@@ -78,7 +80,7 @@ impl App {
     /// Whether `peer` is a live owner as far as this member knows; a
     /// member that does not lead has no heartbeats and counts every owner.
     pub fn live_fn(&self) -> impl Fn(&protocol::ids::PeerId) -> bool + '_ {
-        let leading = self.metrics().state == ServerState::Leader;
+        let leading = self.raft.metrics().borrow().state == ServerState::Leader;
         let now = Instant::now();
         let live = self.liveness.lock().expect("liveness lock");
         move |p| !leading || live.is_live(p, now)
