@@ -115,14 +115,7 @@ async fn failover() {
     let client = ApiClient::new(&c.certs());
     client.sign_up(&members, "failover", "pw").await;
     let peer = PeerId([7; 32]);
-    let env = client.envelope(Request::AnnouncePeer {
-        peer_id: peer,
-        addrs: vec![],
-    });
-    client
-        .leader_send(&members, &env, Duration::from_secs(10))
-        .await
-        .unwrap();
+    client.announce(&members, peer).await;
     let mut pauses = Vec::new();
     for k in 0..10u64 {
         // Every member up to date and agreeing on the leader before the kill.
@@ -262,14 +255,7 @@ async fn search_and_snapshot() {
     let client = ApiClient::new(&c.certs());
     client.sign_up(&members, "bulk", "pw").await;
     let peer = PeerId([3; 32]);
-    let env = client.envelope(Request::AnnouncePeer {
-        peer_id: peer,
-        addrs: vec![],
-    });
-    client
-        .leader_send(&members, &env, Duration::from_secs(10))
-        .await
-        .unwrap();
+    client.announce(&members, peer).await;
     let token = token_hash(client.token.lock().unwrap().as_deref().unwrap());
     let raft = c.tracker(leader).app.raft.clone();
     let started = Instant::now();

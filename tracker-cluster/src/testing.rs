@@ -373,6 +373,16 @@ impl ApiClient {
         }
     }
 
+    /// Announces `peer` (without addresses) for the signed-up user.
+    pub async fn announce(&self, members: &BTreeMap<u64, SocketAddr>, peer: protocol::ids::PeerId) {
+        let env = self.envelope(Request::AnnouncePeer {
+            peer_id: peer,
+            addrs: vec![],
+        });
+        let answer = self.leader_send(members, &env, Duration::from_secs(10)).await;
+        assert_eq!(answer, Ok(Reply::Done), "announce {peer}");
+    }
+
     /// Registers and logs in `user` through `members`, keeping the token.
     pub async fn sign_up(&self, members: &BTreeMap<u64, SocketAddr>, user: &str, password: &str) {
         let t = Duration::from_secs(10);
