@@ -28,7 +28,10 @@ use tracing::{debug, warn};
 
 /// Largest answer accepted.
 const LIMIT: usize = 1 << 20;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A QUIC handshake with a live proxy takes milliseconds; a dead one never
+/// answers, so this is how long a down proxy delays the move to the next.
+/// A slow handshake that misses it is retried by the request loop.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request is retried across failovers before giving up.
 const RETRY_FOR: Duration = Duration::from_secs(30);
