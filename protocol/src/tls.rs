@@ -19,7 +19,7 @@ use std::{
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime},
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime},
     DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
@@ -30,6 +30,8 @@ use crate::ids::PeerId;
 pub enum TlsError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: malformed PEM: {message}")]
+    Pem { path: PathBuf, message: String },
     #[error("{path}: no certificate or key found in the PEM file")]
     Empty { path: PathBuf },
     #[error("certificate generation: {0}")]
@@ -40,6 +42,13 @@ pub enum TlsError {
     Verifier(String),
     #[error("QUIC crypto: {0}")]
     Quic(String),
+}
+
+fn pem_err(path: &Path) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsError + '_ {
+    move |e| TlsError::Pem {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
@@ -148,16 +157,18 @@ pub fn load_identity(dir: &Path, name: &str) -> Result<Identity, TlsError> {
     let cert_path = dir.join(format!("{name}.pem"));
     let key_path = dir.join(format!("{name}.key"));
     let pem = fs::read(&cert_path).map_err(io_err(&cert_path))?;
-    let chain = rustls_pemfile::certs(&mut &pem[..])
+    let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(io_err(&cert_path))?;
+        .map_err(pem_err(&cert_path))?;
     if chain.is_empty() {
         return Err(TlsError::Empty { path: cert_path });
     }
     let pem = fs::read(&key_path).map_err(io_err(&key_path))?;
-    let key = rustls_pemfile::private_key(&mut &pem[..])
-        .map_err(io_err(&key_path))?
-        .ok_or(TlsError::Empty { path: key_path })?;
+    let key = match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(key) => key,
+        Err(rustls::pki_types::pem::Error::NoItemsFound) => return Err(TlsError::Empty { path: key_path }),
+        Err(e) => return Err(pem_err(&key_path)(e)),
+    };
     Ok(Identity { chain, key })
 }
 
@@ -166,8 +177,8 @@ pub fn load_ca(dir: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let path = dir.join("ca.pem");
     let pem = fs::read(&path).map_err(io_err(&path))?;
     let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &pem[..]) {
-        roots.add(cert.map_err(io_err(&path))?)?;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.map_err(pem_err(&path))?)?;
     }
     if roots.is_empty() {
         return Err(TlsError::Empty { path });
