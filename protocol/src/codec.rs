@@ -76,6 +76,14 @@ pub fn decode<T: DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, Codec
     Ok(msg)
 }
 
+/// The variant index an encoded enum starts with (`Ok` = 0, `Err` = 1 for a
+/// `Result`), read without decoding the rest of the body.
+pub fn leading_variant(body: &[u8]) -> Option<u32> {
+    bincode::decode_from_slice::<u32, _>(body, config())
+        .ok()
+        .map(|(v, _)| v)
+}
+
 /// Writes one frame.
 pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), CodecError>
 where
@@ -217,6 +225,19 @@ mod tests {
         frame.extend_from_slice(&body);
         let err = read_frame::<_, Msg>(&mut &frame[..], 1024).await.unwrap_err();
         assert!(matches!(err, CodecError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn leading_variant_of_results() {
+        let ok: Result<Msg, u8> = Ok(Msg {
+            a: 1,
+            b: "z".into(),
+            c: vec![9; 300],
+        });
+        let err: Result<Msg, u8> = Err(3);
+        assert_eq!(leading_variant(&encode_body(&ok).unwrap()), Some(0));
+        assert_eq!(leading_variant(&encode_body(&err).unwrap()), Some(1));
+        assert_eq!(leading_variant(&[]), None);
     }
 
     #[tokio::test]

@@ -150,8 +150,12 @@ impl Forwarder {
                 }
             };
             match attempt {
-                Ok(Ok(body)) => match codec::decode::<Answer>(&body, self.limit) {
-                    Ok(Err(ApiError::NotLeader { leader, .. })) => {
+                // A success goes back as it came; only an error answer is
+                // decoded, to see whether it asks for a retry elsewhere.
+                Ok(Ok(body)) => match (codec::leading_variant(&body) != Some(0))
+                    .then(|| codec::decode::<Answer>(&body, self.limit))
+                {
+                    Some(Ok(Err(ApiError::NotLeader { leader, .. }))) => {
                         last = format!("member {target} is not the leader");
                         if let Some(l) = leader {
                             if Some(l) != view.leader {
@@ -161,7 +165,7 @@ impl Forwarder {
                         }
                         self.up.suspect(target, view.term);
                     }
-                    Ok(Err(ApiError::Unavailable(m))) => {
+                    Some(Ok(Err(ApiError::Unavailable(m)))) => {
                         last = m;
                         self.up.suspect(target, view.term);
                     }
