@@ -15,6 +15,7 @@
 # run/bench-get; every process it starts is stopped when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/procs.sh
 
 BASE="${QUORRENT_BASE_PORT:-17500}"
 export QUORRENT_BASE_PORT="$BASE"
@@ -34,13 +35,7 @@ STARTED_CLUSTER=0
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  local pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  stop_pids "${PIDS[@]}"
   if [ "$STARTED_CLUSTER" = 1 ]; then scripts/cluster.sh stop >/dev/null 2>&1 || true; fi
   rm -rf "$DIR"
   exit "$rc"

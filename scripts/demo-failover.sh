@@ -9,6 +9,7 @@
 # Env: QUORRENT_BASE_PORT (default 7400), CLIENTS (32), SECONDS_OF_LOAD (6).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/procs.sh
 BASE="${QUORRENT_BASE_PORT:-7400}"
 CLIENTS="${CLIENTS:-32}"
 SECS="${SECONDS_OF_LOAD:-6}"
@@ -19,8 +20,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  stop_pids "${PIDS[@]}"
   scripts/cluster.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT

@@ -16,6 +16,7 @@
 # Everything it starts is stopped when it ends, however it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/procs.sh
 
 BASE="${QUORRENT_BASE_PORT:-7400}"
 export QUORRENT_BASE_PORT="$BASE"
@@ -48,13 +49,7 @@ SUCCESS=0
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  local pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  stop_pids "${PIDS[@]}"
   if [ "$STARTED_CLUSTER" = 1 ]; then scripts/cluster.sh stop >/dev/null 2>&1 || true; fi
   if [ "$SUCCESS" = 1 ] && [ "${DEMO_KEEP:-0}" != 1 ]; then rm -rf "$DEMO"; fi
   if [ "$SUCCESS" != 1 ] && [ -d "$DEMO" ]; then
