@@ -246,6 +246,41 @@ pub enum ApiError {
     Overloaded,
     #[error("internal error (see the tracker log)")]
     Internal,
+    /// A per-user quota (files owned, peers announced) would be exceeded.
+    #[error("quota exceeded: {what} (limit {limit})")]
+    Quota { what: String, limit: u64 },
+    /// Too many requests of this kind from this source; not applied.
+    #[error("too many {what} requests; try again in {retry_after_ms} ms")]
+    Throttled { what: String, retry_after_ms: u64 },
+    /// The caller's certificate does not carry a role allowed here.
+    #[error("certificate refused: {0}")]
+    RefusedCertificate(String),
+}
+
+impl ApiError {
+    /// A stable, machine-readable code for this error (`--json` output,
+    /// scripts). Codes never change once published; new errors get new
+    /// codes.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::NotLeader { .. } | ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotLoggedIn => "not_logged_in",
+            ApiError::BadCredentials => "bad_credentials",
+            ApiError::UserExists(_) => "user_exists",
+            ApiError::TooManyAttempts { .. } | ApiError::Throttled { .. } => "throttled",
+            ApiError::InvalidName(_) | ApiError::Invalid(_) => "invalid",
+            ApiError::UnknownFile(_) => "not_found",
+            ApiError::UnknownPeer(_) => "unknown_peer",
+            ApiError::PeerOfOtherUser(_) => "peer_of_other_user",
+            ApiError::FileConflict(_) => "file_conflict",
+            ApiError::StaleWrite { .. } => "stale_write",
+            ApiError::BadFrame(_) => "bad_frame",
+            ApiError::Overloaded => "overloaded",
+            ApiError::Internal => "internal",
+            ApiError::Quota { .. } => "quota",
+            ApiError::RefusedCertificate(_) => "refused_certificate",
+        }
+    }
 }
 
 /// What the server sends back on the stream.
