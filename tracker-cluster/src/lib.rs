@@ -137,11 +137,13 @@ impl Tracker {
             source,
         })?;
         let shared = sm.shared.clone();
+        let removal = Arc::new(app::Removal::default());
         let net = Network::new(
             raft_ep.clone(),
             raft_client(roots, &identity, idle)?,
             config.limits.max_raft_frame_bytes,
-        );
+        )
+        .with_removal(removal.clone());
         let raft = Raft::new(config.id, Arc::new(raft_config(&config)?), net, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -173,7 +175,7 @@ impl Tracker {
             }
         }
 
-        let app = App::new(config.id, raft, shared, config);
+        let app = App::new(config.id, raft, shared, config, removal);
         tokio::spawn(network::api::serve(app.clone(), api_ep.clone()));
         tokio::spawn(network::raft::serve(app.clone(), raft_ep.clone()));
         tracing::info!(id = app.id, %api_addr, %raft_addr, "tracker member started");

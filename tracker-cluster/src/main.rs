@@ -27,11 +27,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Makes the local CA (if missing) and a certificate for each name.
+    /// Makes the local CA (if missing) and a certificate for each name;
+    /// the name gives the role: tracker-N (member N), proxy-NAME, admin.
     GenCerts {
-        /// Folder of the CA and certificates.
+        /// Folder of the certificates that running processes read.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
+        /// Folder of the CA's private key, read by this command only.
+        #[arg(long, default_value = "ca")]
+        ca_dir: PathBuf,
+        /// Another address or DNS name the certificates are valid for
+        /// (repeatable), e.g. the IP of the machine a member runs on.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
         /// Names, e.g. tracker-1 tracker-2 tracker-3 proxy-1 admin.
         names: Vec<String>,
     },
@@ -77,8 +85,13 @@ fn main() {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::GenCerts { dir, names }) => {
-            let made = tls::generate(&dir, &names)?;
+        Some(Command::GenCerts {
+            dir,
+            ca_dir,
+            hosts,
+            names,
+        }) => {
+            let made = tls::generate(&dir, &ca_dir, &names, &hosts)?;
             for n in made {
                 println!("made {}/{n}.pem", dir.display());
             }
@@ -175,6 +188,7 @@ async fn print_members(net: &Network, config: &TrackerConfig) {
             Ok(s) => {
                 let me = s.members.iter().find(|x| x.id == m.id);
                 let role = match (s.leader, me) {
+                    _ if s.removed => "removed",
                     (Some(l), _) if l == m.id => "leader",
                     (_, Some(x)) if !x.voter => "learner",
                     (_, Some(_)) => "follower",
