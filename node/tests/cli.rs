@@ -808,3 +808,50 @@ async fn get_stops_at_once_while_its_proxy_is_frozen() {
     no_escape_codes(&err);
     proxy.abort();
 }
+
+/// `quorrent get` downloading from a frozen seeder (SIGSTOP) stops at once
+/// on SIGTERM: status 0, one line on stderr saying what was kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_stops_at_once_while_downloading_from_a_frozen_seeder() {
+    let c = cluster(None).await;
+    let p = start_proxy(&c, "proxy-1", 0).await;
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let [alice, bob] = ["alice", "bob"].map(|n| home(r, n, &[p.addr], &c));
+    sign_up(&alice, "alice").await;
+    let src = random_file(&r.join("data"), "b.bin", 4 << 20, 12);
+    let id_hex = ok_json(&alice, &["share", src.to_str().unwrap()]).await["file_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let obs = Observer::new(&c, p.addr, "proxy-1").await;
+    let alice_seed = seed_and_await(&obs, &alice, id_hex.parse().unwrap()).await;
+    sign_up(&bob, "bob").await;
+    signal(&alice_seed, "-STOP");
+    let err = bob.dir.with_extension("get.err");
+    let mut get = quorrent(&bob, &["get", &id_hex, "--no-seed"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let started = bob.dir.join("files").join(".quorrent");
+    tokio::time::timeout(LIMIT, async {
+        while !started.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("bob's download starts");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (took, status) = term_and_time(&mut get).await;
+    println!("quorrent get, downloading from a frozen seeder: SIGTERM to exit in {took:?}");
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let text = std::fs::read_to_string(&err).unwrap();
+    assert_eq!(text.trim().lines().count(), 1, "{text}");
+    assert!(text.contains("interrupted"), "{text}");
+    no_escape_codes(&err);
+    signal(&alice_seed, "-CONT");
+    stop(alice_seed).await;
+    p.shutdown().await;
+}
