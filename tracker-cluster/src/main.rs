@@ -78,7 +78,12 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<TrackerConfig> {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = real_main(cli) {
-        eprintln!("quorrent-tracker: {e:#}");
+        // One line, whatever the causes say.
+        let message = format!("{e:#}");
+        eprintln!(
+            "quorrent-tracker: {}",
+            message.lines().map(str::trim).collect::<Vec<_>>().join("; ")
+        );
         std::process::exit(1);
     }
 }
@@ -99,7 +104,19 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Admin { action }) => {
             let config = load_config(cli.config.as_ref())?;
-            tokio::runtime::Runtime::new()?.block_on(admin(config, action))
+            let runtime = tokio::runtime::Runtime::new()?;
+            let result = runtime.block_on(async {
+                let stop = protocol::stop::on_signals().context("signal handlers")?;
+                tokio::select! {
+                    r = admin(config, action) => r,
+                    _ = stop.stopped() => {
+                        eprintln!("quorrent-tracker: stopped before the cluster answered");
+                        Ok(())
+                    }
+                }
+            });
+            runtime.shutdown_timeout(Duration::from_millis(200));
+            result
         }
         None => {
             let config = load_config(cli.config.as_ref())?;
@@ -110,23 +127,24 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 true,
             )
             .with_context(|| format!("log folder {}", config.log_dir.display()))?;
-            tokio::runtime::Runtime::new()?.block_on(async move {
-                let tracker = Tracker::start(config).await?;
-                shutdown_signal().await;
-                tracing::info!("signal received, stopping");
+            let runtime = tokio::runtime::Runtime::new()?;
+            let result = runtime.block_on(async move {
+                // Signals are caught from here on, even while starting.
+                let stop = protocol::stop::on_signals().context("signal handlers")?;
+                let tracker = tokio::select! {
+                    t = Tracker::start(config) => t?,
+                    _ = stop.stopped() => return anyhow::Ok(()),
+                };
+                stop.stopped().await;
                 tracker.shutdown().await;
                 anyhow::Ok(())
-            })
+            });
+            // Tasks still waiting on the network are dropped; a store
+            // commit or an argon2 hash on the blocking pool gets a moment
+            // to finish, not more.
+            runtime.shutdown_timeout(Duration::from_millis(200));
+            result
         }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 
