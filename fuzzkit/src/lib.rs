@@ -44,7 +44,11 @@ pub fn cases() -> u32 {
 pub fn byte_literal(bytes: &[u8]) -> String {
     let mut s = String::from("b\"");
     for &b in bytes {
-        s.push_str(&format!("\\x{b:02x}"));
+        match b {
+            b'"' | b'\\' => s.push_str(&format!("\\{}", b as char)),
+            0x20..=0x7e => s.push(b as char),
+            _ => s.push_str(&format!("\\x{b:02x}")),
+        }
     }
     s.push('"');
     s
@@ -125,6 +129,11 @@ pub fn huge_value() -> impl Strategy<Value = u64> {
         Just((16 << 20) + 1),
         Just(64 << 20),
         Just(256 << 20),
+        Just(8 << 20),
+        Just(128 << 20),
+        Just((16 << 20) - 64),
+        Just((256 << 20) - 64),
+        (1u64 << 20)..(1 << 28),
         Just(usize::MAX as u64 / 32 + 1),
         any::<u64>(),
         (251u64..=65535),
@@ -308,6 +317,11 @@ mod tests {
         assert_eq!(varint(5, 251), vec![251, 5, 0]);
         assert_eq!(varint(300, 0), vec![251, 0x2c, 1]);
         assert_eq!(varint(u64::MAX, 0)[0], 253);
+    }
+
+    #[test]
+    fn byte_literals_escape() {
+        assert_eq!(byte_literal(b"a\"\\\x00\xff"), r#"b"a\"\\\x00\xff""#);
     }
 
     #[test]
