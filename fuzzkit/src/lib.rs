@@ -157,7 +157,10 @@ pub fn varint(v: u64, marker: u8) -> Vec<u8> {
 }
 
 fn huge_varint() -> impl Strategy<Value = Vec<u8>> {
-    (huge_value(), prop_oneof![Just(0u8), Just(251), Just(252), Just(253), Just(254), Just(255)])
+    (
+        huge_value(),
+        prop_oneof![Just(0u8), Just(251), Just(252), Just(253), Just(254), Just(255)],
+    )
         .prop_map(|(v, m)| if m == 255 { vec![255] } else { varint(v, m) })
 }
 
@@ -165,26 +168,63 @@ fn huge_varint() -> impl Strategy<Value = Vec<u8>> {
 /// modulo the length of the input when applied.
 #[derive(Debug, Clone)]
 pub enum Mutation {
-    FlipBit { at: usize, bit: u8 },
-    SetByte { at: usize, value: u8 },
+    FlipBit {
+        at: usize,
+        bit: u8,
+    },
+    SetByte {
+        at: usize,
+        value: u8,
+    },
     /// A byte that matters to bincode: 0, 1, 0x7f, 0x80, 250-255.
-    Interesting { at: usize, value: u8 },
-    Truncate { at: usize },
-    Extend { bytes: Vec<u8> },
-    Insert { at: usize, bytes: Vec<u8> },
-    Remove { at: usize, len: usize },
+    Interesting {
+        at: usize,
+        value: u8,
+    },
+    Truncate {
+        at: usize,
+    },
+    Extend {
+        bytes: Vec<u8>,
+    },
+    Insert {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    Remove {
+        at: usize,
+        len: usize,
+    },
     /// Copies a section and inserts the copy elsewhere.
-    Duplicate { at: usize, len: usize, to: usize },
+    Duplicate {
+        at: usize,
+        len: usize,
+        to: usize,
+    },
     /// Inserts a section of another corpus entry.
-    Splice { other: usize, from: usize, len: usize, to: usize },
+    Splice {
+        other: usize,
+        from: usize,
+        len: usize,
+        to: usize,
+    },
     /// Replaces the byte at `at` (a length or an integer, if small) with a
     /// huge varint.
-    HugeVarint { at: usize, value: Vec<u8> },
+    HugeVarint {
+        at: usize,
+        value: Vec<u8>,
+    },
     /// Replaces the `nth` byte that looks like a length (a value below 251
     /// with at least that many bytes after it) with a huge varint.
-    HugeLength { nth: usize, value: Vec<u8> },
+    HugeLength {
+        nth: usize,
+        value: Vec<u8>,
+    },
     /// Re-encodes a one-byte varint in a wider, non-canonical form.
-    WidenVarint { at: usize, marker: u8 },
+    WidenVarint {
+        at: usize,
+        marker: u8,
+    },
 }
 
 /// A strategy of single mutations.

@@ -239,6 +239,7 @@ fn replies() -> Vec<RaftReply> {
             term: 7,
             last_applied: Some(12),
             members: vec![],
+            removed: false,
         }))),
         RaftReply::Admin(Ok(AdminReply::NotLeader {
             leader: Some(2),
@@ -246,6 +247,8 @@ fn replies() -> Vec<RaftReply> {
         })),
         RaftReply::Admin(Err("refused".into())),
         RaftReply::Malformed("frame".into()),
+        RaftReply::Refused("vote refused".into()),
+        RaftReply::NotMember { membership_index: 9 },
     ]
 }
 
