@@ -42,6 +42,8 @@ pub enum TlsError {
     Verifier(String),
     #[error("QUIC crypto: {0}")]
     Quic(String),
+    #[error("certificate name {0:?} names no role: use tracker-N, proxy-NAME or admin")]
+    NoRole(String),
 }
 
 fn pem_err(path: &Path) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsError + '_ {
@@ -220,11 +222,7 @@ pub fn generate(dir: &Path, ca_dir: &Path, names: &[String], hosts: &[String]) -
     let roles = names
         .iter()
         .map(|n| {
-            Role::for_name(n).ok_or_else(|| {
-                TlsError::Verifier(format!(
-                    "certificate name {n:?} names no role: use tracker-N, proxy-NAME or admin"
-                ))
-            })
+            Role::for_name(n).ok_or_else(|| TlsError::NoRole(n.clone()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     fs::create_dir_all(dir).map_err(io_err(dir))?;
