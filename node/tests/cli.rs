@@ -747,10 +747,12 @@ async fn seed_stops_at_once_while_its_proxy_is_unreachable() {
     logs_have_no_escape_codes(r);
 }
 
-/// A proxy that completes handshakes and takes requests but never answers,
-/// as a frozen proxy looks to a node; counts the requests sent to it.
-async fn frozen_proxy(
+/// A stand-in proxy: it completes handshakes and reads requests, then
+/// answers each with `answer`, or never (`None`: a frozen proxy as a node
+/// sees it); counts the requests sent to it.
+async fn fake_proxy(
     certs: &Path,
+    answer: Option<ApiError>,
 ) -> (
     SocketAddr,
     tokio::sync::watch::Receiver<usize>,
@@ -766,12 +768,20 @@ async fn frozen_proxy(
     let task = tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
             let Ok(conn) = incoming.await else { continue };
-            let tx = tx.clone();
+            let (tx, answer) = (tx.clone(), answer.clone());
             tokio::spawn(async move {
                 let mut held = Vec::new();
-                while let Ok(stream) = conn.accept_bi().await {
-                    held.push(stream);
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     tx.send_modify(|n| *n += 1);
+                    match &answer {
+                        None => held.push((send, recv)),
+                        Some(e) => {
+                            let _ = protocol::codec::read_body(&mut recv, 1 << 20).await;
+                            let reply: protocol::tracker_api::Answer = Err(e.clone());
+                            let _ = protocol::codec::write_frame(&mut send, &reply).await;
+                            let _ = send.finish();
+                        }
+                    }
                 }
             });
         }
@@ -779,12 +789,54 @@ async fn frozen_proxy(
     (addr, rx, task)
 }
 
+/// Errors a proxy or the tracker answers keep their codes and read as one
+/// line: a quota, a throttled register, a refused certificate (each at
+/// once) and an overloaded proxy (after the node's retries, ~30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_errors_keep_their_codes() {
+    let c = TestCluster::new(1);
+    let root = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            ApiError::Quota {
+                what: "files owned".into(),
+                limit: 10,
+            },
+            "quota",
+            Some("quota exceeded"),
+        ),
+        (
+            ApiError::Throttled {
+                what: "register".into(),
+                retry_after_ms: 1000,
+            },
+            "throttled",
+            Some("too many register"),
+        ),
+        (
+            ApiError::RefusedCertificate("not a proxy".into()),
+            "refused_certificate",
+            Some("certificate refused"),
+        ),
+        (ApiError::Overloaded, "overloaded", None),
+    ];
+    for (i, (error, code, needle)) in cases.into_iter().enumerate() {
+        let (addr, _, proxy) = fake_proxy(&c.certs(), Some(error)).await;
+        let h = home(root.path(), &format!("n{i}"), &[addr], &c);
+        assert_eq!(json_error(&h, &["register", "carol"]).await, code);
+        if let Some(needle) = needle {
+            fails_with(&h, &["register", "carol"], needle).await;
+        }
+        proxy.abort();
+    }
+}
+
 /// `quorrent get` waiting on a frozen proxy (its first request sent, no
 /// answer coming) stops at once on SIGTERM: status 0, one line on stderr.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_stops_at_once_while_its_proxy_is_frozen() {
     let c = TestCluster::new(1);
-    let (addr, mut requests, proxy) = frozen_proxy(&c.certs()).await;
+    let (addr, mut requests, proxy) = fake_proxy(&c.certs(), None).await;
     let root = tempfile::tempdir().unwrap();
     let bob = home(root.path(), "bob", &[addr], &c);
     let session = serde_json::json!({ "user": "bob", "token": "t", "expires_ms": u64::MAX });

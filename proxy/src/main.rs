@@ -46,7 +46,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         let stop = protocol::stop::on_signals().context("signal handlers")?;
         let proxy = proxy::Proxy::start(config).await?;
         stop.stopped().await;
-        proxy.shutdown().await;
+        proxy.shutdown_within(Duration::from_millis(250)).await;
         anyhow::Ok(())
     });
     // Forwarded requests still retrying and long polls still waiting are
