@@ -221,9 +221,7 @@ pub fn generate(dir: &Path, ca_dir: &Path, names: &[String], hosts: &[String]) -
     }
     let roles = names
         .iter()
-        .map(|n| {
-            Role::for_name(n).ok_or_else(|| TlsError::NoRole(n.clone()))
-        })
+        .map(|n| Role::for_name(n).ok_or_else(|| TlsError::NoRole(n.clone())))
         .collect::<Result<Vec<_>, _>>()?;
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     fs::create_dir_all(ca_dir).map_err(io_err(ca_dir))?;
