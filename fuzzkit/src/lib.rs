@@ -157,7 +157,10 @@ pub fn varint(v: u64, marker: u8) -> Vec<u8> {
 }
 
 fn huge_varint() -> impl Strategy<Value = Vec<u8>> {
-    (huge_value(), prop_oneof![Just(0u8), Just(251), Just(252), Just(253), Just(254), Just(255)])
+    (
+        huge_value(),
+        prop_oneof![Just(0u8), Just(251), Just(252), Just(253), Just(254), Just(255)],
+    )
         .prop_map(|(v, m)| if m == 255 { vec![255] } else { varint(v, m) })
 }
 
@@ -165,48 +168,81 @@ fn huge_varint() -> impl Strategy<Value = Vec<u8>> {
 /// modulo the length of the input when applied.
 #[derive(Debug, Clone)]
 pub enum Mutation {
-    FlipBit { at: usize, bit: u8 },
-    SetByte { at: usize, value: u8 },
+    FlipBit {
+        at: usize,
+        bit: u8,
+    },
+    SetByte {
+        at: usize,
+        value: u8,
+    },
     /// A byte that matters to bincode: 0, 1, 0x7f, 0x80, 250-255.
-    Interesting { at: usize, value: u8 },
-    Truncate { at: usize },
-    Extend { bytes: Vec<u8> },
-    Insert { at: usize, bytes: Vec<u8> },
-    Remove { at: usize, len: usize },
+    Interesting {
+        at: usize,
+        value: u8,
+    },
+    Truncate {
+        at: usize,
+    },
+    Extend {
+        bytes: Vec<u8>,
+    },
+    Insert {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    Remove {
+        at: usize,
+        len: usize,
+    },
     /// Copies a section and inserts the copy elsewhere.
-    Duplicate { at: usize, len: usize, to: usize },
+    Duplicate {
+        at: usize,
+        len: usize,
+        to: usize,
+    },
     /// Inserts a section of another corpus entry.
-    Splice { other: usize, from: usize, len: usize, to: usize },
+    Splice {
+        other: usize,
+        from: usize,
+        len: usize,
+        to: usize,
+    },
     /// Replaces the byte at `at` (a length or an integer, if small) with a
     /// huge varint.
-    HugeVarint { at: usize, value: Vec<u8> },
+    HugeVarint {
+        at: usize,
+        value: Vec<u8>,
+    },
     /// Replaces the `nth` byte that looks like a length (a value below 251
     /// with at least that many bytes after it) with a huge varint.
-    HugeLength { nth: usize, value: Vec<u8> },
+    HugeLength {
+        nth: usize,
+        value: Vec<u8>,
+    },
     /// Re-encodes a one-byte varint in a wider, non-canonical form.
-    WidenVarint { at: usize, marker: u8 },
+    WidenVarint {
+        at: usize,
+        marker: u8,
+    },
 }
 
 /// A strategy of single mutations.
 pub fn mutation() -> impl Strategy<Value = Mutation> {
     let at = any::<usize>();
     prop_oneof![
-        (at.clone(), 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit { at, bit }),
-        (at.clone(), any::<u8>()).prop_map(|(at, value)| Mutation::SetByte { at, value }),
-        (
-            at.clone(),
-            prop_oneof![Just(0u8), Just(1), Just(0x7f), Just(0x80), 250u8..=255]
-        )
+        (at, 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit { at, bit }),
+        (at, any::<u8>()).prop_map(|(at, value)| Mutation::SetByte { at, value }),
+        (at, prop_oneof![Just(0u8), Just(1), Just(0x7f), Just(0x80), 250u8..=255])
             .prop_map(|(at, value)| Mutation::Interesting { at, value }),
-        at.clone().prop_map(|at| Mutation::Truncate { at }),
+        at.prop_map(|at| Mutation::Truncate { at }),
         proptest::collection::vec(any::<u8>(), 1..64).prop_map(|bytes| Mutation::Extend { bytes }),
-        (at.clone(), proptest::collection::vec(any::<u8>(), 1..16))
-            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
-        (at.clone(), 1usize..64).prop_map(|(at, len)| Mutation::Remove { at, len }),
-        (at.clone(), 1usize..128, any::<usize>()).prop_map(|(at, len, to)| Mutation::Duplicate { at, len, to }),
+        (at, proptest::collection::vec(any::<u8>(), 1..16)).prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
+        (at, 1usize..64).prop_map(|(at, len)| Mutation::Remove { at, len }),
+        (at, 1usize..128, any::<usize>()).prop_map(|(at, len, to)| Mutation::Duplicate { at, len, to }),
         (any::<usize>(), any::<usize>(), 1usize..256, any::<usize>())
             .prop_map(|(other, from, len, to)| Mutation::Splice { other, from, len, to }),
-        (at.clone(), huge_varint()).prop_map(|(at, value)| Mutation::HugeVarint { at, value }),
+        (at, huge_varint()).prop_map(|(at, value)| Mutation::HugeVarint { at, value }),
         (any::<usize>(), huge_varint()).prop_map(|(nth, value)| Mutation::HugeLength { nth, value }),
         (at, 251u8..=253).prop_map(|(at, marker)| Mutation::WidenVarint { at, marker }),
     ]

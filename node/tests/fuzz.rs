@@ -36,7 +36,15 @@ fn bit(bits: &[u8], i: u32) -> bool {
 
 fn have_bodies() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    for (len, fill) in [(0usize, 0u8), (1, 0x01), (2, 0xff), (8, 0xa5), (64, 0x7f), (75, 0xff), (600, 0x10)] {
+    for (len, fill) in [
+        (0usize, 0u8),
+        (1, 0x01),
+        (2, 0xff),
+        (8, 0xa5),
+        (64, 0x7f),
+        (75, 0xff),
+        (600, 0x10),
+    ] {
         let resp = PeerResponse::Have {
             bits: vec![fill; len],
             complete: fill == 0xff,
@@ -93,11 +101,14 @@ fn check_scheduler(n: u32, first: &[u8], second: &[u8]) -> Result<(), TestCaseEr
     s.update_have(p, second);
     let q = s.add_peer(first);
     s.peer_gone(q);
-    let mut asked: Vec<u32> = s.assign(0).into_iter().map(|(peer, c)| {
-        assert_eq!(peer, p, "a request went to a peer that is gone");
-        c
-    })
-    .collect();
+    let mut asked: Vec<u32> = s
+        .assign(0)
+        .into_iter()
+        .map(|(peer, c)| {
+            assert_eq!(peer, p, "a request went to a peer that is gone");
+            c
+        })
+        .collect();
     asked.sort_unstable();
     let want: Vec<u32> = (0..n).filter(|&c| bit(second, c)).collect();
     ensure(asked == want, || {
@@ -180,13 +191,15 @@ fn fuzz_home_state_and_session() {
             format!("state.json of {} bytes held {peak} bytes", bytes.len())
         })?;
         let _ = serde_json::from_slice::<Session>(bytes);
-        if bytes.len() % 8 != 0 {
+        if !bytes.len().is_multiple_of(8) {
             return Ok(());
         }
         std::fs::write(dir.path().join("state.json"), bytes).unwrap();
         std::fs::write(dir.path().join("session.json"), bytes).unwrap();
         let read = home.state();
-        ensure(read.is_ok() == state.is_ok(), || "Home::state disagrees with the parser".into())?;
+        ensure(read.is_ok() == state.is_ok(), || {
+            "Home::state disagrees with the parser".into()
+        })?;
         let _ = home.session();
         if let Ok(state) = read {
             for (hex, rec) in &state.files {
@@ -194,7 +207,8 @@ fn fuzz_home_state_and_session() {
                 let _ = protocol::ids::check_file_name(&rec.name);
             }
             // What the node writes back reads back the same.
-            home.update_state(|_| {}).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            home.update_state(|_| {})
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let again = home.state().map_err(|e| TestCaseError::fail(e.to_string()))?;
             ensure(again.files == state.files, || "state.json does not round-trip".into())?;
         }

@@ -93,7 +93,9 @@ fn check_read_frame<T: Serialize + DeserializeOwned>(
     })?;
     match res {
         Ok(_) | Err(CodecError::Malformed(_) | CodecError::TooLarge { .. } | CodecError::Truncated) => Ok(()),
-        Err(e) => Err(TestCaseError::fail(format!("unexpected error kind from read_frame: {e}"))),
+        Err(e) => Err(TestCaseError::fail(format!(
+            "unexpected error kind from read_frame: {e}"
+        ))),
     }
 }
 
@@ -110,7 +112,7 @@ fn frames<T: Serialize>(values: &[T]) -> Vec<Vec<u8>> {
 }
 
 fn addr(i: u16) -> SocketAddr {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         SocketAddr::from(([127, 0, 0, 1], 7000 + i))
     } else {
         SocketAddr::from(([0xfe80, 0, 0, 0, 0, 0, 0, i], 7000 + i))
@@ -156,7 +158,9 @@ fn requests() -> Vec<Request> {
             cursor: 123_456_789,
             limit: 1000,
         },
-        Request::GetOwners { file_id: FileId([2; 32]) },
+        Request::GetOwners {
+            file_id: FileId([2; 32]),
+        },
         Request::Heartbeat { peer_id },
         Request::ClusterStatus,
         Request::WatchLeader {
@@ -172,13 +176,13 @@ fn envelopes() -> Vec<Envelope> {
         .into_iter()
         .enumerate()
         .map(|(i, request)| Envelope {
-            token: (i % 2 == 0).then(|| "0123456789abcdef0123456789abcdef".into()),
+            token: i.is_multiple_of(2).then(|| "0123456789abcdef0123456789abcdef".into()),
             write_id: request.is_write().then_some(WriteId {
                 client: u128::MAX - i as u128,
                 seq: i as u64 * 1000,
             }),
-            origin: (i % 3 == 0).then(|| addr(i as u16)),
-            consistency: if i % 2 == 0 {
+            origin: i.is_multiple_of(3).then(|| addr(i as u16)),
+            consistency: if i.is_multiple_of(2) {
                 Consistency::Linearizable
             } else {
                 Consistency::Stale
@@ -304,9 +308,15 @@ fn sample_manifest(chunks: u64) -> Manifest {
     let chunk_size = MIN_CHUNK;
     Manifest {
         name: "holiday video.mp4".into(),
-        size: if chunks == 0 { 0 } else { (chunks - 1) * chunk_size as u64 + 1000 },
+        size: if chunks == 0 {
+            0
+        } else {
+            (chunks - 1) * chunk_size as u64 + 1000
+        },
         chunk_size,
-        chunks: (0..chunks).map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes()).collect(),
+        chunks: (0..chunks)
+            .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
+            .collect(),
     }
 }
 
@@ -344,9 +354,11 @@ fn fuzz_tracker_envelope() {
 fn fuzz_tracker_envelope_frames() {
     let limit = tracker_limit();
     let rt = runtime();
-    fuzzkit::run("tracker Envelope frame", fuzzkit::inputs(frames(&envelopes())), |stream| {
-        check_read_frame::<Envelope>(&rt, stream, limit, bound(limit, 1) + stream.len())
-    });
+    fuzzkit::run(
+        "tracker Envelope frame",
+        fuzzkit::inputs(frames(&envelopes())),
+        |stream| check_read_frame::<Envelope>(&rt, stream, limit, bound(limit, 1) + stream.len()),
+    );
 }
 
 #[test]
@@ -360,22 +372,30 @@ fn fuzz_tracker_answer() {
 #[test]
 fn fuzz_peer_request() {
     let rt = runtime();
-    fuzzkit::run("peer PeerRequest", fuzzkit::inputs(frames(&peer_requests())), |stream| {
-        if stream.len() >= codec::PREFIX {
-            check_decode::<PeerRequest>(&stream[codec::PREFIX..], MAX_FRAME, bound(MAX_FRAME, 0))?;
-        }
-        check_read_frame::<PeerRequest>(&rt, stream, MAX_FRAME, bound(MAX_FRAME, 0) + stream.len())
-    });
+    fuzzkit::run(
+        "peer PeerRequest",
+        fuzzkit::inputs(frames(&peer_requests())),
+        |stream| {
+            if stream.len() >= codec::PREFIX {
+                check_decode::<PeerRequest>(&stream[codec::PREFIX..], MAX_FRAME, bound(MAX_FRAME, 0))?;
+            }
+            check_read_frame::<PeerRequest>(&rt, stream, MAX_FRAME, bound(MAX_FRAME, 0) + stream.len())
+        },
+    );
 }
 
 #[test]
 fn fuzz_peer_response() {
-    fuzzkit::run("peer PeerResponse", fuzzkit::inputs(bodies(&peer_responses())), |body| {
-        check_decode::<PeerResponse>(body, MAX_FRAME, bound(MAX_FRAME, 1))?;
-        // The header frame before a chunk is read with a 64 KiB limit.
-        let chunk_limit = 64 << 10;
-        check_decode::<PeerResponse>(body, chunk_limit, bound(chunk_limit, 1)).map(drop)
-    });
+    fuzzkit::run(
+        "peer PeerResponse",
+        fuzzkit::inputs(bodies(&peer_responses())),
+        |body| {
+            check_decode::<PeerResponse>(body, MAX_FRAME, bound(MAX_FRAME, 1))?;
+            // The header frame before a chunk is read with a 64 KiB limit.
+            let chunk_limit = 64 << 10;
+            check_decode::<PeerResponse>(body, chunk_limit, bound(chunk_limit, 1)).map(drop)
+        },
+    );
 }
 
 /// A manifest from the network: the downloader checks it hashes to the
@@ -411,9 +431,13 @@ fn check_manifest_in_use(m: &Manifest, id: FileId) -> Result<(), TestCaseError> 
         format!("manifest accepted for {id} but its id is {}", m.id())
     })?;
     let total: u64 = (0..m.chunks.len() as u32).map(|i| m.chunk_len(i) as u64).sum();
-    ensure(total == m.size, || format!("chunk lengths sum to {total}, size {}", m.size))?;
+    ensure(total == m.size, || {
+        format!("chunk lengths sum to {total}, size {}", m.size)
+    })?;
     let meta = m.meta();
-    ensure(meta.chunk_count as usize == m.chunks.len(), || "meta chunk count".into())
+    ensure(meta.chunk_count as usize == m.chunks.len(), || {
+        "meta chunk count".into()
+    })
 }
 
 #[test]
@@ -465,7 +489,7 @@ fn json_inputs(corpus: Vec<Vec<u8>>) -> impl fuzzkit::proptest::strategy::Strate
         let starts: Vec<usize> = (0..b.len())
             .filter(|&i| b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_alphanumeric()))
             .collect();
-        if !starts.is_empty() && nth % 2 == 0 {
+        if !starts.is_empty() && nth.is_multiple_of(2) {
             let s = starts[nth % starts.len()];
             let e = (s..b.len()).find(|&i| !b[i].is_ascii_digit()).unwrap_or(b.len());
             b.splice(s..e, num.bytes());
