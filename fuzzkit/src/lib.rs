@@ -231,22 +231,18 @@ pub enum Mutation {
 pub fn mutation() -> impl Strategy<Value = Mutation> {
     let at = any::<usize>();
     prop_oneof![
-        (at.clone(), 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit { at, bit }),
-        (at.clone(), any::<u8>()).prop_map(|(at, value)| Mutation::SetByte { at, value }),
-        (
-            at.clone(),
-            prop_oneof![Just(0u8), Just(1), Just(0x7f), Just(0x80), 250u8..=255]
-        )
+        (at, 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit { at, bit }),
+        (at, any::<u8>()).prop_map(|(at, value)| Mutation::SetByte { at, value }),
+        (at, prop_oneof![Just(0u8), Just(1), Just(0x7f), Just(0x80), 250u8..=255])
             .prop_map(|(at, value)| Mutation::Interesting { at, value }),
-        at.clone().prop_map(|at| Mutation::Truncate { at }),
+        at.prop_map(|at| Mutation::Truncate { at }),
         proptest::collection::vec(any::<u8>(), 1..64).prop_map(|bytes| Mutation::Extend { bytes }),
-        (at.clone(), proptest::collection::vec(any::<u8>(), 1..16))
-            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
-        (at.clone(), 1usize..64).prop_map(|(at, len)| Mutation::Remove { at, len }),
-        (at.clone(), 1usize..128, any::<usize>()).prop_map(|(at, len, to)| Mutation::Duplicate { at, len, to }),
+        (at, proptest::collection::vec(any::<u8>(), 1..16)).prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
+        (at, 1usize..64).prop_map(|(at, len)| Mutation::Remove { at, len }),
+        (at, 1usize..128, any::<usize>()).prop_map(|(at, len, to)| Mutation::Duplicate { at, len, to }),
         (any::<usize>(), any::<usize>(), 1usize..256, any::<usize>())
             .prop_map(|(other, from, len, to)| Mutation::Splice { other, from, len, to }),
-        (at.clone(), huge_varint()).prop_map(|(at, value)| Mutation::HugeVarint { at, value }),
+        (at, huge_varint()).prop_map(|(at, value)| Mutation::HugeVarint { at, value }),
         (any::<usize>(), huge_varint()).prop_map(|(nth, value)| Mutation::HugeLength { nth, value }),
         (at, 251u8..=253).prop_map(|(at, marker)| Mutation::WidenVarint { at, marker }),
     ]

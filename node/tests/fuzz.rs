@@ -191,7 +191,7 @@ fn fuzz_home_state_and_session() {
             format!("state.json of {} bytes held {peak} bytes", bytes.len())
         })?;
         let _ = serde_json::from_slice::<Session>(bytes);
-        if bytes.len() % 8 != 0 {
+        if !bytes.len().is_multiple_of(8) {
             return Ok(());
         }
         std::fs::write(dir.path().join("state.json"), bytes).unwrap();

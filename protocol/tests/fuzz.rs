@@ -112,7 +112,7 @@ fn frames<T: Serialize>(values: &[T]) -> Vec<Vec<u8>> {
 }
 
 fn addr(i: u16) -> SocketAddr {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         SocketAddr::from(([127, 0, 0, 1], 7000 + i))
     } else {
         SocketAddr::from(([0xfe80, 0, 0, 0, 0, 0, 0, i], 7000 + i))
@@ -176,13 +176,13 @@ fn envelopes() -> Vec<Envelope> {
         .into_iter()
         .enumerate()
         .map(|(i, request)| Envelope {
-            token: (i % 2 == 0).then(|| "0123456789abcdef0123456789abcdef".into()),
+            token: i.is_multiple_of(2).then(|| "0123456789abcdef0123456789abcdef".into()),
             write_id: request.is_write().then_some(WriteId {
                 client: u128::MAX - i as u128,
                 seq: i as u64 * 1000,
             }),
-            origin: (i % 3 == 0).then(|| addr(i as u16)),
-            consistency: if i % 2 == 0 {
+            origin: i.is_multiple_of(3).then(|| addr(i as u16)),
+            consistency: if i.is_multiple_of(2) {
                 Consistency::Linearizable
             } else {
                 Consistency::Stale
@@ -490,7 +490,7 @@ fn json_inputs(corpus: Vec<Vec<u8>>) -> impl fuzzkit::proptest::strategy::Strate
         let starts: Vec<usize> = (0..b.len())
             .filter(|&i| b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_alphanumeric()))
             .collect();
-        if !starts.is_empty() && nth % 2 == 0 {
+        if !starts.is_empty() && nth.is_multiple_of(2) {
             let s = starts[nth % starts.len()];
             let e = (s..b.len()).find(|&i| !b[i].is_ascii_digit()).unwrap_or(b.len());
             b.splice(s..e, num.bytes());

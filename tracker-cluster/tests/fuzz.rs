@@ -145,7 +145,7 @@ fn batch() -> Batch {
             .into_iter()
             .enumerate()
             .map(|(i, op)| Write {
-                id: (i % 3 != 0).then_some(WriteId {
+                id: (!i.is_multiple_of(3)).then_some(WriteId {
                     client: 0xdead_beef_u128 << 64 | i as u128,
                     seq: i as u64 + 1,
                 }),
