@@ -287,3 +287,81 @@ async fn five_thousand_owners_listed_page_by_page() {
         assert_eq!(pages, if limit == 700 { 8 } else { 3 });
     }
 }
+
+/// A file whose only owner has been silent longer than
+/// `owners.dead_file_secs` drops out of the leader's search (its live
+/// index), while a file with a heartbeating owner stays; owning the dead
+/// file again brings it back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_dead_files_leave_search_until_owned_again() {
+    let mut c = TestCluster::new(3);
+    for cfg in c.configs.values_mut() {
+        // Two seconds: the heartbeating owner stays well inside it even on
+        // a loaded machine.
+        cfg.owners.dead_file_secs = 2;
+        cfg.owners.live_index_every_secs = 1;
+    }
+    c.start_all();
+    c.wait_agreed_leader(T).await;
+    let alice = client_with(&c, &sign_up(&c, "alice").await);
+    let (alive, dead) = (peer(1, 1), peer(1, 2));
+    for p in [alive, dead] {
+        let announce = Request::AnnouncePeer {
+            peer_id: p,
+            addrs: vec![],
+        };
+        assert_eq!(send(&alice, &c, announce).await, Ok(Reply::Done));
+    }
+    let (kept, gone) = (meta("kept.iso", 1), meta("gone.iso", 2));
+    for (p, f) in [(alive, kept.clone()), (dead, gone.clone())] {
+        assert_eq!(
+            send(&alice, &c, Request::Own { peer_id: p, file: f }).await,
+            Ok(Reply::Done)
+        );
+    }
+    let search = || Request::Search {
+        text: "ISO".into(),
+        cursor: 0,
+        limit: 10,
+    };
+    let names = |r: Result<Reply, ApiError>| match r {
+        Ok(Reply::Files { hits, .. }) => hits.into_iter().map(|h| h.file.name).collect::<Vec<_>>(),
+        other => panic!("search: {other:?}"),
+    };
+    // Only `alive` heartbeats; wait (bounded) until the leader's index
+    // has been rebuilt without the silent owner's file.
+    let mut left_out = false;
+    for _ in 0..200 {
+        let hb = Request::Heartbeat { peer_id: alive };
+        assert_eq!(send(&alice, &c, hb).await, Ok(Reply::Done));
+        if names(send(&alice, &c, search()).await) == ["kept.iso"] {
+            left_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(left_out, "the dead file never left the search");
+    // Still reachable by id.
+    let get = Request::GetOwners {
+        file_id: gone.id,
+        cursor: None,
+        limit: 10,
+    };
+    assert!(matches!(send(&alice, &c, get).await, Ok(Reply::Owners { .. })));
+    // Owned again: back at once, in position order.
+    let hb = Request::Heartbeat { peer_id: alive };
+    assert_eq!(send(&alice, &c, hb).await, Ok(Reply::Done));
+    assert_eq!(
+        send(
+            &alice,
+            &c,
+            Request::Own {
+                peer_id: dead,
+                file: gone
+            }
+        )
+        .await,
+        Ok(Reply::Done)
+    );
+    assert_eq!(names(send(&alice, &c, search()).await), ["kept.iso", "gone.iso"]);
+}
