@@ -312,7 +312,7 @@ impl TrackerConfig {
         {
             return bad("field `raft`: need heartbeat_ms < election_min_ms < election_max_ms".into());
         }
-        if self.limits.max_raft_frame_bytes < 2 * self.raft.snapshot_chunk_bytes as usize {
+        if (self.limits.max_raft_frame_bytes as u64) < self.raft.snapshot_chunk_bytes.saturating_mul(2) {
             return bad(
                 "field `limits.max_raft_frame_bytes` must be at least twice `raft.snapshot_chunk_bytes`".into(),
             );

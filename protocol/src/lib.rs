@@ -15,6 +15,7 @@ pub mod ids;
 pub mod logging;
 pub mod peer;
 pub mod quic;
+pub mod stop;
 pub mod tls;
 pub mod tracker_api;
 

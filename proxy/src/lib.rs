@@ -92,10 +92,12 @@ impl Proxy {
         self.upstream.leader()
     }
 
+    /// Stops the leader watchers and closes every connection; bounded
+    /// (a frozen node or tracker never acknowledges the close).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         self.endpoint.close(0u32.into(), b"shutdown");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(250), self.endpoint.wait_idle()).await;
         tracing::info!("proxy stopped");
     }
 }

@@ -75,7 +75,7 @@ async fn main() {
     let names: Vec<String> = ["tracker-1", "tracker-2", "tracker-3", "proxy-1", "admin"]
         .map(String::from)
         .into();
-    protocol::tls::generate(&certs, &names).expect("certificates");
+    protocol::tls::generate(&certs, &dir.path().join("ca"), &names, &[]).expect("certificates");
     let members: Vec<serde_json::Value> = (1..=3)
         .map(|id| {
             serde_json::json!({
