@@ -392,6 +392,43 @@ async fn announce(client: &TrackerClient, home: &Home, addrs: Vec<SocketAddr>) -
     Ok(())
 }
 
+/// Most GetOwners pages followed (at the tracker's default page of 2,000
+/// that is 20 million owners, far past any quota).
+const MAX_OWNER_PAGES: usize = 10_000;
+
+/// A file's metadata and every live owner, page by page.
+async fn all_owners(
+    client: &TrackerClient,
+    file_id: FileId,
+) -> Result<(FileMeta, Vec<protocol::tracker_api::PeerInfo>), CommandError> {
+    let mut owners = Vec::new();
+    let mut cursor = None;
+    for _ in 0..MAX_OWNER_PAGES {
+        let Reply::Owners {
+            file,
+            owners: page,
+            next,
+        } = client
+            .call(Request::GetOwners {
+                file_id,
+                cursor,
+                limit: u32::MAX,
+            })
+            .await?
+        else {
+            return Err(unexpected("get-owners"));
+        };
+        owners.extend(page);
+        match next {
+            // A cursor must move forward, or the tracker is misbehaving.
+            Some(n) if cursor.is_none_or(|c| n > c) => cursor = Some(n),
+            Some(_) => return Err(unexpected("get-owners")),
+            None => return Ok((file, owners)),
+        }
+    }
+    Err(unexpected("get-owners"))
+}
+
 /// Every search hit for `text`, page by page.
 async fn search_all(client: &TrackerClient, text: &str) -> Result<Vec<SearchHit>, CommandError> {
     protocol::ids::check_query(text)?;
@@ -482,9 +519,7 @@ async fn get(
 ) -> Result<(), CommandError> {
     let (client, _) = logged_in(home)?;
     let id = resolve(&client, id_or_name).await?;
-    let Reply::Owners { file, owners } = client.call(Request::GetOwners { file_id: id }).await? else {
-        return Err(unexpected("get-owners"));
-    };
+    let (file, owners) = all_owners(&client, id).await?;
     let me = home.identity.peer_id;
     if let Some(rec) = home.state()?.files.get(&id.to_hex()) {
         if rec.partial_in.is_none() && rec.path.is_file() {

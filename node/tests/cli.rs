@@ -37,10 +37,13 @@ const PASSWORD: &str = "pw-secret";
 /// liveness when given (the default is 30 s).
 async fn cluster(owner_ttl: Option<u64>) -> TestCluster {
     let mut c = TestCluster::new(3);
-    if let Some(ttl) = owner_ttl {
-        for cfg in c.configs.values_mut() {
+    for cfg in c.configs.values_mut() {
+        if let Some(ttl) = owner_ttl {
             cfg.owner_ttl_secs = ttl;
         }
+        // Two owners a page, so that `get` of a file with three owners
+        // has to follow the pages.
+        cfg.owners.max_owners_page = 2;
     }
     c.start_all();
     c.wait_leader(LIMIT).await;
@@ -221,10 +224,26 @@ impl Observer {
     /// The owners of `file` that the tracker counts as live, with the
     /// addresses they announced.
     async fn owners(&self, file: FileId) -> Vec<PeerInfo> {
-        match self.ask(Request::GetOwners { file_id: file }).await {
-            Reply::Owners { owners, .. } => owners,
-            other => panic!("get-owners: {other:?}"),
+        let mut all = Vec::new();
+        let mut cursor = None;
+        for _ in 0..100 {
+            let request = Request::GetOwners {
+                file_id: file,
+                cursor,
+                limit: u32::MAX,
+            };
+            match self.ask(request).await {
+                Reply::Owners { owners, next, .. } => {
+                    all.extend(owners);
+                    match next {
+                        Some(n) => cursor = Some(n),
+                        None => return all,
+                    }
+                }
+                other => panic!("get-owners: {other:?}"),
+            }
         }
+        panic!("get-owners: more than 100 pages")
     }
 
     async fn search(&self, text: &str) -> Vec<SearchHit> {

@@ -165,6 +165,94 @@ pub struct TrackerConfig {
     pub max_batch: usize,
     /// Raft entries being replicated at once from the write batcher.
     pub max_batches_in_flight: usize,
+    /// Register throttling and the argon2 pool.
+    pub register: RegisterLimits,
+    /// Per-user quotas, enforced in the replicated state machine.
+    pub quotas: Quotas,
+    /// GetOwners pages and skipping long-dead files in search.
+    pub owners: OwnerLimits,
+}
+
+/// How much Register may cost the leader. Everything here is leader-only
+/// soft state: a new leader starts with full buckets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegisterLimits {
+    /// Registrations per minute from one source address (the node's
+    /// address as the proxy reports it), sustained.
+    pub per_source_per_minute: u32,
+    /// Registrations one source address may make at once before the
+    /// per-minute rate applies.
+    pub per_source_burst: u32,
+    /// argon2 hashes per second for Register across all sources.
+    pub hashes_per_sec: u32,
+    /// Hashes that may run back to back before the per-second rate applies.
+    pub hash_burst: u32,
+    /// OS threads hashing and verifying passwords; each owns one argon2
+    /// memory block set (~19 MiB with the default parameters) for its
+    /// whole life, so this sets the memory argon2 can take.
+    pub argon_threads: usize,
+    /// Jobs waiting for an argon2 thread at most; past it, callers wait.
+    pub argon_queue: usize,
+}
+
+impl Default for RegisterLimits {
+    fn default() -> Self {
+        RegisterLimits {
+            per_source_per_minute: 30,
+            per_source_burst: 60,
+            hashes_per_sec: 20,
+            hash_burst: 40,
+            argon_threads: 2,
+            argon_queue: 64,
+        }
+    }
+}
+
+/// Per-user quotas. They are checked when a write is applied, with the
+/// values the leader stamps into each batch, so every member decides the
+/// same way whatever its own file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quotas {
+    /// Ownership records (file, peer) over all of a user's peers.
+    pub max_files_per_user: u64,
+    /// Peers one user may announce.
+    pub max_peers_per_user: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            max_files_per_user: 100_000,
+            max_peers_per_user: 64,
+        }
+    }
+}
+
+/// GetOwners paging and dead-file skipping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OwnerLimits {
+    /// Most owners in one GetOwners page (an owner with 8 IPv6 addresses
+    /// encodes to about 300 bytes, so 2,000 stay well inside 1 MiB).
+    pub max_owners_page: u32,
+    /// A file none of whose owners was heard from for this long is left
+    /// out of the leader's search index, seconds.
+    pub dead_file_secs: u64,
+    /// How often the leader rebuilds its index of files with a recently
+    /// live owner, seconds.
+    pub live_index_every_secs: u64,
+}
+
+impl Default for OwnerLimits {
+    fn default() -> Self {
+        OwnerLimits {
+            max_owners_page: 2000,
+            dead_file_secs: 3600,
+            live_index_every_secs: 30,
+        }
+    }
 }
 
 impl Default for TrackerConfig {
@@ -185,6 +273,9 @@ impl Default for TrackerConfig {
             owner_ttl_secs: 30,
             max_batch: 1024,
             max_batches_in_flight: 4,
+            register: RegisterLimits::default(),
+            quotas: Quotas::default(),
+            owners: OwnerLimits::default(),
         }
     }
 }
@@ -225,6 +316,15 @@ impl TrackerConfig {
             return bad(
                 "field `limits.max_raft_frame_bytes` must be at least twice `raft.snapshot_chunk_bytes`".into(),
             );
+        }
+        if self.register.argon_threads == 0 || self.register.argon_queue == 0 {
+            return bad("fields `register.argon_threads` and `register.argon_queue` must be at least 1".into());
+        }
+        if self.register.per_source_burst == 0 || self.register.hash_burst == 0 {
+            return bad("fields `register.per_source_burst` and `register.hash_burst` must be at least 1".into());
+        }
+        if self.owners.max_owners_page == 0 || self.owners.live_index_every_secs == 0 {
+            return bad("fields `owners.max_owners_page` and `owners.live_index_every_secs` must be at least 1".into());
         }
         Ok(())
     }

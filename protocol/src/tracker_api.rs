@@ -141,8 +141,13 @@ pub enum Request {
         cursor: u64,
         limit: u32,
     },
+    /// One page of a file's live owners in peer-id order: those after
+    /// `cursor` (None to start), at most `limit` (the tracker caps it).
+    /// Follow `next` of [`Reply::Owners`] until it is None.
     GetOwners {
         file_id: FileId,
+        cursor: Option<PeerId>,
+        limit: u32,
     },
     Heartbeat {
         peer_id: PeerId,
@@ -209,6 +214,8 @@ pub enum Reply {
     Owners {
         file: FileMeta,
         owners: Vec<PeerInfo>,
+        /// The `cursor` of the next page; None when this was the last.
+        next: Option<PeerId>,
     },
     Status(ClusterStatus),
 }

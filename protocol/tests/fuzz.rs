@@ -160,6 +160,8 @@ fn requests() -> Vec<Request> {
         },
         Request::GetOwners {
             file_id: FileId([2; 32]),
+            cursor: Some(PeerId([3; 32])),
+            limit: 2000,
         },
         Request::Heartbeat { peer_id },
         Request::ClusterStatus,
@@ -234,6 +236,7 @@ fn answers() -> Vec<Answer> {
                     addrs: (0..i).map(addr).collect(),
                 })
                 .collect(),
+            next: Some(PeerId([2; 32])),
         }),
         Ok(Reply::Status(status)),
         Err(ApiError::NotLeader {

@@ -164,6 +164,12 @@ async fn failover() {
 
 const FILES: u64 = 1_000_000;
 
+/// The benches own far more files from one user than the default quota.
+const UNLIMITED: protocol::config::Quotas = protocol::config::Quotas {
+    max_files_per_user: u64::MAX,
+    max_peers_per_user: u64::MAX,
+};
+
 fn memory_per_file() {
     let before = rss_bytes();
     let mut reg = Registry::default();
@@ -171,6 +177,7 @@ fn memory_per_file() {
     let peer = PeerId([1; 32]);
     reg.apply(&Batch {
         now_ms: 1,
+        quotas: UNLIMITED,
         writes: vec![
             Write {
                 id: None,
@@ -208,7 +215,11 @@ fn memory_per_file() {
                 },
             })
             .collect();
-        reg.apply(&Batch { now_ms: 2, writes });
+        reg.apply(&Batch {
+            now_ms: 2,
+            writes,
+            quotas: UNLIMITED,
+        });
     }
     let after = rss_bytes();
     println!("\n| registry, {FILES} files | value |\n|---|---|");
@@ -278,6 +289,7 @@ async fn search_and_snapshot() {
                     .client_write(Batch {
                         now_ms: protocol::unix_ms(),
                         writes,
+                        quotas: UNLIMITED,
                     })
                     .await
                     .unwrap();

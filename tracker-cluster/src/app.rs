@@ -1,6 +1,7 @@
 //! The state one tracker member shares between its tasks: the Raft
 //! handle, the applied state, the leader-only soft state (liveness, login
-//! throttling) and the write batcher.
+//! throttling, register buckets, the live-file search index), the argon2
+//! pool and the write batcher.
 
 use std::{
     sync::{Arc, Mutex},
@@ -15,10 +16,12 @@ use protocol::{
 use tokio::sync::Semaphore;
 
 use crate::{
+    argon_pool::ArgonPool,
     liveness::Liveness,
     proposer::Proposer,
+    registry::LiveIndex,
     store::SharedState,
-    throttle::Throttle,
+    throttle::{RegisterThrottle, Throttle},
     typ::{Metrics, NodeId, Raft},
 };
 
@@ -31,8 +34,14 @@ pub struct App {
     /// Owner heartbeats; meaningful only while this member leads.
     pub liveness: Mutex<Liveness>,
     pub throttle: Mutex<Throttle>,
-    /// Bounds concurrent argon2 computations (each takes ~19 MiB).
-    pub argon: Semaphore,
+    /// Register: per-source and global (argon2 work) token buckets.
+    pub register: Mutex<RegisterThrottle>,
+    /// Hashes and verifies passwords on a fixed set of threads with
+    /// reused memory.
+    pub argon: ArgonPool,
+    /// Files with an owner seen within `owners.dead_file_secs`, for search
+    /// on the leader; None when not leading or nothing to skip yet.
+    pub live_index: Mutex<Option<LiveIndex>>,
     /// Bounds requests in progress; past it, "overloaded".
     pub pending: Semaphore,
     /// Set once this member learns it was removed from the membership.
@@ -83,30 +92,40 @@ impl App {
         state: Arc<SharedState>,
         config: TrackerConfig,
         removal: Arc<Removal>,
-    ) -> Arc<Self> {
+    ) -> std::io::Result<Arc<Self>> {
         let proposer = Proposer::start(
             raft.clone(),
             config.limits.max_pending,
             config.max_batch,
             config.max_batches_in_flight,
+            config.quotas,
         );
         let ttl = Duration::from_secs(config.owner_ttl_secs);
+        let dead_after = Duration::from_secs(config.owners.dead_file_secs);
         let pending = Semaphore::new(config.limits.max_pending);
+        let argon = ArgonPool::start(config.register.argon_threads, config.register.argon_queue)?;
         let app = Arc::new(App {
             id,
             raft,
             state,
-            config,
             proposer,
-            liveness: Mutex::new(Liveness::new(ttl)),
+            liveness: Mutex::new(Liveness::keeping(ttl, dead_after)),
             throttle: Mutex::default(),
-            argon: Semaphore::new(2),
+            register: Mutex::new(RegisterThrottle::new(config.register.clone(), Instant::now())),
+            argon,
+            live_index: Mutex::new(None),
             pending,
             removal,
+            config,
         });
         tokio::spawn(watch_leadership(app.clone()));
         tokio::spawn(watch_removal(app.clone()));
-        app
+        tokio::spawn(maintain_live_index(Arc::downgrade(&app)));
+        Ok(app)
+    }
+
+    fn leading(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
     }
 
     pub fn metrics(&self) -> Metrics {
@@ -260,6 +279,45 @@ async fn watch_removal(app: Arc<App>) {
     let _ = app.removal.removed.set(why);
     if let Err(e) = app.raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown after removal");
+    }
+}
+
+/// Rebuilds the leader's live-file search index every
+/// `owners.live_index_every_secs`; drops it when not leading, or while a
+/// new leader still counts every owner as seen (nothing to skip yet).
+///
+/// The build holds the registry's read lock for one pass over files and
+/// owners (writes wait for it); searches between builds cost only the
+/// live files plus the files registered since.
+async fn maintain_live_index(app: std::sync::Weak<App>) {
+    let every = match app.upgrade() {
+        Some(a) => Duration::from_secs(a.config.owners.live_index_every_secs),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        if !app.leading() {
+            *app.live_index.lock().expect("live index lock") = None;
+            continue;
+        }
+        let window = Duration::from_secs(app.config.owners.dead_file_secs);
+        let now = Instant::now();
+        let index = {
+            let live = app.liveness.lock().expect("liveness lock");
+            if live.all_seen_within(window, now) {
+                None
+            } else {
+                let st = app.state.read();
+                Some(st.registry.build_live_index(|p| live.seen_within(p, window, now)))
+            }
+        };
+        if let Some(ix) = &index {
+            tracing::debug!(live_files = ix.len(), "rebuilt the live-file search index");
+        }
+        *app.live_index.lock().expect("live index lock") = index;
     }
 }
 

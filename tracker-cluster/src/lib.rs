@@ -8,6 +8,7 @@
 //! waits for a signal.
 
 pub mod app;
+pub mod argon_pool;
 pub mod liveness;
 pub mod network;
 pub mod proposer;
@@ -50,6 +51,8 @@ pub enum StartError {
     Raft(String),
     #[error("this member's addresses are not in the configuration")]
     NoAddress,
+    #[error("starting the argon2 threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// A running member.
@@ -175,7 +178,7 @@ impl Tracker {
             }
         }
 
-        let app = App::new(config.id, raft, shared, config, removal);
+        let app = App::new(config.id, raft, shared, config, removal).map_err(StartError::Threads)?;
         tokio::spawn(network::api::serve(app.clone(), api_ep.clone()));
         tokio::spawn(network::raft::serve(app.clone(), raft_ep.clone()));
         tracing::info!(id = app.id, %api_addr, %raft_addr, "tracker member started");

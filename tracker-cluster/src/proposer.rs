@@ -8,7 +8,10 @@
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError as OpenWriteError, RaftError as OpenRaftError};
-use protocol::tracker_api::{Answer, ApiError};
+use protocol::{
+    config::Quotas,
+    tracker_api::{Answer, ApiError},
+};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::{
@@ -26,9 +29,10 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the batching task.
-    pub fn start(raft: Raft, queue: usize, max_batch: usize, max_in_flight: usize) -> Self {
+    /// Every batch carries `quotas` (see [`Batch`] for why).
+    pub fn start(raft: Raft, queue: usize, max_batch: usize, max_in_flight: usize, quotas: Quotas) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        tokio::spawn(run(raft, rx, max_batch.max(1), max_in_flight.max(1)));
+        tokio::spawn(run(raft, rx, max_batch.max(1), max_in_flight.max(1), quotas));
         Proposer { tx }
     }
 
@@ -45,7 +49,7 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, max_batch: usize, max_in_flight: usize) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, max_batch: usize, max_in_flight: usize, quotas: Quotas) {
     let permits = Arc::new(Semaphore::new(max_in_flight));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -66,6 +70,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, max_batch: usize, max_in_f
             let batch = Batch {
                 now_ms: protocol::unix_ms(),
                 writes,
+                quotas,
             };
             match raft.client_write(batch).await {
                 Ok(resp) if resp.data.len() == n => {

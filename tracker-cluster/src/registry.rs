@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use protocol::{
+    config::Quotas,
     content::{chunk_count, MAX_CHUNK, MIN_CHUNK},
     ids::{check_file_name, check_user, ClientId, FileId, PeerId},
     tracker_api::{Answer, ApiError, FileMeta, PeerInfo, Reply, SearchHit, WriteId},
@@ -72,11 +73,30 @@ pub struct Write {
 }
 
 /// The payload of one Raft entry: many client writes committed together
-/// (group commit), stamped with the leader's clock.
+/// (group commit), stamped with the leader's clock and quotas.
+///
+/// Why the quotas travel in the entry rather than being read from each
+/// member's configuration at apply time, or checked only on the leader:
+/// - A check on the leader before proposing is not enough: the writes of
+///   one batch (and of batches in flight) are checked against a state that
+///   does not yet hold each other, so a user could pass the quota by
+///   sending many writes at once. The check must happen in `apply`, in log
+///   order.
+/// - In `apply`, the limit must be the same on every member and on every
+///   replay, or members diverge (one accepts an Own another refuses). A
+///   member's own file may differ (an operator raises the quota on one
+///   member first), so the leader stamps its values into the entry, which
+///   is replicated and replayed byte for byte. Changing the quota then
+///   needs no coordinated restart: it takes effect from the next entry the
+///   new leader proposes.
+/// - Exactly-once holds: a retried write gets its stored answer (success or
+///   the quota error) from the client table and is never re-checked against
+///   a later limit.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Batch {
     pub now_ms: u64,
     pub writes: Vec<Write>,
+    pub quotas: Quotas,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +114,8 @@ struct PeerRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct FileRecord {
     meta: FileMeta,
+    /// Sorted by peer id (binary search; GetOwners pages resume after a
+    /// peer id, which stays valid when owners before it leave).
     owners: Vec<PeerId>,
 }
 
@@ -124,20 +146,28 @@ pub struct Registry {
     by_id: HashMap<FileId, u32>,
     /// Lower-case names for substring search (derived).
     names: NameIndex,
+    /// User -> peers announced (derived; quota).
+    user_peers: HashMap<String, u64>,
+    /// User -> ownership records over all its peers (derived; quota).
+    user_owned: HashMap<String, u64>,
 }
 
 impl Registry {
     /// Applies one batch and returns one answer per write, in order.
     pub fn apply(&mut self, batch: &Batch) -> Vec<Answer> {
         let now = batch.now_ms;
-        let answers = batch.writes.iter().map(|w| self.apply_write(now, w)).collect();
+        let answers = batch
+            .writes
+            .iter()
+            .map(|w| self.apply_write(now, &batch.quotas, w))
+            .collect();
         if now.saturating_sub(self.data.last_prune_ms) >= PRUNE_EVERY_MS {
             self.prune(now);
         }
         answers
     }
 
-    fn apply_write(&mut self, now: u64, w: &Write) -> Answer {
+    fn apply_write(&mut self, now: u64, quotas: &Quotas, w: &Write) -> Answer {
         if let Some(id) = w.id {
             if let Some(rec) = self.data.clients.get(&id.client) {
                 if id.seq == rec.seq {
@@ -151,7 +181,7 @@ impl Registry {
                 }
             }
         }
-        let answer = self.apply_op(now, &w.op);
+        let answer = self.apply_op(now, quotas, &w.op);
         if let Some(id) = w.id {
             self.data.clients.insert(
                 id.client,
@@ -165,7 +195,7 @@ impl Registry {
         answer
     }
 
-    fn apply_op(&mut self, now: u64, op: &Op) -> Answer {
+    fn apply_op(&mut self, now: u64, quotas: &Quotas, op: &Op) -> Answer {
         match op {
             Op::CreateUser { user, phc } => {
                 check_user(user)?;
@@ -205,6 +235,14 @@ impl Registry {
                         Ok(Reply::Done)
                     }
                     None => {
+                        let count = self.user_peers.entry(user.clone()).or_default();
+                        if *count >= quotas.max_peers_per_user {
+                            return Err(ApiError::Quota {
+                                what: "peers".into(),
+                                limit: quotas.max_peers_per_user,
+                            });
+                        }
+                        *count += 1;
                         self.data.peers.insert(
                             *peer,
                             PeerRecord {
@@ -217,18 +255,31 @@ impl Registry {
                 }
             }
             Op::Own { token, peer, file } => {
-                self.check_peer(token, peer, now)?;
+                let user = self.check_peer(token, peer, now)?.to_owned();
                 check_meta(file)?;
-                match self.by_id.get(&file.id) {
+                let slot = match self.by_id.get(&file.id) {
                     Some(&pos) => {
-                        let rec = &mut self.data.files[pos as usize];
+                        let rec = &self.data.files[pos as usize];
                         if rec.meta != *file {
                             return Err(ApiError::FileConflict(file.id));
                         }
-                        if !rec.owners.contains(peer) {
-                            rec.owners.push(*peer);
+                        match rec.owners.binary_search(peer) {
+                            Ok(_) => return Ok(Reply::Done),
+                            Err(at) => Some((pos, at)),
                         }
                     }
+                    None => None,
+                };
+                let owned = self.user_owned.entry(user).or_default();
+                if *owned >= quotas.max_files_per_user {
+                    return Err(ApiError::Quota {
+                        what: "files".into(),
+                        limit: quotas.max_files_per_user,
+                    });
+                }
+                *owned += 1;
+                match slot {
+                    Some((pos, at)) => self.data.files[pos as usize].owners.insert(at, *peer),
                     None => {
                         let pos = self.data.files.len() as u32;
                         self.names.push(&file.name);
@@ -242,20 +293,27 @@ impl Registry {
                 Ok(Reply::Done)
             }
             Op::Disown { token, peer, file } => {
-                self.check_peer(token, peer, now)?;
+                let user = self.check_peer(token, peer, now)?.to_owned();
                 let pos = *self.by_id.get(file).ok_or(ApiError::UnknownFile(*file))?;
-                self.data.files[pos as usize].owners.retain(|p| p != peer);
+                let owners = &mut self.data.files[pos as usize].owners;
+                if let Ok(at) = owners.binary_search(peer) {
+                    owners.remove(at);
+                    if let Some(n) = self.user_owned.get_mut(&user) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
                 Ok(Reply::Done)
             }
         }
     }
 
-    fn check_peer(&self, token: &TokenHash, peer: &PeerId, now: u64) -> Result<(), ApiError> {
+    /// The session's user, if `peer` exists and belongs to it.
+    fn check_peer(&self, token: &TokenHash, peer: &PeerId, now: u64) -> Result<&str, ApiError> {
         let user = self.session_user(token, now)?;
         match self.data.peers.get(peer) {
             None => Err(ApiError::UnknownPeer(*peer)),
             Some(rec) if rec.user != user => Err(ApiError::PeerOfOtherUser(*peer)),
-            Some(_) => Ok(()),
+            Some(_) => Ok(user),
         }
     }
 
@@ -277,7 +335,7 @@ impl Registry {
 
     /// Checks that `peer` exists and belongs to the session's user.
     pub fn check_peer_session(&self, token: &TokenHash, peer: &PeerId, now_ms: u64) -> Result<(), ApiError> {
-        self.check_peer(token, peer, now_ms)
+        self.check_peer(token, peer, now_ms).map(|_| ())
     }
 
     /// The stored argon2id PHC string of a user.
@@ -294,42 +352,134 @@ impl Registry {
         limit: u32,
         live: impl Fn(&PeerId) -> bool,
     ) -> (Vec<SearchHit>, Option<u64>) {
+        self.search_with(text, cursor, limit, live, None)
+    }
+
+    /// [`Registry::search`], but files below `index.upto` are looked up in
+    /// the leader's [`LiveIndex`] (which leaves out files whose owners are
+    /// all long gone, so they cost nothing), plus the files revived since
+    /// it was built; files registered after it was built are scanned in
+    /// full. Positions (and so cursors) are the same with or without it.
+    pub fn search_with(
+        &self,
+        text: &str,
+        cursor: u64,
+        limit: u32,
+        live: impl Fn(&PeerId) -> bool,
+        index: Option<&LiveIndex>,
+    ) -> (Vec<SearchHit>, Option<u64>) {
         let needle = text.to_lowercase();
-        let mut hits = Vec::new();
-        let mut next = None;
+        let want = limit as usize + 1;
         let start = cursor.min(self.data.files.len() as u64) as usize;
-        self.names.find(&needle, start, |pos| {
-            if hits.len() == limit as usize {
-                next = Some(pos as u64);
-                return false;
+        // Up to `want` matching positions, ascending.
+        let mut positions = Vec::new();
+        let mut tail_from = start;
+        if let Some(ix) = index.filter(|ix| ix.upto <= self.data.files.len()) {
+            tail_from = start.max(ix.upto);
+            if start < ix.upto {
+                let first = ix.positions.partition_point(|&p| (p as usize) < start);
+                let mut a = Vec::new();
+                ix.names.find(&needle, first, |k| {
+                    a.push(ix.positions[k] as usize);
+                    a.len() < want
+                });
+                let b: Vec<usize> = ix
+                    .revived
+                    .range(start as u32..ix.upto as u32)
+                    .map(|&p| p as usize)
+                    .filter(|&p| self.names.contains(p, &needle))
+                    .take(want)
+                    .collect();
+                positions = merge_sorted(a, b);
+                positions.truncate(want);
             }
-            let rec = &self.data.files[pos];
-            let live_owners = rec.owners.iter().filter(|p| live(p)).count() as u32;
-            hits.push(SearchHit {
-                file: rec.meta.clone(),
-                live_owners,
+        }
+        if positions.len() < want {
+            self.names.find(&needle, tail_from, |pos| {
+                positions.push(pos);
+                positions.len() < want
             });
-            true
-        });
+        }
+        let next = (positions.len() == want).then(|| positions[limit as usize] as u64);
+        positions.truncate(limit as usize);
+        let hits = positions
+            .into_iter()
+            .map(|pos| {
+                let rec = &self.data.files[pos];
+                SearchHit {
+                    file: rec.meta.clone(),
+                    live_owners: rec.owners.iter().filter(|p| live(p)).count() as u32,
+                }
+            })
+            .collect();
         (hits, next)
     }
 
-    /// A file's metadata and its owners that pass `live`, with addresses.
+    /// Builds the leader's index of files with at least one owner for
+    /// which `recent` holds (seen within the dead-file window).
+    pub fn build_live_index(&self, recent: impl Fn(&PeerId) -> bool) -> LiveIndex {
+        let mut ix = LiveIndex {
+            upto: self.data.files.len(),
+            ..Default::default()
+        };
+        for (pos, rec) in self.data.files.iter().enumerate() {
+            if rec.owners.iter().any(&recent) {
+                ix.positions.push(pos as u32);
+                ix.names.push_lower(self.names.name(pos));
+            }
+        }
+        ix
+    }
+
+    /// The position of a file (for [`LiveIndex::revive`]).
+    pub fn position(&self, file: &FileId) -> Option<u32> {
+        self.by_id.get(file).copied()
+    }
+
+    /// All owners of a file, with addresses.
     pub fn owners(&self, file: &FileId, live: impl Fn(&PeerId) -> bool) -> Result<(FileMeta, Vec<PeerInfo>), ApiError> {
+        let (meta, owners, _) = self.owners_page(file, None, u32::MAX, live)?;
+        Ok((meta, owners))
+    }
+
+    /// One page of a file's owners that pass `live`, in peer-id order,
+    /// starting after `after`; at most `limit` owners, and at most
+    /// [`OWNERS_SCAN`] owners looked at, so a page costs a bounded time
+    /// even when most owners are not live. `next` is the `after` of the
+    /// following page (None at the end).
+    pub fn owners_page(
+        &self,
+        file: &FileId,
+        after: Option<PeerId>,
+        limit: u32,
+        live: impl Fn(&PeerId) -> bool,
+    ) -> Result<(FileMeta, Vec<PeerInfo>, Option<PeerId>), ApiError> {
         let pos = *self.by_id.get(file).ok_or(ApiError::UnknownFile(*file))?;
         let rec = &self.data.files[pos as usize];
-        let owners = rec
-            .owners
-            .iter()
-            .filter(|p| live(p))
-            .filter_map(|p| {
-                self.data.peers.get(p).map(|r| PeerInfo {
+        let from = match after {
+            None => 0,
+            Some(a) => rec.owners.partition_point(|p| *p <= a),
+        };
+        let budget = (limit as usize).max(OWNERS_SCAN);
+        let mut owners = Vec::new();
+        let mut next = None;
+        for (i, p) in rec.owners[from..].iter().enumerate() {
+            if owners.len() == limit as usize || i == budget {
+                // Resume after the last one looked at.
+                next = Some(rec.owners[from + i - 1]);
+                break;
+            }
+            if !live(p) {
+                continue;
+            }
+            if let Some(r) = self.data.peers.get(p) {
+                owners.push(PeerInfo {
                     peer_id: *p,
                     addrs: r.addrs.clone(),
-                })
-            })
-            .collect();
-        Ok((rec.meta.clone(), owners))
+                });
+            }
+        }
+        Ok((rec.meta.clone(), owners, next))
     }
 
     pub fn file_count(&self) -> usize {
@@ -353,9 +503,22 @@ impl Registry {
             ..Default::default()
         };
         reg.by_id.reserve(reg.data.files.len());
-        for (i, f) in reg.data.files.iter().enumerate() {
+        for (i, f) in reg.data.files.iter_mut().enumerate() {
+            // Older snapshots kept owners in arrival order.
+            f.owners.sort_unstable();
+            f.owners.dedup();
             reg.by_id.insert(f.meta.id, i as u32);
             reg.names.push(&f.meta.name);
+        }
+        for p in reg.data.peers.values() {
+            *reg.user_peers.entry(p.user.clone()).or_default() += 1;
+        }
+        for f in &reg.data.files {
+            for o in &f.owners {
+                if let Some(p) = reg.data.peers.get(o) {
+                    *reg.user_owned.entry(p.user.clone()).or_default() += 1;
+                }
+            }
         }
         Ok(reg)
     }
@@ -416,6 +579,64 @@ pub fn check_meta(m: &FileMeta) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Most owners one GetOwners page looks at (live or not).
+pub const OWNERS_SCAN: usize = 8192;
+
+/// Merges two ascending lists.
+fn merge_sorted(a: Vec<usize>, b: Vec<usize>) -> Vec<usize> {
+    if b.is_empty() {
+        return a;
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        if j == b.len() || (i < a.len() && a[i] < b[j]) {
+            out.push(a[i]);
+            i += 1;
+        } else {
+            if i < a.len() && a[i] == b[j] {
+                i += 1;
+            }
+            out.push(b[j]);
+            j += 1;
+        }
+    }
+    out
+}
+
+/// The leader's search index of files with a recently live owner (soft
+/// state, rebuilt periodically; see `ARCHITECTURE.md`, "Dead files").
+/// Files registered after it was built (positions from `upto` on) are
+/// always searched in full; files it left out that an owner claims again
+/// are `revive`d so they show up before the next rebuild.
+#[derive(Debug, Default)]
+pub struct LiveIndex {
+    /// `files.len()` when built.
+    upto: usize,
+    /// File position of each name in `names`, ascending.
+    positions: Vec<u32>,
+    names: NameIndex,
+    revived: std::collections::BTreeSet<u32>,
+}
+
+impl LiveIndex {
+    /// Files in the index.
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    /// A file at `pos` has a live owner again (e.g. a successful Own).
+    pub fn revive(&mut self, pos: u32) {
+        if (pos as usize) < self.upto && self.positions.binary_search(&pos).is_err() {
+            self.revived.insert(pos);
+        }
+    }
+}
+
 /// Lower-cased names laid end to end, one `\n` after each, so that a
 /// substring search is one SIMD scan over contiguous memory rather than a
 /// million small ones. Names never contain `\n` (control characters are
@@ -429,9 +650,24 @@ struct NameIndex {
 
 impl NameIndex {
     fn push(&mut self, name: &str) {
+        self.push_lower(name.to_lowercase().as_bytes());
+    }
+
+    fn push_lower(&mut self, lower: &[u8]) {
         self.starts.push(self.text.len());
-        self.text.extend_from_slice(name.to_lowercase().as_bytes());
+        self.text.extend_from_slice(lower);
         self.text.push(b'\n');
+    }
+
+    /// The lower-cased name at `pos` (without its `\n`).
+    fn name(&self, pos: usize) -> &[u8] {
+        let end = self.starts.get(pos + 1).copied().unwrap_or(self.text.len());
+        &self.text[self.starts[pos]..end - 1]
+    }
+
+    /// Whether the name at `pos` contains `needle` (lower case).
+    fn contains(&self, pos: usize, needle: &str) -> bool {
+        memchr::memmem::find(self.name(pos), needle.as_bytes()).is_some()
     }
 
     /// Calls `f` with the position of each name from `start` on that
@@ -491,6 +727,7 @@ mod tests {
         let peer = PeerId([9; 32]);
         let b = Batch {
             now_ms: 1000,
+            quotas: Quotas::default(),
             writes: vec![
                 w(
                     1,
@@ -555,11 +792,13 @@ mod tests {
         );
         let first = reg.apply(&Batch {
             now_ms: 2000,
+            quotas: Quotas::default(),
             writes: vec![own.clone()],
         });
         // Disown in between by another client, then the retry of `own`.
         reg.apply(&Batch {
             now_ms: 2001,
+            quotas: Quotas::default(),
             writes: vec![w(
                 8,
                 1,
@@ -572,6 +811,7 @@ mod tests {
         });
         let again = reg.apply(&Batch {
             now_ms: 2002,
+            quotas: Quotas::default(),
             writes: vec![own],
         });
         assert_eq!(first, again);
@@ -580,6 +820,7 @@ mod tests {
         // An older sequence number is refused.
         let old = reg.apply(&Batch {
             now_ms: 2003,
+            quotas: Quotas::default(),
             writes: vec![w(7, 0, Op::DeleteSession { token: t })],
         });
         assert!(matches!(old[0], Err(ApiError::StaleWrite { .. })));
@@ -592,6 +833,7 @@ mod tests {
         let peer = PeerId([9; 32]);
         let late = reg.apply(&Batch {
             now_ms: 2_000_000,
+            quotas: Quotas::default(),
             writes: vec![w(
                 3,
                 1,
@@ -605,6 +847,7 @@ mod tests {
         assert_eq!(late[0], Err(ApiError::NotLoggedIn));
         let unknown = reg.apply(&Batch {
             now_ms: 2000,
+            quotas: Quotas::default(),
             writes: vec![w(
                 3,
                 2,
@@ -639,7 +882,11 @@ mod tests {
                 )
             })
             .collect();
-        for a in reg.apply(&Batch { now_ms: 3000, writes }) {
+        for a in reg.apply(&Batch {
+            now_ms: 3000,
+            writes,
+            quotas: Quotas::default(),
+        }) {
             a.unwrap();
         }
         let (hits, next) = reg.search("ISO", 0, 2, |_| true);
@@ -657,6 +904,250 @@ mod tests {
         assert!(reg.search("zzz", 0, 100, |_| true).0.is_empty());
     }
 
+    fn batch(now_ms: u64, quotas: Quotas, writes: Vec<Write>) -> Batch {
+        Batch { now_ms, writes, quotas }
+    }
+
+    #[test]
+    fn quotas_come_from_the_batch() {
+        let mut reg = Registry::default();
+        let t = setup(&mut reg);
+        let q = Quotas {
+            max_files_per_user: 2,
+            max_peers_per_user: 2,
+        };
+        let announce = |seq, p: u8| {
+            w(
+                6,
+                seq,
+                Op::AnnouncePeer {
+                    token: t,
+                    peer: PeerId([p; 32]),
+                    addrs: vec![],
+                },
+            )
+        };
+        let own = |seq, p: u8, f: u8| {
+            w(
+                6,
+                seq,
+                Op::Own {
+                    token: t,
+                    peer: PeerId([p; 32]),
+                    file: meta(&format!("f{f}"), f),
+                },
+            )
+        };
+        // setup() announced peer 9: one more fits.
+        let r = reg.apply(&batch(
+            5000,
+            q,
+            vec![
+                announce(1, 10),
+                announce(2, 11),
+                own(3, 9, 1),
+                own(4, 10, 1),
+                own(5, 10, 2),
+            ],
+        ));
+        assert_eq!(r[0], Ok(Reply::Done));
+        assert_eq!(
+            r[1],
+            Err(ApiError::Quota {
+                what: "peers".into(),
+                limit: 2
+            })
+        );
+        assert_eq!(r[2], Ok(Reply::Done));
+        assert_eq!(r[3], Ok(Reply::Done));
+        assert_eq!(
+            r[4],
+            Err(ApiError::Quota {
+                what: "files".into(),
+                limit: 2
+            })
+        );
+        // A retry of the refused write gets its stored answer even under
+        // a larger quota; a new write gets the new quota.
+        let big = Quotas::default();
+        let r = reg.apply(&batch(5001, big, vec![own(5, 10, 2)]));
+        assert!(matches!(r[0], Err(ApiError::Quota { .. })));
+        let r = reg.apply(&batch(5002, big, vec![own(6, 10, 2)]));
+        assert_eq!(r[0], Ok(Reply::Done));
+        // The derived counts survive a snapshot round trip.
+        let mut copy = Registry::from_bytes(&reg.to_bytes()).unwrap();
+        let r = copy.apply(&batch(5003, q, vec![own(7, 9, 3)]));
+        assert!(matches!(r[0], Err(ApiError::Quota { .. })));
+        assert_eq!(copy.user_owned.get("alice"), Some(&3));
+        assert_eq!(copy.user_peers.get("alice"), Some(&2));
+    }
+
+    #[test]
+    fn owners_paginate_in_peer_order_and_survive_removals() {
+        let mut reg = Registry::default();
+        let t = setup(&mut reg);
+        let q = Quotas {
+            max_files_per_user: 1000,
+            max_peers_per_user: 1000,
+        };
+        let mut writes = Vec::new();
+        for p in (10..=250u8).rev() {
+            writes.push(Write {
+                id: None,
+                op: Op::AnnouncePeer {
+                    token: t,
+                    peer: PeerId([p; 32]),
+                    addrs: vec![],
+                },
+            });
+            writes.push(Write {
+                id: None,
+                op: Op::Own {
+                    token: t,
+                    peer: PeerId([p; 32]),
+                    file: meta("big", 1),
+                },
+            });
+        }
+        for a in reg.apply(&batch(6000, q, writes)) {
+            a.unwrap();
+        }
+        let id = FileId([1; 32]);
+        // Odd peers are not live.
+        let live = |p: &PeerId| p.0[0].is_multiple_of(2);
+        let (_, page, next) = reg.owners_page(&id, None, 10, live).unwrap();
+        assert_eq!(
+            page.iter().map(|o| o.peer_id.0[0]).collect::<Vec<_>>(),
+            (10..=28).step_by(2).collect::<Vec<_>>()
+        );
+        assert_eq!(next, Some(PeerId([28; 32])));
+        // An owner before the cursor leaves: the next page is unaffected.
+        reg.apply(&batch(
+            6001,
+            q,
+            vec![Write {
+                id: None,
+                op: Op::Disown {
+                    token: t,
+                    peer: PeerId([12; 32]),
+                    file: id,
+                },
+            }],
+        ));
+        let (_, page2, _) = reg.owners_page(&id, next, 10, live).unwrap();
+        assert_eq!(page2[0].peer_id, PeerId([30; 32]));
+        // Walk all pages: every live owner exactly once.
+        let mut all = Vec::new();
+        let mut cursor = None;
+        for _ in 0..100 {
+            let (_, page, next) = reg.owners_page(&id, cursor, 7, live).unwrap();
+            all.extend(page.into_iter().map(|o| o.peer_id));
+            match next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        let want: Vec<_> = (10..=250u8)
+            .filter(|p| p.is_multiple_of(2) && *p != 12)
+            .map(|p| PeerId([p; 32]))
+            .collect();
+        assert_eq!(all, want);
+    }
+
+    /// A page of the largest size the tracker allows, each owner with the
+    /// most addresses a peer may announce, fits in the 1 MiB frame.
+    #[test]
+    fn a_full_owners_page_fits_in_a_frame() {
+        let limits = protocol::config::Limits::default();
+        let page = protocol::config::OwnerLimits::default().max_owners_page;
+        let addr: SocketAddr = "[2001:db8:1234:5678:9abc:def0:1234:5678]:65535".parse().unwrap();
+        let owners = (0..page)
+            .map(|i| PeerInfo {
+                peer_id: PeerId([i as u8; 32]),
+                addrs: vec![addr; limits.max_peer_addrs],
+            })
+            .collect();
+        let reply: Answer = Ok(Reply::Owners {
+            file: FileMeta {
+                name: "n".repeat(255),
+                ..meta("x", 1)
+            },
+            owners,
+            next: Some(PeerId([255; 32])),
+        });
+        let len = protocol::codec::encode_body(&reply).unwrap().len();
+        assert!(len < limits.max_frame_bytes, "{len} bytes");
+    }
+
+    #[test]
+    fn live_index_skips_dead_files_and_keeps_cursors() {
+        let mut reg = Registry::default();
+        let t = setup(&mut reg);
+        let q = Quotas::default();
+        let (alive, dead) = (PeerId([9; 32]), PeerId([10; 32]));
+        let mut writes = vec![Write {
+            id: None,
+            op: Op::AnnouncePeer {
+                token: t,
+                peer: dead,
+                addrs: vec![],
+            },
+        }];
+        // Files 0..10 named "song N": even ones owned by a live peer.
+        for i in 0..10u8 {
+            writes.push(Write {
+                id: None,
+                op: Op::Own {
+                    token: t,
+                    peer: if i % 2 == 0 { alive } else { dead },
+                    file: meta(&format!("song {i}"), 100 + i),
+                },
+            });
+        }
+        for a in reg.apply(&batch(7000, q, writes)) {
+            a.unwrap();
+        }
+        let mut ix = reg.build_live_index(|p| *p == alive);
+        assert_eq!(ix.len(), 5);
+        let names = |hits: &[SearchHit]| hits.iter().map(|h| h.file.name.clone()).collect::<Vec<_>>();
+        let (hits, next) = reg.search_with("SONG", 0, 3, |_| true, Some(&ix));
+        assert_eq!(names(&hits), ["song 0", "song 2", "song 4"]);
+        let (hits, next) = reg.search_with("song", next.unwrap(), 3, |_| true, Some(&ix));
+        assert_eq!(names(&hits), ["song 6", "song 8"]);
+        assert_eq!(next, None);
+        // A file registered after the build is searched in full; a dead
+        // file claimed again is revived before the next build.
+        reg.apply(&batch(
+            7001,
+            q,
+            vec![Write {
+                id: None,
+                op: Op::Own {
+                    token: t,
+                    peer: dead,
+                    file: meta("song new", 200),
+                },
+            }],
+        ));
+        ix.revive(reg.position(&FileId([103; 32])).unwrap());
+        let (hits, next) = reg.search_with("song", 0, 100, |_| true, Some(&ix));
+        assert_eq!(
+            names(&hits),
+            ["song 0", "song 2", "song 3", "song 4", "song 6", "song 8", "song new"]
+        );
+        assert_eq!(next, None);
+        // Pages across the revived file and the tail.
+        let (hits, next) = reg.search_with("song", 0, 2, |_| true, Some(&ix));
+        assert_eq!(names(&hits), ["song 0", "song 2"]);
+        let (hits, next) = reg.search_with("song", next.unwrap(), 4, |_| true, Some(&ix));
+        assert_eq!(names(&hits), ["song 3", "song 4", "song 6", "song 8"]);
+        let (hits, next) = reg.search_with("song", next.unwrap(), 4, |_| true, Some(&ix));
+        assert_eq!(names(&hits), ["song new"]);
+        assert_eq!(next, None);
+        // Without the index (a follower's stale read) every file is there.
+        assert_eq!(reg.search("song", 0, 100, |_| true).0.len(), 11);
+    }
+
     #[test]
     fn bad_metadata_and_conflicts() {
         let mut reg = Registry::default();
@@ -665,6 +1156,7 @@ mod tests {
         let mut bad = meta("../etc/passwd", 3);
         let r = reg.apply(&Batch {
             now_ms: 4000,
+            quotas: Quotas::default(),
             writes: vec![w(
                 5,
                 1,
@@ -680,6 +1172,7 @@ mod tests {
         bad.chunk_count = 9;
         let r = reg.apply(&Batch {
             now_ms: 4000,
+            quotas: Quotas::default(),
             writes: vec![w(
                 5,
                 2,
@@ -693,6 +1186,7 @@ mod tests {
         assert!(matches!(r[0], Err(ApiError::Invalid(_))));
         reg.apply(&Batch {
             now_ms: 4000,
+            quotas: Quotas::default(),
             writes: vec![w(
                 5,
                 3,
@@ -705,6 +1199,7 @@ mod tests {
         });
         let r = reg.apply(&Batch {
             now_ms: 4000,
+            quotas: Quotas::default(),
             writes: vec![w(
                 5,
                 4,

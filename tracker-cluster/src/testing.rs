@@ -81,6 +81,15 @@ impl TestCluster {
             data_dir: Some(self.dir.path().join(format!("data-{id}"))),
             log_dir: self.dir.path().join("logs"),
             certs_dir: self.certs(),
+            // Tests register many users from one loopback address; the
+            // throttle tests set their own limits.
+            register: protocol::config::RegisterLimits {
+                per_source_per_minute: 1_000_000,
+                per_source_burst: 1_000_000,
+                hashes_per_sec: 1_000_000,
+                hash_burst: 1_000_000,
+                ..Default::default()
+            },
             ..Default::default()
         };
         if let Some((api, raft)) = addrs {
@@ -272,8 +281,15 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(certs: &Path) -> Self {
+        Self::with_identity(certs, None)
+    }
+
+    /// A client presenting the certificate `certs/NAME.pem` (e.g. a
+    /// proxy's, so that members trust the `origin` it sets).
+    pub fn with_identity(certs: &Path, name: Option<&str>) -> Self {
         let roots = tls::load_ca(certs).expect("ca");
-        let crypto = tls::client_crypto(roots, None, tracker_api::ALPN).expect("client crypto");
+        let id = name.map(|n| tls::load_identity(certs, n).expect("identity"));
+        let crypto = tls::client_crypto(roots, id.as_ref(), tracker_api::ALPN).expect("client crypto");
         let client = tls::quic_client(crypto, quic::control_transport(Duration::from_secs(5))).expect("quic client");
         let endpoint = quic::endpoint("127.0.0.1:0".parse().expect("addr"), None).expect("endpoint");
         ApiClient {

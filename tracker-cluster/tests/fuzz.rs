@@ -152,6 +152,10 @@ fn batch() -> Batch {
                 op,
             })
             .collect(),
+        quotas: protocol::config::Quotas {
+            max_files_per_user: 100_000,
+            max_peers_per_user: 64,
+        },
     }
 }
 

@@ -108,7 +108,14 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let mut missing = 0u64;
             for id in &ids {
                 match client
-                    .send_to(&target, &client.envelope(Request::GetOwners { file_id: *id }))
+                    .send_to(
+                        &target,
+                        &client.envelope(Request::GetOwners {
+                            file_id: *id,
+                            cursor: None,
+                            limit: 1,
+                        }),
+                    )
                     .await
                 {
                     Ok(Reply::Owners { .. }) => {}

@@ -12,7 +12,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use argon2::{password_hash::SaltString, Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use protocol::{
     codec::{self, CodecError},
     ids::{check_query, check_user},
@@ -118,6 +117,7 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
             app.leader_check()?;
             check_user(&user)?;
             check_password(&password)?;
+            throttle_register(app, origin)?;
             let phc = hash_password(app, password).await?;
             app.proposer
                 .propose(Write {
@@ -158,12 +158,21 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
             app.leader_check()?;
             let token = token.ok_or(ApiError::NotLoggedIn)?;
             crate::registry::check_meta(&file)?;
+            let file_id = file.id;
             let op = Op::Own {
                 token,
                 peer: peer_id,
                 file,
             };
-            propose_from_peer(app, write_id, peer_id, op).await
+            let answer = propose_from_peer(app, write_id, peer_id, op).await;
+            if answer.is_ok() {
+                // A file the live index left out has a live owner again.
+                let pos = app.state.read().registry.position(&file_id);
+                if let (Some(pos), Some(ix)) = (pos, app.live_index.lock().expect("live index lock").as_mut()) {
+                    ix.revive(pos);
+                }
+            }
+            answer
         }
         Request::Disown { peer_id, file_id } => {
             app.leader_check()?;
@@ -197,20 +206,26 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
             let token = token.ok_or(ApiError::NotLoggedIn)?;
             read_barrier(app, consistency).await?;
             let limit = limit.clamp(1, app.config.limits.max_search_page);
+            let leading = app.leader_check().is_ok();
             let live = app.live_fn();
             let st = app.state.read();
             st.registry.session_user(&token, protocol::unix_ms())?;
-            let (hits, next) = st.registry.search(&text, cursor, limit, live);
+            // On the leader, files whose owners are all long gone are
+            // skipped via the live index (see `App::live_index`).
+            let index = app.live_index.lock().expect("live index lock");
+            let index = index.as_ref().filter(|_| leading);
+            let (hits, next) = st.registry.search_with(&text, cursor, limit, live, index);
             Ok(Reply::Files { hits, next })
         }
-        Request::GetOwners { file_id } => {
+        Request::GetOwners { file_id, cursor, limit } => {
             let token = token.ok_or(ApiError::NotLoggedIn)?;
             read_barrier(app, consistency).await?;
+            let limit = limit.clamp(1, app.config.owners.max_owners_page);
             let live = app.live_fn();
             let st = app.state.read();
             st.registry.session_user(&token, protocol::unix_ms())?;
-            let (file, owners) = st.registry.owners(&file_id, live)?;
-            Ok(Reply::Owners { file, owners })
+            let (file, owners, next) = st.registry.owners_page(&file_id, cursor, limit, live)?;
+            Ok(Reply::Owners { file, owners, next })
         }
     }
 }
@@ -290,49 +305,45 @@ fn check_password(p: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// argon2id with the crate's default (OWASP) parameters, on the blocking
-/// pool, at most two at once.
+/// Takes a Register token from the origin's bucket and from the leader's
+/// argon2 budget, or answers `Throttled`.
+fn throttle_register(app: &App, origin: IpAddr) -> Result<(), ApiError> {
+    use crate::throttle::Refused;
+    let refused = app
+        .register
+        .lock()
+        .expect("register throttle lock")
+        .take(Some(origin), Instant::now());
+    let (what, wait) = match refused {
+        Ok(()) => return Ok(()),
+        Err(Refused::Source(d)) => ("register", d),
+        Err(Refused::Global(d)) => {
+            tracing::debug!(%origin, "register refused: the argon2 budget is spent");
+            ("register (tracker-wide)", d)
+        }
+    };
+    Err(ApiError::Throttled {
+        what: what.into(),
+        retry_after_ms: (wait.as_millis() as u64).max(1),
+    })
+}
+
+/// argon2id with the crate's default (OWASP) parameters, on the argon2
+/// pool (fixed threads, reused memory).
 async fn hash_password(app: &App, password: String) -> Result<String, ApiError> {
-    let _permit = app.argon.acquire().await.map_err(|_| shutting_down())?;
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-    })
-    .await
-    .map_err(|_| shutting_down())?
-    .map_err(|e| {
-        tracing::error!(error = %e, "argon2 hashing failed");
-        ApiError::Internal
+    app.argon.hash(password).await.map_err(|e| match e {
+        crate::argon_pool::PoolError::Stopped => shutting_down(),
+        e => {
+            tracing::error!(error = %e, "argon2 hashing failed");
+            ApiError::Internal
+        }
     })
 }
 
-/// A valid PHC string to verify against when the user does not exist, so
-/// that an unknown user costs the same time as a wrong password.
-fn dummy_phc() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        Argon2::default()
-            .hash_password(b"quorrent-dummy", &salt)
-            .map(|h| h.to_string())
-            .unwrap_or_default()
-    })
-}
-
+/// Verifies on the argon2 pool; an unknown user (`phc: None`) is checked
+/// against a dummy hash so it costs the same time as a wrong password.
 async fn verify_password(app: &App, phc: Option<String>, password: String) -> Result<bool, ApiError> {
-    let _permit = app.argon.acquire().await.map_err(|_| shutting_down())?;
-    tokio::task::spawn_blocking(move || {
-        let known = phc.is_some();
-        let phc = phc.unwrap_or_else(|| dummy_phc().to_owned());
-        let ok = PasswordHash::new(&phc)
-            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
-            .unwrap_or(false);
-        known && ok
-    })
-    .await
-    .map_err(|_| shutting_down())
+    app.argon.verify(phc, password).await.map_err(|_| shutting_down())
 }
 
 /// Login: throttle, check the password on the leader, then replicate the
