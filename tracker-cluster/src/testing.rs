@@ -525,10 +525,22 @@ pub async fn write_load_notify(
                 },
             ] {
                 let env = client.envelope(req);
-                match client.send_to(&target, &env).await {
-                    Ok(Reply::LoggedIn { token, .. }) => *client.token.lock().expect("token") = Some(token),
-                    Ok(_) | Err(ApiError::UserExists(_)) => {}
-                    Err(e) => panic!("load client {c}: {e}"),
+                // Many load clients register from one address: a throttled
+                // register is retried after the time the tracker names
+                // (the same write id, so it is applied once).
+                let mut throttled = 0;
+                loop {
+                    match client.send_to(&target, &env).await {
+                        Ok(Reply::LoggedIn { token, .. }) => *client.token.lock().expect("token") = Some(token),
+                        Ok(_) | Err(ApiError::UserExists(_)) => {}
+                        Err(ApiError::Throttled { retry_after_ms, .. }) if throttled < 100 => {
+                            throttled += 1;
+                            tokio::time::sleep(Duration::from_millis(retry_after_ms.max(10))).await;
+                            continue;
+                        }
+                        Err(e) => panic!("load client {c}: {e}"),
+                    }
+                    break;
                 }
             }
             let env = client.envelope(Request::AnnouncePeer {
