@@ -118,10 +118,24 @@ async fn leader_stops_within_a_second_while_its_followers_are_frozen() {
     let c = TestCluster::new(3);
     let mut members: std::collections::BTreeMap<u64, Guard> = (1..=3).map(|id| (id, spawn_member(&c, id))).collect();
     let client = ApiClient::new(&c.certs());
-    let env = client.envelope(Request::ClusterStatus);
-    let leader = match client.leader_send(&c.api_addrs(), &env, Duration::from_secs(60)).await {
-        Ok(Reply::Status(s)) => s.leader.expect("a leader"),
-        other => panic!("cluster status: {other:?}"),
+    // Any member answers the status, also before a leader is known: long
+    // poll (WatchLeader) until one names a leader.
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut term = 0;
+    let leader = loop {
+        assert!(tokio::time::Instant::now() < until, "no leader elected");
+        let env = client.envelope(Request::WatchLeader {
+            leader: None,
+            term,
+            wait_ms: 2_000,
+        });
+        match client.leader_send(&c.api_addrs(), &env, Duration::from_secs(60)).await {
+            Ok(Reply::Status(s)) => match s.leader {
+                Some(l) => break l,
+                None => term = s.term,
+            },
+            other => panic!("cluster status: {other:?}"),
+        }
     };
     // A write replicated, so that the leader's connections to both
     // followers are established before they freeze.
