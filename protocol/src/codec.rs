@@ -30,6 +30,9 @@ pub enum CodecError {
     /// The stream ended before a whole frame arrived.
     #[error("stream ended inside a frame")]
     Truncated,
+    /// The whole frame did not arrive within the read timeout.
+    #[error("frame not received within the read timeout")]
+    Timeout,
     /// The transport failed.
     #[error("transport: {0}")]
     Io(#[from] std::io::Error),

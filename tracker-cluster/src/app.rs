@@ -33,8 +33,11 @@ pub struct App {
     pub throttle: Mutex<Throttle>,
     /// Bounds concurrent argon2 computations (each takes ~19 MiB).
     pub argon: Semaphore,
-    /// Bounds requests in progress; past it, "overloaded".
+    /// Bounds requests in progress, taken before a request body is read;
+    /// past it, "overloaded".
     pub pending: Semaphore,
+    /// Connection caps and timeouts of the API endpoint.
+    pub api_guard: protocol::listen::Guard,
 }
 
 impl App {
@@ -47,6 +50,8 @@ impl App {
         );
         let ttl = Duration::from_secs(config.owner_ttl_secs);
         let pending = Semaphore::new(config.limits.max_pending);
+        let api_guard =
+            protocol::listen::Guard::new("tracker api", protocol::listen::Bounds::from_limits(&config.limits));
         let app = Arc::new(App {
             id,
             raft,
@@ -57,6 +62,7 @@ impl App {
             throttle: Mutex::default(),
             argon: Semaphore::new(2),
             pending,
+            api_guard,
         });
         tokio::spawn(watch_leadership(app.clone()));
         app
