@@ -372,7 +372,10 @@ mod tests {
         let err = g.read_body(&mut server, 1024).await.unwrap_err();
         assert!(matches!(err, CodecError::Timeout), "{err}");
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(2_500), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(2_500),
+            "{took:?}"
+        );
         assert_eq!(g.stats().read_timeouts, 1);
         drop(server);
         writer.await.unwrap();
