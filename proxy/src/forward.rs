@@ -50,6 +50,11 @@ impl Forwarder {
             seq: Default::default(),
         }
     }
+
+    /// Pending-request permits free now.
+    pub fn pending_available(&self) -> usize {
+        self.pending.available_permits()
+    }
 }
 
 /// Serves node connections until the endpoint is closed, within the caps

@@ -39,7 +39,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     endpoint: quinn::Endpoint,
     upstream: Arc<upstream::Upstreams>,
-    guard: protocol::listen::Guard,
+    fwd: Arc<forward::Forwarder>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -88,14 +88,13 @@ impl Proxy {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         leader::spawn_watchers(upstream.clone(), stop_rx.clone());
         let fwd = Arc::new(forward::Forwarder::new(upstream.clone(), &config));
-        let guard = fwd.guard.clone();
-        tokio::spawn(forward::serve(fwd, endpoint.clone()));
+        tokio::spawn(forward::serve(fwd.clone(), endpoint.clone()));
         tracing::info!(%addr, name = %config.name, "proxy started");
         Ok(Proxy {
             addr,
             endpoint,
             upstream,
-            guard,
+            fwd,
             stop,
         })
     }
@@ -107,7 +106,12 @@ impl Proxy {
 
     /// Connections held and refused by the node-facing endpoint.
     pub fn listener_stats(&self) -> protocol::listen::Stats {
-        self.guard.stats()
+        self.fwd.guard.stats()
+    }
+
+    /// Pending-request permits free now.
+    pub fn pending_available(&self) -> usize {
+        self.fwd.pending_available()
     }
 
     pub async fn shutdown(self) {

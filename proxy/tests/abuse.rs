@@ -291,3 +291,69 @@ async fn flood_of_proxy_and_leader_spares_a_well_behaved_client() {
     assert!(via(&good, proxy_addr, Request::ClusterStatus).await.is_ok());
     drop(proxy);
 }
+
+/// The pending permit is taken before the body is read: with every permit
+/// held by streams that trickle, a new request is answered "overloaded"
+/// without its (1 MiB) body being read, and once the read timeout has cut
+/// the trickling streams, requests are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permit_before_body_and_read_timeout() {
+    let mut c = TestCluster::new(3);
+    c.start_all();
+    c.wait_agreed_leader(T).await;
+    let mut cfg = ProxyConfig {
+        name: "proxy-1".into(),
+        listen: "127.0.0.1:0".into(),
+        trackers: c.members.clone(),
+        log_dir: c.dir.path().join("logs"),
+        certs_dir: c.certs(),
+        ..Default::default()
+    };
+    cfg.limits.max_pending = 2;
+    cfg.limits.read_timeout_ms = 1_000;
+    let proxy = proxy::Proxy::start(cfg).await.unwrap();
+    let good = ApiClient::new(&c.certs());
+    sign_up(&good, proxy.addr, "patient", PeerId([9; 32])).await.unwrap();
+
+    // Two streams take both permits and trickle.
+    let slow = ApiClient::new(&c.certs());
+    let conn = slow.conn(proxy.addr, "proxy-1").await.unwrap();
+    let mut trickling = Vec::new();
+    for _ in 0..2 {
+        let (mut s, r) = conn.open_bi().await.unwrap();
+        s.write_all(&[100]).await.unwrap();
+        trickling.push((s, r));
+    }
+    let until = Instant::now() + T;
+    while proxy.pending_available() > 0 {
+        assert!(Instant::now() < until, "the trickling streams never took the permits");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A request with a 1 MiB body: "overloaded", body unread.
+    let mut frame = ((1u32 << 20) - 16).to_le_bytes().to_vec();
+    frame.resize(frame.len() + (1 << 20) - 16, 0x55);
+    let answer: protocol::tracker_api::Answer = protocol::codec::call_raw(&conn, &frame, 1 << 20).await.unwrap();
+    assert_eq!(answer, Err(ApiError::Overloaded));
+    // A well-formed request from someone else: "overloaded" too, at once.
+    assert_eq!(
+        via(&good, proxy.addr, Request::ClusterStatus).await,
+        Err(ApiError::Overloaded)
+    );
+
+    // The read timeout cuts the trickling streams and frees the permits.
+    for (_s, mut r) in trickling {
+        let body = protocol::codec::read_body(&mut r, 1 << 20).await.unwrap();
+        let answer: protocol::tracker_api::Answer = protocol::codec::decode(&body, 1 << 20).unwrap();
+        assert!(
+            matches!(&answer, Err(ApiError::BadFrame(m)) if m.contains("read timeout")),
+            "{answer:?}"
+        );
+    }
+    assert!(proxy.listener_stats().read_timeouts >= 2);
+    assert!(matches!(
+        via(&good, proxy.addr, Request::ClusterStatus).await,
+        Ok(Reply::Status(_))
+    ));
+    proxy.shutdown().await;
+}
