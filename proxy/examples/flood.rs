@@ -11,7 +11,7 @@
 //! are flooded at once (`tracker_cluster::testing::flood`, the same flood
 //! as proxy/tests/abuse.rs). Fresh processes for each run; the table gives
 //! the median of the runs. Peak RSS is each process's VmHWM at the end of
-//! the run.
+//! the run. `QUORRENT_FLOOD_GARBAGE=N` sets the garbage connections (4).
 
 use std::{
     collections::BTreeMap,
@@ -253,7 +253,15 @@ async fn one_run() -> Run {
 
     let (mut quiet, quiet_err) = behave(&client, c.proxy_addr, 0, tokio::time::sleep(Duration::from_secs(15))).await;
 
-    let f = Flood::default();
+    // QUORRENT_FLOOD_GARBAGE=N changes the garbage connections (default 4),
+    // e.g. 0 to see what the trickle and idle parts cost alone.
+    let mut f = Flood::default();
+    if let Some(n) = std::env::var("QUORRENT_FLOOD_GARBAGE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        f.garbage_conns = n;
+    }
     let leader_api: SocketAddr = c.members.iter().find(|m| m.id == leader).unwrap().api.parse().unwrap();
     let started = Instant::now();
     let on_proxy = tokio::spawn({
