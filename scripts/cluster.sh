@@ -75,7 +75,8 @@ case "$cmd" in
   start)
     n="${1:-3}"
     build
-    if [ ! -f certs/ca.pem ] || [ ! -f certs/tracker-"$n".pem ]; then scripts/gen-certs.sh "$n" >/dev/null; fi
+    # Idempotent: makes what is missing, re-issues certificates without a role.
+    scripts/gen-certs.sh "$n" >/dev/null
     write_configs "$n"
     for i in $(seq 1 "$n"); do start_tracker "$i"; done
     start_proxy

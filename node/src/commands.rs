@@ -1,6 +1,12 @@
 //! What each command of the command line does, on top of the home, the
 //! tracker client, the peer server and the downloader. Every failure is a
-//! [`CommandError`] whose message is the one line the user sees.
+//! [`CommandError`] whose message is the one line the user sees and whose
+//! [`CommandError::code`] is the stable code of `--json`.
+//!
+//! Stopping: every wait (the tracker, the download, hashing, the password)
+//! also ends on the process's stop signal (`home.stop`); a command stopped
+//! that way ends with [`CommandError::is_stop`] true, which is not a
+//! failure.
 
 use std::{
     io::{BufRead, IsTerminal},
@@ -59,6 +65,58 @@ pub enum CommandError {
     Listen(String),
     #[error("interrupted; {verified} of {total} chunks verified and kept, run get again to resume")]
     Interrupted { verified: u32, total: u32 },
+    /// Stopped by a signal while waiting on something other than the
+    /// tracker (the password, hashing).
+    #[error("stopped before {0} finished")]
+    Stopped(&'static str),
+}
+
+impl CommandError {
+    /// The stable code of this error, printed by `--json` as
+    /// `{"error": {"code", "message"}}`: the tracker's own codes
+    /// (`ApiError::code`) for its answers, and for the node's own errors
+    /// `unreachable` (no proxy answers), `refused_certificate` (a proxy's
+    /// certificate does not verify against the CA), `not_logged_in`,
+    /// `not_found`, `ambiguous`, `no_owner`, `bad_input`, `config`, `io`,
+    /// `download`, `internal`, `stopped`, `interrupted`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CommandError::Home(e) => e.code(),
+            CommandError::Tracker(e) => e.code(),
+            CommandError::Download(e) => match e {
+                DownloadError::NoPeers => "no_owner",
+                DownloadError::Disk { .. } | DownloadError::Socket(_) => "io",
+                DownloadError::Tls(_) => "internal",
+                _ => "download",
+            },
+            CommandError::Serve(e) => match e {
+                ServeError::Bind { .. } => "io",
+                ServeError::Tls(_) => "internal",
+            },
+            CommandError::NotLoggedIn => "not_logged_in",
+            CommandError::Password(_) | CommandError::Name(_) => "bad_input",
+            CommandError::Share { source, .. } => match source {
+                ManifestError::Io(_) => "io",
+                _ => "bad_input",
+            },
+            CommandError::UnknownName(_) => "not_found",
+            CommandError::Ambiguous { .. } => "ambiguous",
+            CommandError::NoOwner(_) => "no_owner",
+            CommandError::Folder { .. } => "io",
+            CommandError::Listen(_) => "config",
+            CommandError::Interrupted { .. } => "interrupted",
+            CommandError::Stopped(_) => "stopped",
+        }
+    }
+
+    /// Whether the command ended because the process was told to stop
+    /// (SIGINT/SIGTERM): a clean end, not a failure.
+    pub fn is_stop(&self) -> bool {
+        matches!(
+            self,
+            CommandError::Tracker(TrackerError::Stopped) | CommandError::Interrupted { .. } | CommandError::Stopped(_)
+        )
+    }
 }
 
 /// Runs one command.
@@ -88,7 +146,17 @@ fn emit(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
     }
 }
 
-fn read_password(from_stdin: bool) -> Result<String, CommandError> {
+/// The password (see CLI.md), read on the blocking pool so that a signal
+/// is not held up by a prompt or a standard input that never ends.
+async fn read_password(home: &Home, from_stdin: bool) -> Result<String, CommandError> {
+    let read = tokio::task::spawn_blocking(move || read_password_blocking(from_stdin));
+    tokio::select! {
+        r = read => r.map_err(|e| CommandError::Password(e.to_string()))?,
+        _ = home.stop.stopped() => Err(CommandError::Stopped("the password was read")),
+    }
+}
+
+fn read_password_blocking(from_stdin: bool) -> Result<String, CommandError> {
     let password = if from_stdin {
         let mut line = String::new();
         std::io::stdin()
@@ -115,8 +183,13 @@ fn live_session(home: &Home) -> Result<Option<Session>, CommandError> {
 /// A tracker client carrying the session token, or "not logged in".
 fn logged_in(home: &Home) -> Result<(Arc<TrackerClient>, Session), CommandError> {
     let session = live_session(home)?.ok_or(CommandError::NotLoggedIn)?;
-    let client = TrackerClient::new(&home.config, Some(session.token.clone()))?;
+    let client = tracker_client(home, Some(session.token.clone()))?;
     Ok((client, session))
+}
+
+/// A tracker client for `home` that gives up when the process stops.
+fn tracker_client(home: &Home, token: Option<String>) -> Result<Arc<TrackerClient>, CommandError> {
+    Ok(TrackerClient::with_stop(&home.config, token, home.stop.clone())?)
 }
 
 fn unexpected(what: &'static str) -> CommandError {
@@ -125,8 +198,8 @@ fn unexpected(what: &'static str) -> CommandError {
 
 async fn register(home: &Home, user: &str, stdin: bool, json: bool) -> Result<(), CommandError> {
     protocol::ids::check_user(user)?;
-    let password = read_password(stdin)?;
-    let client = TrackerClient::new(&home.config, None)?;
+    let password = read_password(home, stdin).await?;
+    let client = tracker_client(home, None)?;
     let reply = client
         .call(Request::Register {
             user: user.into(),
@@ -144,8 +217,8 @@ async fn register(home: &Home, user: &str, stdin: bool, json: bool) -> Result<()
 
 async fn login(home: &Home, user: &str, stdin: bool, json: bool) -> Result<(), CommandError> {
     protocol::ids::check_user(user)?;
-    let password = read_password(stdin)?;
-    let client = TrackerClient::new(&home.config, None)?;
+    let password = read_password(home, stdin).await?;
+    let client = tracker_client(home, None)?;
     let reply = client
         .call(Request::Login {
             user: user.into(),
@@ -175,7 +248,7 @@ async fn login(home: &Home, user: &str, stdin: bool, json: bool) -> Result<(), C
 
 async fn logout(home: &Home, json: bool) -> Result<(), CommandError> {
     if let Some(session) = home.session()? {
-        let client = TrackerClient::new(&home.config, Some(session.token))?;
+        let client = tracker_client(home, Some(session.token))?;
         match client.call(Request::Logout).await {
             // An expired session is as good as ended.
             Ok(_) => {}
@@ -238,22 +311,29 @@ async fn share(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), Command
         }
         let chunk_size = chunk_size_for(size, home.config.sharing.chunk_size);
         let (p, b) = (path.clone(), bar.clone());
-        let manifest = tokio::task::spawn_blocking(move || {
+        let hashing = tokio::task::spawn_blocking(move || {
             hash_file(&p, name, chunk_size, |done| {
                 if let Some(b) = &b {
                     b.set_position(done);
                 }
             })
-        })
-        .await
-        .map_err(|e| CommandError::Share {
-            path: path.clone(),
-            source: ManifestError::Io(std::io::Error::other(e)),
-        })?
-        .map_err(|source| CommandError::Share {
-            path: path.clone(),
-            source,
-        })?;
+        });
+        let hashed = tokio::select! {
+            h = hashing => h,
+            _ = home.stop.stopped() => {
+                if let Some(b) = bar { b.abandon(); }
+                return Err(CommandError::Stopped("the files were hashed"));
+            }
+        };
+        let manifest = hashed
+            .map_err(|e| CommandError::Share {
+                path: path.clone(),
+                source: ManifestError::Io(std::io::Error::other(e)),
+            })?
+            .map_err(|source| CommandError::Share {
+                path: path.clone(),
+                source,
+            })?;
         if let Some(b) = bar {
             b.finish_and_clear();
         }
@@ -449,7 +529,7 @@ async fn get(
     };
     let result = tokio::select! {
         r = download::run(plan) => r,
-        _ = stop_signal() => {
+        _ = home.stop.stopped() => {
             let n = file.chunk_count;
             let have = download::load_have(&dir, &id, n);
             if let Some(b) = &bar { b.abandon(); }
@@ -567,11 +647,9 @@ async fn serve_until_stopped(
     let every = Duration::from_secs(home.config.sharing.heartbeat_secs.max(1));
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
-    let stop = stop_signal();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = &mut stop => break,
+            _ = home.stop.stopped() => break,
             _ = tick.tick() => {
                 match client.call(Request::Heartbeat { peer_id: home.identity.peer_id }).await {
                     Ok(_) => {}
@@ -585,14 +663,14 @@ async fn serve_until_stopped(
                         server.shutdown().await;
                         return Err(e.into());
                     }
+                    Err(TrackerError::Stopped) => break,
                     Err(e) => warn!("heartbeat failed: {e}"),
                 }
             }
         }
     }
     info!("stopping");
-    server.shutdown().await;
-    client.close().await;
+    tokio::join!(server.shutdown(), client.close());
     Ok(())
 }
 
@@ -666,25 +744,9 @@ fn load_one(
     }))
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 async fn status(home: &Home, json: bool) -> Result<(), CommandError> {
     let session = live_session(home)?;
-    let client = TrackerClient::new(&home.config, session.as_ref().map(|s| s.token.clone()))?;
+    let client = tracker_client(home, session.as_ref().map(|s| s.token.clone()))?;
     let reply = client.call(Request::ClusterStatus).await?;
     client.close().await;
     let Reply::Status(st) = reply else {

@@ -17,6 +17,7 @@ use protocol::{
     config::{ConfigError, NodeConfig},
     content::Manifest,
     ids::FileId,
+    stop::Stop,
     tls::{NodeIdentity, TlsError},
 };
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,16 @@ pub enum HomeError {
     Tls(#[from] TlsError),
     #[error("{path}: unreadable: {message}")]
     Corrupt { path: PathBuf, message: String },
+}
+
+impl HomeError {
+    /// The stable code of this error (`--json`, scripts).
+    pub fn code(&self) -> &'static str {
+        match self {
+            HomeError::Config(_) => "config",
+            HomeError::Io { .. } | HomeError::Tls(_) | HomeError::Corrupt { .. } => "io",
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
@@ -72,6 +83,9 @@ pub struct Home {
     pub dir: PathBuf,
     pub config: NodeConfig,
     pub identity: NodeIdentity,
+    /// The process's stop signal (set on SIGINT/SIGTERM by `main`): every
+    /// wait of a command ends when it is set.
+    pub stop: Stop,
 }
 
 impl Home {
@@ -93,7 +107,12 @@ impl Home {
             None => NodeConfig::default(),
         };
         let identity = NodeIdentity::load_or_create(&dir)?;
-        Ok(Home { dir, config, identity })
+        Ok(Home {
+            dir,
+            config,
+            identity,
+            stop: Stop::new(),
+        })
     }
 
     /// Where downloads land unless `-o DIR` says otherwise.

@@ -7,6 +7,10 @@
 //! or an unavailable cluster reuses the same id, so the tracker applies the
 //! write exactly once however often it is sent. Proxies are tried in the
 //! configured order; when one fails the client moves to the next.
+//!
+//! Every wait (handshake, answer, back-off) also ends when the process is
+//! told to stop ([`Stop`]): the call then returns [`TrackerError::Stopped`]
+//! at once instead of finishing its retries.
 
 use std::{
     net::SocketAddr,
@@ -20,6 +24,7 @@ use std::{
 use protocol::{
     codec,
     config::NodeConfig,
+    stop::Stop,
     tracker_api::{Answer, ApiError, Consistency, Envelope, Reply, Request, WriteId, ALPN},
 };
 use rustls::pki_types::{pem::PemObject, CertificateDer};
@@ -45,15 +50,34 @@ pub enum TrackerError {
     Ca { path: String, message: String },
     #[error("cannot reach the tracker through any proxy ({0})")]
     Unreachable(String),
+    /// The proxy's certificate does not verify against the configured CA.
+    #[error("the proxy's certificate was refused ({0}); check ca_cert in the configuration")]
+    RefusedCertificate(String),
     #[error("{}", api_message(.0))]
     Api(ApiError),
     #[error("unexpected answer from the tracker to {0}")]
     Unexpected(&'static str),
+    /// The process was told to stop while waiting for the tracker.
+    #[error("stopped before the tracker answered")]
+    Stopped,
 }
 
 impl TrackerError {
     pub fn is_not_logged_in(&self) -> bool {
         matches!(self, TrackerError::Api(ApiError::NotLoggedIn))
+    }
+
+    /// The stable code of this error (`--json`, scripts): the tracker's
+    /// own code for its errors ([`ApiError::code`]), else a node-side one.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TrackerError::NoProxy | TrackerError::Ca { .. } => "config",
+            TrackerError::Unreachable(_) => "unreachable",
+            TrackerError::RefusedCertificate(_) => "refused_certificate",
+            TrackerError::Api(e) => e.code(),
+            TrackerError::Unexpected(_) => "internal",
+            TrackerError::Stopped => "stopped",
+        }
     }
 }
 
@@ -65,6 +89,8 @@ fn api_message(e: &ApiError) -> String {
         ApiError::UserExists(u) => format!("user {u:?} already exists: pick another name or log in"),
         ApiError::UnknownFile(id) => format!("unknown file {id}"),
         ApiError::Unavailable(why) => format!("tracker cluster unavailable ({why}); try again shortly"),
+        ApiError::NotLeader { .. } => "tracker cluster unavailable (no leader answered); try again shortly".into(),
+        ApiError::Overloaded => "the proxy or tracker is overloaded; try again later".into(),
         other => other.to_string(),
     }
 }
@@ -86,11 +112,33 @@ pub struct TrackerClient {
     /// The last write sequence number; held for the whole of a write.
     writes: Mutex<u64>,
     token: std::sync::Mutex<Option<String>>,
+    stop: Stop,
+}
+
+/// Whether a handshake failed because the server's certificate did not
+/// verify (rustls reports "invalid peer certificate: ...").
+fn is_certificate_refusal(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::TransportError(t) => t.reason.contains("invalid peer certificate"),
+        _ => false,
+    }
+}
+
+/// Why dialling one proxy failed.
+enum DialError {
+    Certificate(String),
+    Other(String),
 }
 
 impl TrackerClient {
     /// A client for the proxies of `config`, with no connection yet.
     pub fn new(config: &NodeConfig, token: Option<String>) -> Result<Arc<Self>, TrackerError> {
+        Self::with_stop(config, token, Stop::new())
+    }
+
+    /// As [`TrackerClient::new`]; every call gives up with
+    /// [`TrackerError::Stopped`] as soon as `stop` is set.
+    pub fn with_stop(config: &NodeConfig, token: Option<String>, stop: Stop) -> Result<Arc<Self>, TrackerError> {
         if config.proxies.is_empty() {
             return Err(TrackerError::NoProxy);
         }
@@ -121,6 +169,7 @@ impl TrackerClient {
             client_id: rand::random(),
             writes: Mutex::new(0),
             token: std::sync::Mutex::new(token),
+            stop,
         }))
     }
 
@@ -130,8 +179,19 @@ impl TrackerClient {
     }
 
     /// Sends one request and returns the tracker's reply, retrying across
-    /// proxy and leader failures (writes keep their [`WriteId`]).
+    /// proxy and leader failures (writes keep their [`WriteId`]). Ends at
+    /// once with [`TrackerError::Stopped`] when the process is stopped.
     pub async fn call(&self, request: Request) -> Result<Reply, TrackerError> {
+        if self.stop.is_stopped() {
+            return Err(TrackerError::Stopped);
+        }
+        tokio::select! {
+            r = self.call_retrying(request) => r,
+            _ = self.stop.stopped() => Err(TrackerError::Stopped),
+        }
+    }
+
+    async fn call_retrying(&self, request: Request) -> Result<Reply, TrackerError> {
         let kind = request.kind();
         let mut writes = if request.is_write() {
             Some(self.writes.lock().await)
@@ -159,9 +219,13 @@ impl TrackerClient {
             let conn = match self.connection().await {
                 Ok(c) => c,
                 // A proxy that was there a moment ago may be restarting:
-                // keep trying until the deadline. One never reached is an
-                // error at once.
-                Err(e) if !self.ever_connected.load(Ordering::Relaxed) || Instant::now() + backoff > deadline => {
+                // keep trying until the deadline. One never reached, or
+                // one whose certificate is refused, is an error at once.
+                Err(e)
+                    if !self.ever_connected.load(Ordering::Relaxed)
+                        || matches!(e, TrackerError::RefusedCertificate(_))
+                        || Instant::now() + backoff > deadline =>
+                {
                     return Err(e)
                 }
                 Err(e) => {
@@ -175,6 +239,12 @@ impl TrackerClient {
             let retry_reason = match answer {
                 Ok(Ok(Ok(reply))) => return Ok(reply),
                 Ok(Ok(Err(e @ (ApiError::Unavailable(_) | ApiError::Overloaded | ApiError::NotLeader { .. })))) => {
+                    // Past the deadline this is the answer: the cluster
+                    // (or the proxy) said why, which says more than
+                    // "unreachable".
+                    if Instant::now() + backoff > deadline {
+                        return Err(TrackerError::Api(e));
+                    }
                     e.to_string()
                 }
                 Ok(Ok(Err(e))) => return Err(TrackerError::Api(e)),
@@ -206,6 +276,7 @@ impl TrackerClient {
             }
         }
         let mut errors = Vec::new();
+        let mut refused = 0;
         for k in 0..self.proxies.len() {
             let i = (cur.index + k) % self.proxies.len();
             match self.dial(&self.proxies[i]).await {
@@ -218,13 +289,36 @@ impl TrackerClient {
                     };
                     return Ok(conn);
                 }
-                Err(e) => errors.push(format!("{}: {e}", self.proxies[i])),
+                Err(DialError::Certificate(e)) => {
+                    refused += 1;
+                    errors.push(format!("{}: {e}", self.proxies[i]));
+                }
+                Err(DialError::Other(e)) => errors.push(format!("{}: {e}", self.proxies[i])),
             }
+        }
+        if refused == self.proxies.len() {
+            return Err(TrackerError::RefusedCertificate(errors.join("; ")));
         }
         Err(TrackerError::Unreachable(errors.join("; ")))
     }
 
-    async fn dial(&self, proxy: &str) -> Result<quinn::Connection, String> {
+    async fn dial(&self, proxy: &str) -> Result<quinn::Connection, DialError> {
+        let (host, addr) = self.dial_addr(proxy).await.map_err(DialError::Other)?;
+        let connecting = self
+            .endpoint
+            .connect_with(self.config.clone(), addr, &host)
+            .map_err(|e| DialError::Other(e.to_string()))?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) if is_certificate_refusal(&e) => Err(DialError::Certificate(e.to_string())),
+            Ok(Err(e)) => Err(DialError::Other(e.to_string())),
+            Err(_) => Err(DialError::Other("no answer".into())),
+        }
+    }
+
+    /// The host name (checked against the certificate) and the address of
+    /// a `HOST:PORT` proxy.
+    async fn dial_addr(&self, proxy: &str) -> Result<(String, SocketAddr), String> {
         let (host, _) = proxy.rsplit_once(':').ok_or("not HOST:PORT")?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let addr: SocketAddr = tokio::net::lookup_host(proxy)
@@ -232,14 +326,7 @@ impl TrackerClient {
             .map_err(|e| e.to_string())?
             .find(|a| a.is_ipv4())
             .ok_or("no IPv4 address")?;
-        let connecting = self
-            .endpoint
-            .connect_with(self.config.clone(), addr, host)
-            .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err("no answer".into()),
-        }
+        Ok((host.to_owned(), addr))
     }
 
     /// Forgets a failed connection and moves on to the next proxy.
@@ -256,6 +343,9 @@ impl TrackerClient {
         if let Some(c) = self.current.lock().await.conn.take() {
             c.close(0u32.into(), b"bye");
         }
-        let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
+        // A stopping process does not wait long for a proxy that may be
+        // frozen to acknowledge.
+        let wait = Duration::from_millis(if self.stop.is_stopped() { 100 } else { 200 });
+        let _ = tokio::time::timeout(wait, self.endpoint.wait_idle()).await;
     }
 }

@@ -568,3 +568,344 @@ async fn writes_are_retried_exactly_once_across_failures() {
     assert!(err.to_string().contains("already exists"), "{err}");
     p2.shutdown().await;
 }
+
+/// The `--json` error of a failing command: its code, after checking the
+/// shape `{"error": {"code", "message"}}`, a one-line message, a non-zero
+/// status and nothing on stderr.
+async fn json_error_with(h: &Home, args: &[&str], password: &str) -> String {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = output(quorrent_with(h, &all, password)).await;
+    assert!(!ok, "{args:?} succeeded: {out}");
+    assert!(err.trim().is_empty(), "{args:?}: stderr {err:?}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}"));
+    let message = v["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{args:?}: {v}"));
+    assert!(!message.is_empty() && !message.contains('\n'), "{args:?}: {v}");
+    assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{args:?}: {v}"))
+        .to_owned()
+}
+
+async fn json_error(h: &Home, args: &[&str]) -> String {
+    json_error_with(h, args, PASSWORD).await
+}
+
+/// Each kind of failure has its stable `--json` code and one line of
+/// text: usage and home errors (before any command runs), not logged in,
+/// unknown names and ids, no proxy reachable, a proxy certificate of
+/// another CA, a wrong password, and a login flood (throttled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_have_stable_codes_and_one_line_each() {
+    let c = cluster(None).await;
+    let p = start_proxy(&c, "proxy-1", 0).await;
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let alice = home(r, "alice", &[p.addr], &c);
+
+    // Before any command runs: the command line, the home.
+    assert_eq!(json_error(&alice, &["frobnicate"]).await, "usage");
+    fails_with(&alice, &["frobnicate"], "frobnicate").await;
+    assert_eq!(json_error(&alice, &["get"]).await, "usage");
+    let not_a_folder = r.join("not-a-folder");
+    std::fs::write(&not_a_folder, "x").unwrap();
+    let bad_home = Home {
+        dir: not_a_folder,
+        config: alice.config.clone(),
+    };
+    assert_eq!(json_error(&bad_home, &["status"]).await, "io");
+    fails_with(&bad_home, &["status"], "not-a-folder").await;
+
+    assert_eq!(json_error(&alice, &["search", "x"]).await, "not_logged_in");
+    fails_with(&alice, &["search", "x"], "not logged in").await;
+    sign_up(&alice, "alice").await;
+    assert_eq!(json_error(&alice, &["register", "alice"]).await, "user_exists");
+    assert_eq!(json_error_with(&alice, &["register", "bob"], "").await, "bad_input");
+    assert_eq!(json_error(&alice, &["get", "nothing.txt"]).await, "not_found");
+    let unknown = "ab".repeat(32);
+    assert_eq!(json_error(&alice, &["get", &unknown]).await, "not_found");
+    fails_with(&alice, &["get", &unknown], "unknown file").await;
+
+    // No proxy answers.
+    let nobody = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let lost = home(r, "lost", &[nobody], &c);
+    assert_eq!(json_error(&lost, &["status"]).await, "unreachable");
+    fails_with(&lost, &["status"], "cannot reach").await;
+    // The proxy's certificate is not of the configured CA.
+    let other_ca = r.join("other-ca");
+    protocol::tls::generate(&other_ca, &other_ca.join("ca"), &["proxy-1".to_owned()], &[]).unwrap();
+    let wary = home(r, "wary", &[p.addr], &c);
+    let mut cfg: NodeConfig = serde_json::from_str(&std::fs::read_to_string(&wary.config).unwrap()).unwrap();
+    cfg.ca_cert = other_ca.join("ca.pem");
+    std::fs::write(&wary.config, serde_json::to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(json_error(&wary, &["status"]).await, "refused_certificate");
+    fails_with(&wary, &["status"], "certificate was refused").await;
+
+    // Wrong passwords, then a flood of them: throttled.
+    assert_eq!(
+        json_error_with(&alice, &["login", "alice"], "wrong").await,
+        "bad_credentials"
+    );
+    let wrong = ["login", "alice"];
+    assert_one_line_error(
+        &wrong,
+        output(quorrent_with(&alice, &wrong, "wrong")).await,
+        "login refused",
+    );
+    let mut throttled = false;
+    for _ in 0..20 {
+        match json_error_with(&alice, &wrong, "wrong").await.as_str() {
+            "throttled" => {
+                throttled = true;
+                break;
+            }
+            code => assert_eq!(code, "bad_credentials"),
+        }
+    }
+    assert!(throttled, "a login flood is throttled");
+    assert_one_line_error(&wrong, output(quorrent_with(&alice, &wrong, "wrong")).await, "too many");
+    p.shutdown().await;
+}
+
+/// With the proxy up but every tracker down, a request ends, once the
+/// node has retried for its time, with the code `unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_when_every_tracker_is_down() {
+    let mut c = cluster(None).await;
+    // Any member may answer ClusterStatus: wait until all name the leader.
+    c.wait_agreed_leader(LIMIT).await;
+    let p = start_proxy(&c, "proxy-1", 0).await;
+    let root = tempfile::tempdir().unwrap();
+    let alice = home(root.path(), "alice", &[p.addr], &c);
+    assert!(ok_json(&alice, &["status"]).await["leader"].is_u64());
+    for m in c.members.clone() {
+        c.kill(m.id);
+    }
+    assert_eq!(json_error(&alice, &["status"]).await, "unavailable");
+    p.shutdown().await;
+}
+
+/// SIGTERM, then the time until the child is reaped, and its status.
+async fn term_and_time(child: &mut tokio::process::Child) -> (Duration, std::process::ExitStatus) {
+    let t = std::time::Instant::now();
+    signal(child, "-TERM");
+    let status = tokio::time::timeout(LIMIT, child.wait()).await.unwrap().unwrap();
+    (t.elapsed(), status)
+}
+
+fn no_escape_codes(path: &Path) {
+    let bytes = std::fs::read(path).unwrap();
+    assert!(!bytes.contains(&0x1b), "{} holds escape codes", path.display());
+}
+
+/// The node logs (`logs/node-*.log`) under `root` hold no escape codes.
+fn logs_have_no_escape_codes(root: &Path) {
+    for entry in std::fs::read_dir(root.join("logs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("node-") {
+            no_escape_codes(&path);
+        }
+    }
+}
+
+/// `quorrent seed` whose proxy has gone away is retrying its heartbeats
+/// when SIGTERM comes: it stops at once, status 0, and neither its stderr
+/// (a file) nor its log holds colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_stops_at_once_while_its_proxy_is_unreachable() {
+    let c = cluster(None).await;
+    let p = start_proxy(&c, "proxy-1", 0).await;
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let alice = home(r, "alice", &[p.addr], &c);
+    sign_up(&alice, "alice").await;
+    let src = random_file(&r.join("data"), "a.bin", 100_000, 11);
+    let id: FileId = ok_json(&alice, &["share", src.to_str().unwrap()]).await["file_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let obs = Observer::new(&c, p.addr, "proxy-1").await;
+    let mut seed = seed_and_await(&obs, &alice, id).await;
+    p.shutdown().await;
+    let err = alice.dir.with_extension("seed.err");
+    tokio::time::timeout(LIMIT, async {
+        while !std::fs::read_to_string(&err).unwrap().contains("retrying") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the seed retries its heartbeat");
+    let (took, status) = term_and_time(&mut seed).await;
+    println!("quorrent seed, proxy unreachable, heartbeat retrying: SIGTERM to exit in {took:?}");
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    no_escape_codes(&err);
+    logs_have_no_escape_codes(r);
+}
+
+/// A stand-in proxy: it completes handshakes and reads requests, then
+/// answers each with `answer`, or never (`None`: a frozen proxy as a node
+/// sees it); counts the requests sent to it.
+async fn fake_proxy(
+    certs: &Path,
+    answer: Option<ApiError>,
+) -> (
+    SocketAddr,
+    tokio::sync::watch::Receiver<usize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use protocol::tls;
+    let identity = tls::load_identity(certs, "proxy-1").unwrap();
+    let crypto = tls::server_crypto(&identity, &[protocol::tracker_api::ALPN], tls::ClientAuth::None).unwrap();
+    let server = tls::quic_server(crypto, protocol::quic::control_transport(Duration::from_secs(60))).unwrap();
+    let endpoint = protocol::quic::endpoint("127.0.0.1:0".parse().unwrap(), Some(server)).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(0usize);
+    let task = tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let (tx, answer) = (tx.clone(), answer.clone());
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tx.send_modify(|n| *n += 1);
+                    match &answer {
+                        None => held.push((send, recv)),
+                        Some(e) => {
+                            let _ = protocol::codec::read_body(&mut recv, 1 << 20).await;
+                            let reply: protocol::tracker_api::Answer = Err(e.clone());
+                            let _ = protocol::codec::write_frame(&mut send, &reply).await;
+                            let _ = send.finish();
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx, task)
+}
+
+/// Errors a proxy or the tracker answers keep their codes and read as one
+/// line: a quota, a throttled register, a refused certificate (each at
+/// once) and an overloaded proxy (after the node's retries, ~30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_errors_keep_their_codes() {
+    let c = TestCluster::new(1);
+    let root = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            ApiError::Quota {
+                what: "files owned".into(),
+                limit: 10,
+            },
+            "quota",
+            Some("quota exceeded"),
+        ),
+        (
+            ApiError::Throttled {
+                what: "register".into(),
+                retry_after_ms: 1000,
+            },
+            "throttled",
+            Some("too many register"),
+        ),
+        (
+            ApiError::RefusedCertificate("not a proxy".into()),
+            "refused_certificate",
+            Some("certificate refused"),
+        ),
+        (ApiError::Overloaded, "overloaded", None),
+    ];
+    for (i, (error, code, needle)) in cases.into_iter().enumerate() {
+        let (addr, _, proxy) = fake_proxy(&c.certs(), Some(error)).await;
+        let h = home(root.path(), &format!("n{i}"), &[addr], &c);
+        assert_eq!(json_error(&h, &["register", "carol"]).await, code);
+        if let Some(needle) = needle {
+            fails_with(&h, &["register", "carol"], needle).await;
+        }
+        proxy.abort();
+    }
+}
+
+/// `quorrent get` waiting on a frozen proxy (its first request sent, no
+/// answer coming) stops at once on SIGTERM: status 0, one line on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_stops_at_once_while_its_proxy_is_frozen() {
+    let c = TestCluster::new(1);
+    let (addr, mut requests, proxy) = fake_proxy(&c.certs(), None).await;
+    let root = tempfile::tempdir().unwrap();
+    let bob = home(root.path(), "bob", &[addr], &c);
+    let session = serde_json::json!({ "user": "bob", "token": "t", "expires_ms": u64::MAX });
+    std::fs::write(bob.dir.join("session.json"), session.to_string()).unwrap();
+    let err = bob.dir.with_extension("get.err");
+    let mut get = quorrent(&bob, &["get", "data.bin"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(LIMIT, requests.wait_for(|n| *n >= 1))
+        .await
+        .expect("get asks the proxy")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (took, status) = term_and_time(&mut get).await;
+    println!("quorrent get, proxy frozen: SIGTERM to exit in {took:?}");
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let text = std::fs::read_to_string(&err).unwrap();
+    assert_eq!(text.trim().lines().count(), 1, "{text}");
+    assert!(text.contains("stopped"), "{text}");
+    no_escape_codes(&err);
+    proxy.abort();
+}
+
+/// `quorrent get` downloading from a frozen seeder (SIGSTOP) stops at once
+/// on SIGTERM: status 0, one line on stderr saying what was kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_stops_at_once_while_downloading_from_a_frozen_seeder() {
+    let c = cluster(None).await;
+    let p = start_proxy(&c, "proxy-1", 0).await;
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let [alice, bob] = ["alice", "bob"].map(|n| home(r, n, &[p.addr], &c));
+    sign_up(&alice, "alice").await;
+    let src = random_file(&r.join("data"), "b.bin", 4 << 20, 12);
+    let id_hex = ok_json(&alice, &["share", src.to_str().unwrap()]).await["file_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let obs = Observer::new(&c, p.addr, "proxy-1").await;
+    let alice_seed = seed_and_await(&obs, &alice, id_hex.parse().unwrap()).await;
+    sign_up(&bob, "bob").await;
+    signal(&alice_seed, "-STOP");
+    let err = bob.dir.with_extension("get.err");
+    let mut get = quorrent(&bob, &["get", &id_hex, "--no-seed"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let started = bob.dir.join("files").join(".quorrent");
+    tokio::time::timeout(LIMIT, async {
+        while !started.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("bob's download starts");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (took, status) = term_and_time(&mut get).await;
+    println!("quorrent get, downloading from a frozen seeder: SIGTERM to exit in {took:?}");
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let text = std::fs::read_to_string(&err).unwrap();
+    assert_eq!(text.trim().lines().count(), 1, "{text}");
+    assert!(text.contains("interrupted"), "{text}");
+    no_escape_codes(&err);
+    signal(&alice_seed, "-CONT");
+    stop(alice_seed).await;
+    p.shutdown().await;
+}

@@ -63,15 +63,26 @@ pub fn decode<T: DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, Codec
         return Err(CodecError::TooLarge { len: body.len(), limit });
     }
     // bincode's own limit caps what a length *inside* the body may make it
-    // allocate; it must be a constant, so pick the smallest tier that still
-    // admits every legitimate frame of this limit.
-    let res = if limit <= 1 << 20 {
-        bincode::serde::decode_from_slice(body, config().with_limit::<{ 1 << 20 }>())
-    } else if limit <= 16 << 20 {
-        bincode::serde::decode_from_slice(body, config().with_limit::<{ 16 << 20 }>())
-    } else {
-        bincode::serde::decode_from_slice(body, config().with_limit::<{ 256 << 20 }>())
-    };
+    // allocate: a string is allocated at its announced length before its
+    // bytes are read. The limit counts every value bincode decodes, at most
+    // 16 bytes (a u128) per byte of body, so a body needs at most 16 times
+    // its length, and the caller allows at most `limit`. bincode wants a
+    // constant, so take the smallest tier that covers the smaller of the
+    // two. The tiers sit at the limits the protocols use (64 KiB, 1 MiB,
+    // 4 MiB + 64 KiB, 64 MiB): a frame under 4 KiB claims at most 64 KiB
+    // whatever its limit, and no frame of those protocols claims more than
+    // its limit (plus 63 KiB for the peer frame).
+    let need = limit.min(body.len().saturating_mul(16));
+    macro_rules! decode_in_tiers {
+        ($($tier:expr),+) => {
+            $(if need <= $tier {
+                bincode::serde::decode_from_slice(body, config().with_limit::<{ $tier }>())
+            } else)+ {
+                bincode::serde::decode_from_slice(body, config().with_limit::<{ 256 << 20 }>())
+            }
+        };
+    }
+    let res = decode_in_tiers!(64 << 10, 1 << 20, (4 << 20) + (64 << 10), 16 << 20, 64 << 20);
     let (msg, used) = res.map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != body.len() {
         return Err(CodecError::Malformed(format!("{} trailing bytes", body.len() - used)));

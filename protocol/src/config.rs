@@ -129,7 +129,7 @@ pub struct Limits {
     /// Connections a listener holds at once from one source IP address.
     pub max_connections_per_ip: usize,
     /// Concurrent request streams one connection may open (a tracker also
-    /// lets a client with a certificate of the cluster CA, i.e. a proxy,
+    /// lets a client with a proxy certificate of the cluster CA
     /// open `max_pending`). Keep `max_connections_per_ip` x this below
     /// `max_pending`, so one address cannot take every permit.
     pub max_streams_per_connection: u32,
@@ -249,7 +249,7 @@ impl TrackerConfig {
         {
             return bad("field `raft`: need heartbeat_ms < election_min_ms < election_max_ms".into());
         }
-        if self.limits.max_raft_frame_bytes < 2 * self.raft.snapshot_chunk_bytes as usize {
+        if (self.limits.max_raft_frame_bytes as u64) < self.raft.snapshot_chunk_bytes.saturating_mul(2) {
             return bad(
                 "field `limits.max_raft_frame_bytes` must be at least twice `raft.snapshot_chunk_bytes`".into(),
             );

@@ -67,6 +67,12 @@ impl Manifest {
             return Err(ManifestError::WrongId);
         }
         let m: Manifest = codec::decode(bytes, MAX_MANIFEST_BYTES)?;
+        // bincode also accepts wider-than-needed integers; such bytes hash
+        // to this id but the manifest's own id (of its canonical encoding,
+        // under which the node stores and announces it) would differ.
+        if m.encode() != bytes {
+            return Err(codec::CodecError::Malformed("manifest not in canonical encoding".into()).into());
+        }
         m.validate()?;
         Ok(m)
     }

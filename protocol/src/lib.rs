@@ -16,6 +16,7 @@ pub mod listen;
 pub mod logging;
 pub mod peer;
 pub mod quic;
+pub mod stop;
 pub mod tls;
 pub mod tracker_api;
 

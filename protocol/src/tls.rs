@@ -42,6 +42,8 @@ pub enum TlsError {
     Verifier(String),
     #[error("QUIC crypto: {0}")]
     Quic(String),
+    #[error("certificate name {0:?} names no role: use tracker-N, proxy-NAME or admin")]
+    NoRole(String),
 }
 
 fn pem_err(path: &Path) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsError + '_ {
@@ -83,12 +85,128 @@ fn write_public(path: &Path, data: &[u8]) -> Result<(), TlsError> {
     fs::write(path, data).map_err(io_err(path))
 }
 
-/// Makes the local CA in `dir` if it is missing, then a certificate for
-/// each name that lacks one (`NAME.pem` and `NAME.key`, key mode 0600).
-/// Each certificate is valid for the name itself, `localhost`, 127.0.0.1
-/// and ::1, and for both server and client authentication. Returns the
-/// names it created.
-pub fn generate(dir: &Path, names: &[String]) -> Result<Vec<String>, TlsError> {
+/// What a certificate of the cluster CA is for. The role is written into
+/// the certificate as a DNS subject alternative name under
+/// [`ROLE_DOMAIN`] (a reserved `.invalid` name that never resolves), so a
+/// server can check it with webpki and without parsing X.509 itself.
+/// Nodes have no CA certificate at all: their self-signed key is their
+/// peer id (see [`NodeIdentity`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Tracker member N: may send Raft messages as member N.
+    Member(u64),
+    /// A proxy: may call the tracker API and report node addresses.
+    Proxy,
+    /// The admin tool: may change the membership.
+    Admin,
+}
+
+/// The domain under which roles are written into certificates.
+pub const ROLE_DOMAIN: &str = "role.quorrent.invalid";
+
+impl Role {
+    /// The role a certificate name stands for: `tracker-N` is member N,
+    /// `proxy` and `proxy-*` a proxy, `admin` the admin tool.
+    pub fn for_name(name: &str) -> Option<Role> {
+        if let Some(n) = name.strip_prefix("tracker-") {
+            return n.parse().ok().filter(|n| *n > 0).map(Role::Member);
+        }
+        if name == "proxy" || name.strip_prefix("proxy-").is_some_and(|r| !r.is_empty()) {
+            return Some(Role::Proxy);
+        }
+        (name == "admin").then_some(Role::Admin)
+    }
+
+    /// The DNS names that mark this role in a certificate.
+    fn marks(self) -> Vec<String> {
+        match self {
+            Role::Member(n) => vec![format!("member.{ROLE_DOMAIN}"), format!("member-{n}.{ROLE_DOMAIN}")],
+            Role::Proxy => vec![format!("proxy.{ROLE_DOMAIN}")],
+            Role::Admin => vec![format!("admin.{ROLE_DOMAIN}")],
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Role::Member(n) => write!(f, "member {n}"),
+            Role::Proxy => f.write_str("proxy"),
+            Role::Admin => f.write_str("admin"),
+        }
+    }
+}
+
+fn has_mark(cert: &CertificateDer<'_>, mark: &str) -> bool {
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
+        return false;
+    };
+    let Ok(name) = ServerName::try_from(mark) else {
+        return false;
+    };
+    ee.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+/// Whether `cert` carries `role`. Only meaningful for a certificate that
+/// already verified against the cluster CA (the TLS handshake did that).
+pub fn has_role(cert: &CertificateDer<'_>, role: Role) -> bool {
+    role.marks().iter().all(|m| has_mark(cert, m))
+}
+
+/// What a (CA-verified) certificate is, for checks and log lines: a
+/// member (of unknown id until [`has_role`] is asked for one), a proxy,
+/// the admin, or none of them.
+pub fn role_kind(cert: &CertificateDer<'_>) -> &'static str {
+    if has_mark(cert, &format!("member.{ROLE_DOMAIN}")) {
+        "member"
+    } else if has_mark(cert, &format!("proxy.{ROLE_DOMAIN}")) {
+        "proxy"
+    } else if has_mark(cert, &format!("admin.{ROLE_DOMAIN}")) {
+        "admin"
+    } else {
+        "no role"
+    }
+}
+
+/// The first certificate a QUIC peer presented, if any.
+pub fn peer_cert(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    conn.peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?
+        .into_iter()
+        .next()
+}
+
+/// Where the certificate generator keeps the CA: `ca_dir/ca.key` (the
+/// only file that can sign certificates; no running process reads it)
+/// and the public `ca.pem`, which is also copied into every certificate
+/// folder.
+pub struct CaPaths {
+    pub key: PathBuf,
+    pub cert: PathBuf,
+}
+
+impl CaPaths {
+    pub fn in_dir(ca_dir: &Path) -> CaPaths {
+        CaPaths {
+            key: ca_dir.join("ca.key"),
+            cert: ca_dir.join("ca.pem"),
+        }
+    }
+}
+
+/// Makes the local CA in `ca_dir` if it is missing, then a certificate in
+/// `dir` for each name that lacks one, or whose certificate lacks its role
+/// (`NAME.pem` and `NAME.key`, key mode 0600; see [`Role::for_name`]).
+/// Each certificate is valid for the name itself, `localhost`, 127.0.0.1,
+/// ::1 and every entry of `hosts` (IP addresses or DNS names of the
+/// machines it runs on), and for both server and client authentication.
+/// `dir/ca.pem` is the CA certificate that running processes trust; the
+/// CA key stays in `ca_dir` (0700). A CA key left in `dir` by an older
+/// version is moved to `ca_dir`. Returns the names it created.
+pub fn generate(dir: &Path, ca_dir: &Path, names: &[String], hosts: &[String]) -> Result<Vec<String>, TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+
     use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
     fn ca_params() -> CertificateParams {
         let mut params = CertificateParams::default();
@@ -101,32 +219,57 @@ pub fn generate(dir: &Path, names: &[String]) -> Result<Vec<String>, TlsError> {
         ];
         params
     }
+    let roles = names
+        .iter()
+        .map(|n| Role::for_name(n).ok_or_else(|| TlsError::NoRole(n.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let ca_cert_path = dir.join("ca.pem");
-    let ca_key_path = dir.join("ca.key");
-    let (ca_cert, ca_key) = if ca_cert_path.exists() && ca_key_path.exists() {
-        let pem = fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
+    fs::create_dir_all(ca_dir).map_err(io_err(ca_dir))?;
+    fs::set_permissions(ca_dir, fs::Permissions::from_mode(0o700)).map_err(io_err(ca_dir))?;
+    let ca = CaPaths::in_dir(ca_dir);
+    let old_key = dir.join("ca.key");
+    if old_key.exists() && !ca.key.exists() && ca_dir.canonicalize().ok() != dir.canonicalize().ok() {
+        fs::rename(&old_key, &ca.key).map_err(io_err(&ca.key))?;
+        if !ca.cert.exists() {
+            fs::copy(dir.join("ca.pem"), &ca.cert).map_err(io_err(&ca.cert))?;
+        }
+    }
+    let (ca_cert, ca_key) = if ca.key.exists() {
+        let pem = fs::read_to_string(&ca.key).map_err(io_err(&ca.key))?;
         let key = KeyPair::from_pem(&pem)?;
         // Re-creating the CA's parameters with its own key gives an issuer
         // that signs exactly as the stored ca.pem (same name, same key).
         (ca_params().self_signed(&key)?, key)
+    } else if dir.join("ca.pem").exists() {
+        return Err(TlsError::Empty { path: ca.key.clone() });
     } else {
         let key = KeyPair::generate()?;
         let cert = ca_params().self_signed(&key)?;
-        write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
-        write_public(&ca_cert_path, cert.pem().as_bytes())?;
+        write_private(&ca.key, key.serialize_pem().as_bytes())?;
+        write_public(&ca.cert, cert.pem().as_bytes())?;
         (cert, key)
     };
+    let ca_pem_in_dir = dir.join("ca.pem");
+    if !ca_pem_in_dir.exists() {
+        fs::copy(&ca.cert, &ca_pem_in_dir).map_err(io_err(&ca_pem_in_dir))?;
+    }
     let mut made = Vec::new();
-    for name in names {
+    for (name, role) in names.iter().zip(roles) {
         let cert_path = dir.join(format!("{name}.pem"));
         let key_path = dir.join(format!("{name}.key"));
-        if cert_path.exists() && key_path.exists() {
-            continue;
+        if key_path.exists() {
+            if let Ok(id) = load_identity(dir, name) {
+                if has_role(&id.chain[0], role) {
+                    continue;
+                }
+            }
         }
         let key = KeyPair::generate()?;
-        let mut params =
-            CertificateParams::new(vec![name.clone(), "localhost".into(), "127.0.0.1".into(), "::1".into()])?;
+        let mut sans = vec![name.clone(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
+        sans.extend(hosts.iter().cloned());
+        sans.extend(role.marks());
+        sans.dedup();
+        let mut params = CertificateParams::new(sans)?;
         params.distinguished_name.push(DnType::CommonName, name.as_str());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
@@ -163,6 +306,7 @@ pub fn load_identity(dir: &Path, name: &str) -> Result<Identity, TlsError> {
     if chain.is_empty() {
         return Err(TlsError::Empty { path: cert_path });
     }
+    check_private(&key_path)?;
     let pem = fs::read(&key_path).map_err(io_err(&key_path))?;
     let key = match PrivateKeyDer::from_pem_slice(&pem) {
         Ok(key) => key,
@@ -170,6 +314,26 @@ pub fn load_identity(dir: &Path, name: &str) -> Result<Identity, TlsError> {
         Err(e) => return Err(pem_err(&key_path)(e)),
     };
     Ok(Identity { chain, key })
+}
+
+/// Refuses a private key file that others than its owner may read.
+fn check_private(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path).map_err(io_err(path))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(TlsError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "private key is readable by others (mode {:o}); run `chmod 600 {}`",
+                    mode & 0o777,
+                    path.display()
+                ),
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Loads `dir/ca.pem` as the only trust root.
@@ -378,10 +542,14 @@ mod tests {
     fn generate_is_idempotent_and_keys_private() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let made = generate(dir.path(), &["tracker-1".into(), "proxy-1".into()]).unwrap();
+        let ca = dir.path().join("ca");
+        let made = generate(dir.path(), &ca, &["tracker-1".into(), "proxy-1".into()], &[]).unwrap();
         assert_eq!(made.len(), 2);
-        assert!(generate(dir.path(), &["tracker-1".into()]).unwrap().is_empty());
-        for f in ["ca.key", "tracker-1.key", "proxy-1.key"] {
+        assert!(generate(dir.path(), &ca, &["tracker-1".into()], &[])
+            .unwrap()
+            .is_empty());
+        assert!(!dir.path().join("ca.key").exists(), "the CA key is kept apart");
+        for f in ["ca/ca.key", "tracker-1.key", "proxy-1.key"] {
             let mode = fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "{f} is readable by others");
         }
@@ -389,6 +557,52 @@ mod tests {
         let roots = load_ca(dir.path()).unwrap();
         server_crypto(&id, &[b"x"], ClientAuth::Required(roots.clone())).unwrap();
         client_crypto(roots, Some(&id), b"x").unwrap();
+    }
+
+    #[test]
+    fn roles_are_written_and_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        let names = ["tracker-2", "proxy-1", "admin"].map(String::from);
+        generate(dir.path(), &ca, &names, &["10.0.0.7".into(), "tracker.example".into()]).unwrap();
+        let cert = |n: &str| load_identity(dir.path(), n).unwrap().chain[0].clone();
+        let (member, proxy, admin) = (cert("tracker-2"), cert("proxy-1"), cert("admin"));
+        assert!(has_role(&member, Role::Member(2)));
+        assert!(!has_role(&member, Role::Member(1)));
+        assert!(!has_role(&member, Role::Admin));
+        assert!(has_role(&proxy, Role::Proxy) && !has_role(&proxy, Role::Member(2)));
+        assert!(!has_role(&proxy, Role::Admin));
+        assert!(has_role(&admin, Role::Admin) && !has_role(&admin, Role::Proxy));
+        assert_eq!(
+            (role_kind(&member), role_kind(&proxy), role_kind(&admin)),
+            ("member", "proxy", "admin")
+        );
+        // The extra hosts are in the certificate.
+        let ee = webpki::EndEntityCert::try_from(&member).unwrap();
+        for h in ["10.0.0.7", "tracker.example"] {
+            ee.verify_is_valid_for_subject_name(&ServerName::try_from(h).unwrap())
+                .unwrap();
+        }
+        // Unknown names are refused; a key others can read is refused.
+        assert!(generate(dir.path(), &ca, &["bob".into()], &[]).is_err());
+        let key = dir.path().join("admin.key");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_identity(dir.path(), "admin").err().unwrap().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    /// A certificate folder from before roles (CA key inside, no role
+    /// marks) is upgraded: the key moves out, certificates are re-issued.
+    #[test]
+    fn old_certificate_folder_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        generate(dir.path(), &ca, &["tracker-1".into()], &[]).unwrap();
+        fs::rename(ca.join("ca.key"), dir.path().join("ca.key")).unwrap();
+        let made = generate(dir.path(), &ca, &["tracker-1".into()], &[]).unwrap();
+        assert!(made.is_empty(), "a certificate with its role is kept");
+        assert!(ca.join("ca.key").exists() && !dir.path().join("ca.key").exists());
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub struct ClusterStatus {
     pub term: u64,
     pub last_applied: Option<u64>,
     pub members: Vec<MemberInfo>,
+    /// The responder was removed from the membership: it serves nothing
+    /// and names no leader.
+    pub removed: bool,
 }
 
 /// The requests. Discriminants are part of the protocol: new requests go

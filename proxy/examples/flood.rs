@@ -80,7 +80,7 @@ fn start() -> Cluster {
     let names: Vec<String> = ["tracker-1", "tracker-2", "tracker-3", "proxy-1", "admin"]
         .map(String::from)
         .to_vec();
-    tls::generate(&certs, &names).expect("certificates");
+    tls::generate(&certs, &dir.path().join("ca"), &names, &[]).expect("certificates");
     let members: Vec<MemberAddr> = (1..=3)
         .map(|id| MemberAddr {
             id,

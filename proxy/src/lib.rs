@@ -114,10 +114,20 @@ impl Proxy {
         self.fwd.pending_available()
     }
 
+    /// Stops the leader watchers and closes every connection, waiting up to
+    /// 2 s for them to drain, so that in-process users (tests) can bind
+    /// the port again at once.
     pub async fn shutdown(self) {
+        self.shutdown_within(Duration::from_secs(2)).await
+    }
+
+    /// [`Proxy::shutdown`] with the drain bounded by `drain` (a frozen node
+    /// or tracker never acknowledges the close); the binary uses a short
+    /// one to exit within a second of a signal.
+    pub async fn shutdown_within(self, drain: Duration) {
         let _ = self.stop.send(true);
         self.endpoint.close(0u32.into(), b"shutdown");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(drain, self.endpoint.wait_idle()).await;
         tracing::info!("proxy stopped");
     }
 }

@@ -1,6 +1,6 @@
 //! `quorrent-proxy --config FILE`: runs one proxy until SIGINT/SIGTERM.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
@@ -20,7 +20,11 @@ struct Cli {
 
 fn main() {
     if let Err(e) = real_main(Cli::parse()) {
-        eprintln!("quorrent-proxy: {e:#}");
+        let message = format!("{e:#}");
+        eprintln!(
+            "quorrent-proxy: {}",
+            message.lines().map(str::trim).collect::<Vec<_>>().join("; ")
+        );
         std::process::exit(1);
     }
 }
@@ -37,16 +41,16 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         true,
     )
     .with_context(|| format!("log folder {}", config.log_dir.display()))?;
-    tokio::runtime::Runtime::new()?.block_on(async move {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(async move {
+        let stop = protocol::stop::on_signals().context("signal handlers")?;
         let proxy = proxy::Proxy::start(config).await?;
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("signal received, stopping");
-        proxy.shutdown().await;
+        stop.stopped().await;
+        proxy.shutdown_within(Duration::from_millis(250)).await;
         anyhow::Ok(())
-    })
+    });
+    // Forwarded requests still retrying and long polls still waiting are
+    // dropped with their tasks.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result
 }

@@ -27,11 +27,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Makes the local CA (if missing) and a certificate for each name.
+    /// Makes the local CA (if missing) and a certificate for each name;
+    /// the name gives the role: tracker-N (member N), proxy-NAME, admin.
     GenCerts {
-        /// Folder of the CA and certificates.
+        /// Folder of the certificates that running processes read.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
+        /// Folder of the CA's private key, read by this command only.
+        #[arg(long, default_value = "ca")]
+        ca_dir: PathBuf,
+        /// Another address or DNS name the certificates are valid for
+        /// (repeatable), e.g. the IP of the machine a member runs on.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
         /// Names, e.g. tracker-1 tracker-2 tracker-3 proxy-1 admin.
         names: Vec<String>,
     },
@@ -70,15 +78,25 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<TrackerConfig> {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = real_main(cli) {
-        eprintln!("quorrent-tracker: {e:#}");
+        // One line, whatever the causes say.
+        let message = format!("{e:#}");
+        eprintln!(
+            "quorrent-tracker: {}",
+            message.lines().map(str::trim).collect::<Vec<_>>().join("; ")
+        );
         std::process::exit(1);
     }
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::GenCerts { dir, names }) => {
-            let made = tls::generate(&dir, &names)?;
+        Some(Command::GenCerts {
+            dir,
+            ca_dir,
+            hosts,
+            names,
+        }) => {
+            let made = tls::generate(&dir, &ca_dir, &names, &hosts)?;
             for n in made {
                 println!("made {}/{n}.pem", dir.display());
             }
@@ -86,7 +104,19 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Admin { action }) => {
             let config = load_config(cli.config.as_ref())?;
-            tokio::runtime::Runtime::new()?.block_on(admin(config, action))
+            let runtime = tokio::runtime::Runtime::new()?;
+            let result = runtime.block_on(async {
+                let stop = protocol::stop::on_signals().context("signal handlers")?;
+                tokio::select! {
+                    r = admin(config, action) => r,
+                    _ = stop.stopped() => {
+                        eprintln!("quorrent-tracker: stopped before the cluster answered");
+                        Ok(())
+                    }
+                }
+            });
+            runtime.shutdown_timeout(Duration::from_millis(200));
+            result
         }
         None => {
             let config = load_config(cli.config.as_ref())?;
@@ -97,23 +127,24 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 true,
             )
             .with_context(|| format!("log folder {}", config.log_dir.display()))?;
-            tokio::runtime::Runtime::new()?.block_on(async move {
-                let tracker = Tracker::start(config).await?;
-                shutdown_signal().await;
-                tracing::info!("signal received, stopping");
+            let runtime = tokio::runtime::Runtime::new()?;
+            let result = runtime.block_on(async move {
+                // Signals are caught from here on, even while starting.
+                let stop = protocol::stop::on_signals().context("signal handlers")?;
+                let tracker = tokio::select! {
+                    t = Tracker::start(config) => t?,
+                    _ = stop.stopped() => return anyhow::Ok(()),
+                };
+                stop.stopped().await;
                 tracker.shutdown().await;
                 anyhow::Ok(())
-            })
+            });
+            // Tasks still waiting on the network are dropped; a store
+            // commit or an argon2 hash on the blocking pool gets a moment
+            // to finish, not more.
+            runtime.shutdown_timeout(Duration::from_millis(200));
+            result
         }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 
@@ -175,6 +206,7 @@ async fn print_members(net: &Network, config: &TrackerConfig) {
             Ok(s) => {
                 let me = s.members.iter().find(|x| x.id == m.id);
                 let role = match (s.leader, me) {
+                    _ if s.removed => "removed",
                     (Some(l), _) if l == m.id => "leader",
                     (_, Some(x)) if !x.voter => "learner",
                     (_, Some(_)) => "follower",

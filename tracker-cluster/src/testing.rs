@@ -57,7 +57,7 @@ impl TestCluster {
             .collect();
         let mut names: Vec<String> = (1..=n + 2).map(|i| format!("tracker-{i}")).collect();
         names.extend(["proxy-1", "proxy-2", "admin"].map(String::from));
-        tls::generate(&dir.path().join("certs"), &names).expect("certificates");
+        tls::generate(&dir.path().join("certs"), &dir.path().join("ca"), &names, &[]).expect("certificates");
         let mut c = TestCluster {
             dir,
             members: members.clone(),

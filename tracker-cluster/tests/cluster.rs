@@ -435,7 +435,13 @@ async fn raft_requires_cluster_certificate() {
     let raft_addr: SocketAddr = c.members[0].raft.parse().unwrap();
     let roots = tls::load_ca(&c.certs()).unwrap();
     let rogue_dir = tempfile::tempdir().unwrap();
-    tls::generate(rogue_dir.path(), &["tracker-9".into()]).unwrap();
+    tls::generate(
+        rogue_dir.path(),
+        &rogue_dir.path().join("ca"),
+        &["tracker-9".into()],
+        &[],
+    )
+    .unwrap();
     let rogue = tls::load_identity(rogue_dir.path(), "tracker-9").unwrap();
     let ep = quic::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
     for id in [Some(&rogue), None] {

@@ -20,7 +20,7 @@ use protocol::{
 };
 
 use crate::{
-    app::{status_of, App},
+    app::App,
     registry::{token_hash, Op, Write},
 };
 
@@ -38,9 +38,10 @@ pub async fn serve(app: Arc<App>, endpoint: quinn::Endpoint) {
 }
 
 async fn serve_conn(app: Arc<App>, conn: quinn::Connection) {
-    // A client holding a certificate of our CA (a proxy) may tell us the
-    // node's address for login throttling; anyone else may not.
-    let trusted = conn.peer_identity().is_some();
+    // A client holding a proxy certificate of our CA may tell us the
+    // node's address for throttling; anyone else may not.
+    let trusted =
+        protocol::tls::peer_cert(&conn).is_some_and(|c| protocol::tls::has_role(&c, protocol::tls::Role::Proxy));
     let remote = conn.remote_address();
     if trusted {
         // The endpoint lets anyone open `max_streams_per_connection`
@@ -261,13 +262,16 @@ async fn read_barrier(app: &App, consistency: Consistency) -> Result<(), ApiErro
 }
 
 async fn watch_leader(app: &App, leader: Option<u64>, term: u64, wait_ms: u32) -> Answer {
+    app.check_member()?;
     let mut rx = app.raft.metrics();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64).min(MAX_WATCH);
     loop {
         {
             let m = rx.borrow_and_update();
-            if m.current_leader != leader || m.current_term != term {
-                return Ok(Reply::Status(status_of(app.id, &m)));
+            // A removed member names no leader (its metrics may still).
+            let now = m.current_leader.filter(|_| app.removal.reason().is_none());
+            if now != leader || m.current_term != term {
+                return Ok(Reply::Status(app.status_from(&m)));
             }
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {

@@ -1,7 +1,7 @@
 //! Cluster management: add a member (as a learner until it has caught up,
 //! then as a voter), remove one, show the status. Requests travel on the
-//! mutual-TLS Raft endpoint, so only holders of a CA certificate (the
-//! `admin` certificate, or a member's) can change the membership.
+//! mutual-TLS Raft endpoint; `raft.rs` lets only the admin certificate
+//! change the membership, and the admin or a member ask for the status.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -116,6 +116,7 @@ pub async fn status_of_member(
     conn.close(0u32.into(), b"done");
     match reply {
         RaftReply::Admin(Ok(AdminReply::Status(s))) => Ok(s),
+        RaftReply::Refused(why) => Err(why),
         other => Err(format!("unexpected reply {other:?}")),
     }
 }
@@ -168,6 +169,7 @@ pub async fn call(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Ok(Ok(RaftReply::Admin(Err(e)))) => return Err(e),
+            Ok(Ok(RaftReply::Refused(why))) => return Err(format!("member {id} at {addr}: {why}")),
             Ok(Ok(other)) => last_err = format!("unexpected reply {other:?}"),
         }
     }

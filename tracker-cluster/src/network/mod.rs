@@ -1,7 +1,8 @@
 //! Everything the tracker says on the network: inbound Raft RPCs
 //! (`raft`), outbound Raft RPCs (`raft_network_impl`), the tracker API
 //! (`api`), and cluster management (`management`). Raft and management
-//! share the mutual-TLS endpoint; the tracker API has its own.
+//! share the mutual-TLS endpoint, where each request is checked against
+//! the role in the caller's certificate; the tracker API has its own.
 
 pub mod api;
 pub mod management;
@@ -33,4 +34,13 @@ pub enum RaftReply {
     Admin(Result<management::AdminReply, String>),
     /// The request did not decode.
     Malformed(String),
+    /// The caller's certificate does not carry a role allowed to make
+    /// this request, or this member no longer serves (it was removed).
+    Refused(String),
+    /// A vote request from a member that the answering member's applied
+    /// membership (at this log index) does not list: the caller was
+    /// removed.
+    NotMember {
+        membership_index: u64,
+    },
 }

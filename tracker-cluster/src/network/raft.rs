@@ -1,13 +1,28 @@
 //! Inbound Raft RPCs: the mutual-TLS endpoint (`quorrent-raft/1`). The
 //! server configuration requires a client certificate of the cluster CA,
-//! so a process without one never gets past the handshake.
+//! so a process without one never gets past the handshake; then every
+//! request is checked against the role the certificate carries
+//! (`protocol::tls::Role`):
+//! - Append, Vote, InstallSnapshot: only a member certificate, and only
+//!   for the member id it names (member 2 cannot speak for member 1);
+//! - Admin Add and Remove: only the admin certificate;
+//! - Admin Status: the admin or a member.
+//!
+//! A refused caller gets `RaftReply::Refused` naming why, and a log line.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
-use protocol::codec::{self, CodecError};
+use protocol::{
+    codec::{self, CodecError},
+    tls::{self, Role},
+};
+use rustls::pki_types::CertificateDer;
 
-use super::{management, RaftReply, RaftRequest};
-use crate::app::App;
+use super::{
+    management::{AdminReply, AdminRequest},
+    RaftReply, RaftRequest,
+};
+use crate::{app::App, typ::NodeId};
 
 /// Accepts Raft connections until the endpoint is closed.
 pub async fn serve(app: Arc<App>, endpoint: quinn::Endpoint) {
@@ -21,12 +36,23 @@ pub async fn serve(app: Arc<App>, endpoint: quinn::Endpoint) {
                     return;
                 }
             };
+            let remote = conn.remote_address();
+            // The handshake required a CA certificate, so there is one.
+            let Some(cert) = tls::peer_cert(&conn) else {
+                conn.close(1u32.into(), b"no certificate");
+                return;
+            };
+            let cert = Arc::new(cert);
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let app = app.clone();
+                let cert = cert.clone();
                 tokio::spawn(async move {
                     let limit = app.config.limits.max_raft_frame_bytes;
                     let reply = match codec::read_frame::<_, RaftRequest>(&mut recv, limit).await {
-                        Ok(req) => dispatch(&app, req).await,
+                        Ok(req) => match authorize(&app, &cert, &req, remote) {
+                            Ok(()) => dispatch(&app, req).await,
+                            Err(reply) => reply,
+                        },
                         Err(e @ (CodecError::Malformed(_) | CodecError::TooLarge { .. })) => {
                             let _ = recv.stop(0u32.into());
                             RaftReply::Malformed(e.to_string())
@@ -42,11 +68,84 @@ pub async fn serve(app: Arc<App>, endpoint: quinn::Endpoint) {
     }
 }
 
+/// The member id a Raft message claims to come from.
+fn sender(req: &RaftRequest) -> Option<NodeId> {
+    match req {
+        RaftRequest::Append(r) => r.vote.leader_id().voted_for(),
+        RaftRequest::Vote(r) => r.vote.leader_id().voted_for(),
+        RaftRequest::Snapshot(r) => r.vote.leader_id().voted_for(),
+        RaftRequest::Admin(_) => None,
+    }
+}
+
+fn kind(req: &RaftRequest) -> &'static str {
+    match req {
+        RaftRequest::Append(_) => "append-entries",
+        RaftRequest::Vote(_) => "vote",
+        RaftRequest::Snapshot(_) => "install-snapshot",
+        RaftRequest::Admin(AdminRequest::Add { .. }) => "admin-add",
+        RaftRequest::Admin(AdminRequest::Remove { .. }) => "admin-remove",
+        RaftRequest::Admin(AdminRequest::Status) => "admin-status",
+    }
+}
+
+/// Checks the caller's role for `req`; `Err` holds the answer to send.
+fn authorize(app: &App, cert: &CertificateDer<'_>, req: &RaftRequest, remote: SocketAddr) -> Result<(), RaftReply> {
+    let allowed = match req {
+        RaftRequest::Admin(AdminRequest::Status) => {
+            tls::has_role(cert, Role::Admin) || tls::role_kind(cert) == "member"
+        }
+        RaftRequest::Admin(_) => tls::has_role(cert, Role::Admin),
+        _ => sender(req).is_some_and(|id| tls::has_role(cert, Role::Member(id))),
+    };
+    if !allowed {
+        let role = tls::role_kind(cert);
+        let what = kind(req);
+        tracing::warn!(%remote, role, request = what, "raft request refused: the certificate's role does not allow it");
+        let rule = match req {
+            RaftRequest::Admin(AdminRequest::Status) => "only the admin or a member",
+            RaftRequest::Admin(_) => "only the admin certificate",
+            _ => "only the certificate of the member the message comes from",
+        };
+        return Err(RaftReply::Refused(format!(
+            "{what} refused: {rule} may send it, and this certificate is {}",
+            match role {
+                "member" => "another member's",
+                "no role" => "one without a role",
+                r => r,
+            }
+        )));
+    }
+    if let Some(why) = app.removal.reason() {
+        return match req {
+            RaftRequest::Admin(AdminRequest::Status) => Ok(()),
+            // The admin tool moves on to another member.
+            RaftRequest::Admin(_) => Err(RaftReply::Admin(Ok(AdminReply::NotLeader {
+                leader: None,
+                raft: None,
+            }))),
+            _ => Err(RaftReply::Refused(format!("tracker {} {why}", app.id))),
+        };
+    }
+    if let (RaftRequest::Vote(_), Some(from)) = (req, sender(req)) {
+        let not_member = crate::app::not_member_index(&app.raft.metrics().borrow(), from);
+        if let Some(membership_index) = not_member {
+            tracing::info!(
+                from,
+                membership_index,
+                "vote request from a member that is no longer in the cluster"
+            );
+            return Err(RaftReply::NotMember { membership_index });
+        }
+    }
+    Ok(())
+}
+
 async fn dispatch(app: &App, req: RaftRequest) -> RaftReply {
     match req {
         RaftRequest::Append(r) => RaftReply::Append(app.raft.append_entries(r).await),
         RaftRequest::Vote(r) => RaftReply::Vote(app.raft.vote(r).await),
         RaftRequest::Snapshot(r) => RaftReply::Snapshot(app.raft.install_snapshot(r).await),
-        RaftRequest::Admin(r) => RaftReply::Admin(management::handle(app, r).await),
+        RaftRequest::Admin(r) => RaftReply::Admin(super::management::handle(app, r).await),
     }
 }

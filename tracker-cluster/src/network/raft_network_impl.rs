@@ -16,7 +16,10 @@ use openraft::{
 use protocol::codec::{self, CallError};
 
 use super::{RaftReply, RaftRequest};
-use crate::typ::{InstallSnapshotError, Member, NodeId, RPCError, RaftError, TypeConfig};
+use crate::{
+    app::Removal,
+    typ::{InstallSnapshotError, Member, NodeId, RPCError, RaftError, TypeConfig},
+};
 
 /// Makes clients for openraft; shares one client endpoint.
 #[derive(Clone)]
@@ -24,6 +27,8 @@ pub struct Network {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     limit: usize,
+    /// Where a `NotMember` answer is reported (a member's own network).
+    removal: Option<Arc<Removal>>,
 }
 
 impl Network {
@@ -32,7 +37,14 @@ impl Network {
             endpoint,
             client,
             limit,
+            removal: None,
         }
+    }
+
+    /// Reports `NotMember` answers to `removal` (see [`Removal`]).
+    pub fn with_removal(mut self, removal: Arc<Removal>) -> Self {
+        self.removal = Some(removal);
+        self
     }
 
     /// Dials a member's Raft endpoint; the server must present the
@@ -102,6 +114,19 @@ impl Client {
                 self.target
             ))))),
             Ok(Ok(RaftReply::Malformed(m))) => Err(OpenRpcError::Network(NetworkError::new(&Msg(m)))),
+            Ok(Ok(RaftReply::Refused(m))) => {
+                tracing::warn!(target = self.target, "raft request refused: {m}");
+                Err(OpenRpcError::Network(NetworkError::new(&Msg(m))))
+            }
+            Ok(Ok(RaftReply::NotMember { membership_index })) => {
+                if let Some(r) = &self.net.removal {
+                    r.report(self.target, membership_index);
+                }
+                Err(OpenRpcError::Network(NetworkError::new(&Msg(format!(
+                    "member {} says this member is not in its membership (log index {membership_index})",
+                    self.target
+                )))))
+            }
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => {
                 self.conn = None;
