@@ -3,8 +3,11 @@
 //! one per stream; a bad frame gets `PeerResponse::Error` on its stream and
 //! the connection stays usable.
 //!
-//! Bounds: connections are capped, streams per connection are capped by
-//! the transport, and chunk bodies in memory are capped by a byte budget
+//! Bounds: connections are capped in total and per source address, a
+//! handshake and a request frame must each arrive within a timeout (see
+//! `protocol::listen`), a request is read with the small
+//! [`MAX_REQUEST`] limit, streams per connection are capped by the
+//! transport, and chunk bodies in memory are capped by a byte budget
 //! (a semaphore in 64 KiB units), whatever the chunk size, and by a count
 //! per connection, so a peer that stops reading cannot hold it all; a
 //! chunk the peer does not take in time is abandoned. Chunk buffers are
@@ -19,7 +22,8 @@ use std::{
 
 use protocol::{
     codec,
-    peer::{PeerError, PeerRequest, PeerResponse, ALPN, MAX_FRAME},
+    listen::{self, Bounds, Guard},
+    peer::{PeerError, PeerRequest, PeerResponse, ALPN, MAX_REQUEST},
     tls::{ClientAuth, NodeIdentity},
 };
 use tokio::sync::Semaphore;
@@ -29,6 +33,12 @@ use crate::store::{SharedFile, Store};
 
 /// Connections served at once; more are refused.
 const MAX_CONNECTIONS: usize = 128;
+/// Connections served at once from one source address (a downloader uses
+/// one per peer; a few nodes may share an address behind a NAT).
+const MAX_CONNECTIONS_PER_IP: usize = 16;
+/// A handshake must complete, and a request frame arrive, within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent streams one connection may open.
 const MAX_STREAMS: u32 = 64;
 /// Bytes of chunk data held in memory at once, over all connections.
@@ -58,6 +68,7 @@ pub struct PeerServer {
 
 struct Shared {
     store: Arc<Store>,
+    guard: Guard,
     memory: Semaphore,
     buffers: Mutex<Vec<Vec<u8>>>,
 }
@@ -76,6 +87,15 @@ impl PeerServer {
             .map_err(|source| ServeError::Bind { addr: listen, source })?;
         let shared = Arc::new(Shared {
             store,
+            guard: Guard::new(
+                "peer",
+                Bounds {
+                    max_connections: MAX_CONNECTIONS,
+                    max_connections_per_ip: MAX_CONNECTIONS_PER_IP,
+                    handshake_timeout: HANDSHAKE_TIMEOUT,
+                    read_timeout: READ_TIMEOUT,
+                },
+            ),
             memory: Semaphore::new(MEMORY_BUDGET / UNIT),
             buffers: Mutex::new(Vec::new()),
         });
@@ -105,23 +125,8 @@ impl PeerServer {
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            warn!(remote = %incoming.remote_address(), "too many peer connections; refused");
-            incoming.refuse();
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            match incoming.await {
-                Ok(conn) => serve_connection(conn, shared).await,
-                Err(e) => debug!(%remote, "peer handshake failed: {e}"),
-            }
-            drop(permit);
-        });
-    }
+    let guard = shared.guard.clone();
+    listen::serve(endpoint, guard, move |conn| serve_connection(conn, shared.clone())).await;
 }
 
 async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
@@ -147,9 +152,14 @@ async fn serve_stream(
     shared: Arc<Shared>,
     chunks: Arc<Semaphore>,
 ) {
-    let req: PeerRequest = match codec::read_frame(&mut recv, MAX_FRAME).await {
+    let req = match shared.guard.read_body(&mut recv, MAX_REQUEST).await {
+        Ok(body) => codec::decode::<PeerRequest>(&body, MAX_REQUEST),
+        Err(e) => Err(e),
+    };
+    let req = match req {
         Ok(r) => r,
         Err(e) => {
+            let _ = recv.stop(0u32.into());
             let _ = reply(&mut send, &PeerResponse::Error(PeerError::BadRequest(e.to_string()))).await;
             return;
         }

@@ -320,6 +320,18 @@ async fn partial_peer_serves_what_it_has_and_bad_frames_leave_the_connection_usa
         "{resp:?}"
     );
 
+    // A request frame announced past the small request limit (here the
+    // size of a manifest) is refused before its body is read.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let big = (protocol::peer::MAX_REQUEST as u32 + 1).to_le_bytes();
+    send.write_all(&big).await.unwrap();
+    let resp: PeerResponse = protocol::codec::read_frame(&mut recv, MAX_FRAME).await.unwrap();
+    assert!(
+        matches!(&resp, PeerResponse::Error(PeerError::BadRequest(m)) if m.contains("exceeds the limit")),
+        "{resp:?}"
+    );
+    drop(send);
+
     let call = |req: PeerRequest| {
         let conn = conn.clone();
         async move {

@@ -30,6 +30,9 @@ pub enum CodecError {
     /// The stream ended before a whole frame arrived.
     #[error("stream ended inside a frame")]
     Truncated,
+    /// The whole frame did not arrive within the read timeout.
+    #[error("frame not received within the read timeout")]
+    Timeout,
     /// The transport failed.
     #[error("transport: {0}")]
     Io(#[from] std::io::Error),
@@ -185,8 +188,13 @@ pub async fn call_raw<Resp: DeserializeOwned>(
 /// Sends an encoded frame and returns the raw body of the answer.
 pub async fn call_raw_body(conn: &quinn::Connection, frame: &[u8], limit: usize) -> Result<Vec<u8>, CallError> {
     let (mut send, mut recv) = conn.open_bi().await?;
-    send.write_all(frame).await?;
-    send.finish()?;
+    match send.write_all(frame).await {
+        Ok(()) => send.finish()?,
+        // The server stopped reading before taking the whole request
+        // (overloaded, or the frame is refused): its answer says why.
+        Err(quinn::WriteError::Stopped(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     Ok(read_body(&mut recv, limit).await?)
 }
 

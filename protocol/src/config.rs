@@ -120,8 +120,30 @@ pub struct Limits {
     pub max_search_page: u32,
     /// Most addresses one peer may announce.
     pub max_peer_addrs: usize,
-    /// Most requests in progress at once (past it: "overloaded").
+    /// Most requests in progress at once, counted from before a request
+    /// body is read (past it: "overloaded", the body is not read).
     pub max_pending: usize,
+    /// Connections a listener holds at once, handshakes included; past it
+    /// new connections are refused.
+    pub max_connections: usize,
+    /// Connections a listener holds at once from one source IP address.
+    pub max_connections_per_ip: usize,
+    /// Concurrent request streams one connection may open (a tracker also
+    /// lets a client with a proxy certificate of the cluster CA
+    /// open `max_pending`). Keep `max_connections_per_ip` x this below
+    /// `max_pending`, so one address cannot take every permit.
+    pub max_streams_per_connection: u32,
+    /// A QUIC handshake not done within this is abandoned, ms.
+    pub handshake_timeout_ms: u64,
+    /// A whole request frame must arrive within this after its stream is
+    /// opened, ms; a slower one loses its stream and permit.
+    pub read_timeout_ms: u64,
+    /// Resident memory, MiB, that a proxy or tracker with these limits is
+    /// sized to stay under while its listeners are flooded up to their
+    /// caps. Not enforced at run time: the abuse test
+    /// (proxy/tests/abuse.rs) fails if the proxy goes past it, and the
+    /// flood benchmark reports the peaks beside it.
+    pub max_rss_mb: u64,
 }
 
 impl Default for Limits {
@@ -132,6 +154,12 @@ impl Default for Limits {
             max_search_page: 1000,
             max_peer_addrs: 8,
             max_pending: 8192,
+            max_connections: 4096,
+            max_connections_per_ip: 64,
+            max_streams_per_connection: 64,
+            handshake_timeout_ms: 5_000,
+            read_timeout_ms: 5_000,
+            max_rss_mb: 512,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod config;
 pub mod content;
 pub mod ids;
+pub mod listen;
 pub mod logging;
 pub mod peer;
 pub mod quic;

@@ -18,8 +18,13 @@ use crate::ids::FileId;
 /// ALPN of the peer protocol.
 pub const ALPN: &[u8] = b"quorrent-peer/1";
 
-/// Largest request or response frame (the manifest is the largest).
+/// Largest response frame (a manifest is the largest); only a client
+/// reading answers uses it.
 pub const MAX_FRAME: usize = crate::content::MAX_MANIFEST_BYTES + 1024;
+
+/// Largest request frame a peer server reads: every [`PeerRequest`] is a
+/// file id and at most an index (about 40 bytes encoded).
+pub const MAX_REQUEST: usize = 256;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerRequest {
@@ -60,4 +65,22 @@ pub enum PeerError {
     BadRequest(String),
     #[error("internal error")]
     Internal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_fits_the_request_limit() {
+        let file = FileId([0xff; 32]);
+        for req in [
+            PeerRequest::Manifest { file },
+            PeerRequest::Have { file },
+            PeerRequest::Chunk { file, index: u32::MAX },
+        ] {
+            let len = crate::codec::encode(&req).unwrap().len();
+            assert!(len <= MAX_REQUEST, "{req:?}: {len} bytes");
+        }
+    }
 }

@@ -14,6 +14,7 @@ use std::{
 use protocol::{
     codec::{self, CodecError},
     config::ProxyConfig,
+    listen::{self, Bounds, Guard},
     tracker_api::{Answer, ApiError, Envelope, WriteId},
 };
 use tokio::sync::Semaphore;
@@ -27,8 +28,11 @@ pub struct Forwarder {
     up: Arc<Upstreams>,
     deadline: Duration,
     limit: usize,
-    /// Requests in progress; past the limit nodes get "overloaded".
+    /// Requests in progress, taken before a request body is read; past
+    /// the limit nodes get "overloaded".
     pending: Semaphore,
+    /// Connection caps and timeouts of the node-facing endpoint.
+    pub guard: Guard,
     /// Client id for writes that come without a write id.
     client: u128,
     seq: std::sync::atomic::AtomicU64,
@@ -41,35 +45,61 @@ impl Forwarder {
             deadline: Duration::from_millis(config.deadline_ms),
             limit: config.limits.max_frame_bytes,
             pending: Semaphore::new(config.limits.max_pending),
+            guard: Guard::new("proxy", Bounds::from_limits(&config.limits)),
             client: rand::random(),
             seq: Default::default(),
         }
     }
+
+    /// Pending-request permits free now.
+    pub fn pending_available(&self) -> usize {
+        self.pending.available_permits()
+    }
 }
 
+/// Serves node connections until the endpoint is closed, within the caps
+/// of `fwd.guard`.
 pub async fn serve(fwd: Arc<Forwarder>, endpoint: quinn::Endpoint) {
-    while let Some(incoming) = endpoint.accept().await {
-        let fwd = fwd.clone();
-        tokio::spawn(async move {
-            let Ok(conn) = incoming.await else { return };
-            let remote = conn.remote_address();
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let fwd = fwd.clone();
-                tokio::spawn(async move {
-                    let answer = match codec::read_body(&mut recv, fwd.limit).await {
-                        Ok(body) => fwd.handle(&body, remote).await,
-                        Err(e @ (CodecError::TooLarge { .. } | CodecError::Truncated | CodecError::Malformed(_))) => {
-                            let _ = recv.stop(0u32.into());
-                            encode_answer(&Err(ApiError::BadFrame(e.to_string())))
-                        }
-                        Err(_) => return,
-                    };
-                    if send.write_all(&answer).await.is_ok() {
-                        let _ = send.finish();
-                    }
-                });
+    let guard = fwd.guard.clone();
+    listen::serve(endpoint, guard, move |conn| serve_conn(fwd.clone(), conn)).await;
+}
+
+async fn serve_conn(fwd: Arc<Forwarder>, conn: quinn::Connection) {
+    let remote = conn.remote_address();
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tokio::spawn(serve_stream(fwd.clone(), send, recv, remote));
+    }
+}
+
+async fn serve_stream(
+    fwd: Arc<Forwarder>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    remote: std::net::SocketAddr,
+) {
+    // The permit comes before the body: past it, nothing is read and the
+    // node is told at once.
+    let answer = match fwd.pending.try_acquire() {
+        Err(_) => {
+            let _ = recv.stop(0u32.into());
+            encode_answer(&Err(ApiError::Overloaded))
+        }
+        Ok(_permit) => match fwd.guard.read_body(&mut recv, fwd.limit).await {
+            Ok(body) => fwd.handle(&body, remote).await,
+            Err(
+                e @ (CodecError::TooLarge { .. }
+                | CodecError::Truncated
+                | CodecError::Malformed(_)
+                | CodecError::Timeout),
+            ) => {
+                let _ = recv.stop(0u32.into());
+                encode_answer(&Err(ApiError::BadFrame(e.to_string())))
             }
-        });
+            Err(_) => return,
+        },
+    };
+    if send.write_all(&answer).await.is_ok() {
+        let _ = send.finish();
     }
 }
 
@@ -78,14 +108,12 @@ fn encode_answer(a: &Answer) -> Vec<u8> {
 }
 
 impl Forwarder {
-    /// Forwards one request body; returns the encoded answer frame.
+    /// Forwards one request body; returns the encoded answer frame. The
+    /// caller holds a pending permit for it.
     pub async fn handle(&self, body: &[u8], remote: std::net::SocketAddr) -> Vec<u8> {
         let mut env: Envelope = match codec::decode(body, self.limit) {
             Ok(e) => e,
             Err(e) => return encode_answer(&Err(ApiError::BadFrame(e.to_string()))),
-        };
-        let Ok(_permit) = self.pending.try_acquire() else {
-            return encode_answer(&Err(ApiError::Overloaded));
         };
         env.origin = Some(remote);
         if env.request.is_write() && env.write_id.is_none() {

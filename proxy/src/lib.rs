@@ -39,6 +39,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     endpoint: quinn::Endpoint,
     upstream: Arc<upstream::Upstreams>,
+    fwd: Arc<forward::Forwarder>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -46,9 +47,19 @@ impl Proxy {
     pub async fn start(config: ProxyConfig) -> Result<Proxy, StartError> {
         let roots = tls::load_ca(&config.certs_dir)?;
         let identity = tls::load_identity(&config.certs_dir, &config.name)?;
+        // Per node connection: `max_streams_per_connection` requests at
+        // once, and windows sized for frames of at most `max_frame_bytes`
+        // rather than bulk data, so what one connection may make us buffer
+        // stays small.
+        let mut node_transport = quic::control_transport(Duration::from_secs(30));
+        let frame = u32::try_from(config.limits.max_frame_bytes + protocol::codec::PREFIX).unwrap_or(u32::MAX);
+        node_transport
+            .max_concurrent_bidi_streams(config.limits.max_streams_per_connection.into())
+            .stream_receive_window(frame.into())
+            .receive_window((frame.saturating_mul(4)).into());
         let server = tls::quic_server(
             tls::server_crypto(&identity, &[tracker_api::ALPN], ClientAuth::None)?,
-            quic::control_transport(Duration::from_secs(30)),
+            node_transport,
         )?;
         let listen: SocketAddr = config
             .listen
@@ -77,12 +88,13 @@ impl Proxy {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         leader::spawn_watchers(upstream.clone(), stop_rx.clone());
         let fwd = Arc::new(forward::Forwarder::new(upstream.clone(), &config));
-        tokio::spawn(forward::serve(fwd, endpoint.clone()));
+        tokio::spawn(forward::serve(fwd.clone(), endpoint.clone()));
         tracing::info!(%addr, name = %config.name, "proxy started");
         Ok(Proxy {
             addr,
             endpoint,
             upstream,
+            fwd,
             stop,
         })
     }
@@ -90,6 +102,16 @@ impl Proxy {
     /// The leader as this proxy knows it now.
     pub fn leader(&self) -> Option<u64> {
         self.upstream.leader()
+    }
+
+    /// Connections held and refused by the node-facing endpoint.
+    pub fn listener_stats(&self) -> protocol::listen::Stats {
+        self.fwd.guard.stats()
+    }
+
+    /// Pending-request permits free now.
+    pub fn pending_available(&self) -> usize {
+        self.fwd.pending_available()
     }
 
     /// Stops the leader watchers and closes every connection, waiting up to

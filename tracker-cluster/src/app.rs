@@ -42,8 +42,11 @@ pub struct App {
     /// Files with an owner seen within `owners.dead_file_secs`, for search
     /// on the leader; None when not leading or nothing to skip yet.
     pub live_index: Mutex<Option<LiveIndex>>,
-    /// Bounds requests in progress; past it, "overloaded".
+    /// Bounds requests in progress, taken before a request body is read;
+    /// past it, "overloaded".
     pub pending: Semaphore,
+    /// Connection caps and timeouts of the API endpoint.
+    pub api_guard: protocol::listen::Guard,
     /// Set once this member learns it was removed from the membership.
     pub removal: Arc<Removal>,
 }
@@ -104,6 +107,8 @@ impl App {
         let dead_after = Duration::from_secs(config.owners.dead_file_secs);
         let pending = Semaphore::new(config.limits.max_pending);
         let argon = ArgonPool::start(config.register.argon_threads, config.register.argon_queue)?;
+        let api_guard =
+            protocol::listen::Guard::new("tracker api", protocol::listen::Bounds::from_limits(&config.limits));
         let app = Arc::new(App {
             id,
             raft,
@@ -115,6 +120,7 @@ impl App {
             argon,
             live_index: Mutex::new(None),
             pending,
+            api_guard,
             removal,
             config,
         });

@@ -120,9 +120,14 @@ impl Tracker {
             quic::control_transport(idle),
         )?;
         let raft_ep = bind(parse_addr(&raft)?, raft_server)?;
+        // Anyone may open `max_streams_per_connection` streams; a client
+        // with a certificate of the CA (a proxy) is raised to `max_pending`
+        // after the handshake (network/api.rs).
+        let mut api_transport = quic::control_transport(Duration::from_secs(10));
+        api_transport.max_concurrent_bidi_streams(config.limits.max_streams_per_connection.into());
         let api_server = tls::quic_server(
             tls::server_crypto(&identity, &[tracker_api::ALPN], ClientAuth::Optional(roots.clone()))?,
-            quic::control_transport(Duration::from_secs(10)),
+            api_transport,
         )?;
         let api_ep = bind(parse_addr(&api)?, api_server)?;
         let api_addr = api_ep.local_addr().map_err(|source| StartError::Bind {

@@ -20,6 +20,8 @@ use protocol::{
 
 use crate::Tracker;
 
+pub mod flood;
+
 /// Picks a free UDP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")

@@ -29,17 +29,11 @@ const MAX_PASSWORD: usize = 1024;
 /// Longest WatchLeader wait honoured.
 const MAX_WATCH: Duration = Duration::from_secs(10);
 
-/// Accepts connections until the endpoint is closed.
+/// Accepts connections until the endpoint is closed, within the caps of
+/// `app.api_guard` (connections, per source IP, handshake timeout).
 pub async fn serve(app: Arc<App>, endpoint: quinn::Endpoint) {
-    while let Some(incoming) = endpoint.accept().await {
-        let app = app.clone();
-        tokio::spawn(async move {
-            match incoming.await {
-                Ok(conn) => serve_conn(app, conn).await,
-                Err(e) => tracing::debug!(error = %e, "api handshake failed"),
-            }
-        });
-    }
+    let guard = app.api_guard.clone();
+    protocol::listen::serve(endpoint, guard, move |conn| serve_conn(app.clone(), conn)).await;
 }
 
 async fn serve_conn(app: Arc<App>, conn: quinn::Connection) {
@@ -48,6 +42,13 @@ async fn serve_conn(app: Arc<App>, conn: quinn::Connection) {
     let trusted =
         protocol::tls::peer_cert(&conn).is_some_and(|c| protocol::tls::has_role(&c, protocol::tls::Role::Proxy));
     let remote = conn.remote_address();
+    if trusted {
+        // The endpoint lets anyone open `max_streams_per_connection`
+        // streams; a proxy multiplexes all its nodes' requests on one
+        // connection, so it may use every pending permit.
+        let streams = u32::try_from(app.config.limits.max_pending).unwrap_or(u32::MAX);
+        conn.set_max_concurrent_bi_streams(streams.into());
+    }
     while let Ok((send, recv)) = conn.accept_bi().await {
         let app = app.clone();
         tokio::spawn(async move {
@@ -66,8 +67,15 @@ async fn serve_stream(
     trusted: bool,
 ) -> Result<(), CodecError> {
     let limit = app.config.limits.max_frame_bytes;
-    let answer: Answer = match codec::read_body(&mut recv, limit).await {
-        Err(e @ (CodecError::TooLarge { .. } | CodecError::Truncated)) => {
+    // The permit comes before the body: past it, nothing is read.
+    let Ok(_permit) = app.pending.try_acquire() else {
+        let _ = recv.stop(0u32.into());
+        codec::write_frame(&mut send, &Answer::Err(ApiError::Overloaded)).await?;
+        let _ = send.finish();
+        return Ok(());
+    };
+    let answer: Answer = match app.api_guard.read_body(&mut recv, limit).await {
+        Err(e @ (CodecError::TooLarge { .. } | CodecError::Truncated | CodecError::Timeout)) => {
             let _ = recv.stop(0u32.into());
             Err(ApiError::BadFrame(e.to_string()))
         }
@@ -76,10 +84,7 @@ async fn serve_stream(
             Err(e) => Err(ApiError::BadFrame(e.to_string())),
             Ok(env) => {
                 let origin = if trusted { env.origin.unwrap_or(remote) } else { remote };
-                match app.pending.try_acquire() {
-                    Err(_) => Err(ApiError::Overloaded),
-                    Ok(_permit) => handle(app, env, origin.ip()).await,
-                }
+                handle(app, env, origin.ip()).await
             }
         },
     };

@@ -24,45 +24,46 @@ use super::{
 };
 use crate::{app::App, typ::NodeId};
 
-/// Accepts Raft connections until the endpoint is closed.
+/// Accepts Raft connections until the endpoint is closed, within the
+/// listener bounds of the configuration (connection caps, handshake
+/// timeout). A Raft frame may be a 4 MiB snapshot piece on a slow link, so
+/// its read timeout is the snapshot timeout rather than the API's.
 pub async fn serve(app: Arc<App>, endpoint: quinn::Endpoint) {
-    while let Some(incoming) = endpoint.accept().await {
-        let app = app.clone();
+    let mut bounds = protocol::listen::Bounds::from_limits(&app.config.limits);
+    bounds.read_timeout = bounds.read_timeout.max(std::time::Duration::from_secs(10));
+    let guard = protocol::listen::Guard::new("raft", bounds);
+    let g = guard.clone();
+    protocol::listen::serve(endpoint, guard, move |conn| serve_conn(app.clone(), g.clone(), conn)).await;
+}
+
+async fn serve_conn(app: Arc<App>, guard: protocol::listen::Guard, conn: quinn::Connection) {
+    let remote = conn.remote_address();
+    // The handshake required a CA certificate, so there is one.
+    let Some(cert) = tls::peer_cert(&conn) else {
+        conn.close(1u32.into(), b"no certificate");
+        return;
+    };
+    let cert = Arc::new(cert);
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let (app, cert, guard) = (app.clone(), cert.clone(), guard.clone());
         tokio::spawn(async move {
-            let conn = match incoming.await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "raft handshake refused");
-                    return;
+            let limit = app.config.limits.max_raft_frame_bytes;
+            let reply = match guard.read_body(&mut recv, limit).await {
+                Ok(body) => match codec::decode::<RaftRequest>(&body, limit) {
+                    Ok(req) => match authorize(&app, &cert, &req, remote) {
+                        Ok(()) => dispatch(&app, req).await,
+                        Err(reply) => reply,
+                    },
+                    Err(e) => RaftReply::Malformed(e.to_string()),
+                },
+                Err(e @ (CodecError::TooLarge { .. } | CodecError::Timeout)) => {
+                    let _ = recv.stop(0u32.into());
+                    RaftReply::Malformed(e.to_string())
                 }
+                Err(_) => return,
             };
-            let remote = conn.remote_address();
-            // The handshake required a CA certificate, so there is one.
-            let Some(cert) = tls::peer_cert(&conn) else {
-                conn.close(1u32.into(), b"no certificate");
-                return;
-            };
-            let cert = Arc::new(cert);
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let app = app.clone();
-                let cert = cert.clone();
-                tokio::spawn(async move {
-                    let limit = app.config.limits.max_raft_frame_bytes;
-                    let reply = match codec::read_frame::<_, RaftRequest>(&mut recv, limit).await {
-                        Ok(req) => match authorize(&app, &cert, &req, remote) {
-                            Ok(()) => dispatch(&app, req).await,
-                            Err(reply) => reply,
-                        },
-                        Err(e @ (CodecError::Malformed(_) | CodecError::TooLarge { .. })) => {
-                            let _ = recv.stop(0u32.into());
-                            RaftReply::Malformed(e.to_string())
-                        }
-                        Err(_) => return,
-                    };
-                    if codec::write_frame(&mut send, &reply).await.is_ok() {
-                        let _ = send.finish();
-                    }
-                });
+            if codec::write_frame(&mut send, &reply).await.is_ok() {
+                let _ = send.finish();
             }
         });
     }
