@@ -9,30 +9,16 @@
 //! printed (`cargo test -p proxy --test stop -- --nocapture`).
 
 use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use protocol::{config::ProxyConfig, tracker_api::Request};
-use tracker_cluster::testing::{free_port, ApiClient, TestCluster};
-
-/// Kills the child if the test fails before it ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn no_escape_codes(path: &Path) {
-    let bytes = std::fs::read(path).unwrap();
-    assert!(!bytes.is_empty(), "{} is empty", path.display());
-    assert!(!bytes.contains(&0x1b), "{} holds escape codes", path.display());
-}
+use tracker_cluster::testing::{
+    free_port,
+    procs::{no_escape_codes, spawn_with_config, term_and_time},
+    ApiClient, TestCluster,
+};
 
 async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
@@ -61,17 +47,7 @@ async fn proxy_stops_within_a_second_while_every_tracker_is_down() {
     let config = c.dir.path().join("proxy-1.json");
     std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
     let stderr = c.dir.path().join("proxy-1.stderr");
-    let child = Command::new(env!("CARGO_BIN_EXE_quorrent-proxy"))
-        .arg("--config")
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let mut child = Guard(child);
+    let mut child = spawn_with_config(env!("CARGO_BIN_EXE_quorrent-proxy"), &config, &stderr);
     let log = cfg.log_dir.join("proxy-1.log");
     wait_until("the proxy to learn the leader", Duration::from_secs(60), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("leader changed"))
@@ -97,20 +73,7 @@ async fn proxy_stops_within_a_second_while_every_tracker_is_down() {
     assert!(!pending.is_finished(), "the request is still being retried");
     assert!(child.0.try_wait().unwrap().is_none(), "the proxy runs");
 
-    let t = Instant::now();
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "no exit 20 s after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    let took = t.elapsed();
+    let (took, status) = tokio::task::block_in_place(|| term_and_time(&mut child.0));
     println!("quorrent-proxy, every tracker down, a request in flight: SIGTERM to exit in {took:?}");
     assert!(status.success(), "{status:?}");
     assert!(took < Duration::from_secs(3), "took {took:?}");

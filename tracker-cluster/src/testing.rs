@@ -21,6 +21,7 @@ use protocol::{
 use crate::Tracker;
 
 pub mod flood;
+pub mod procs;
 
 /// Picks a free UDP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {

@@ -8,29 +8,13 @@
 //! The bound asserted is generous (a loaded machine); the measured time is
 //! printed (`cargo test -p tracker-cluster --test stop -- --nocapture`).
 
-use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use protocol::tracker_api::{Reply, Request};
-use tracker_cluster::testing::{ApiClient, TestCluster};
-
-/// Kills the child if the test fails before it ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
-    assert!(ok.success(), "kill {sig} {pid}");
-}
+use tracker_cluster::testing::{
+    procs::{no_escape_codes, signal, spawn_with_config, term_and_time, ChildGuard},
+    ApiClient, TestCluster,
+};
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
@@ -38,25 +22,6 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         assert!(t.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// SIGTERM, then the time until the child is reaped, and its status.
-fn term_and_time(child: &mut Child) -> (Duration, std::process::ExitStatus) {
-    let t = Instant::now();
-    signal(child.id(), "-TERM");
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (t.elapsed(), status);
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "no exit 20 s after SIGTERM");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn no_escape_codes(path: &Path) {
-    let bytes = std::fs::read(path).unwrap();
-    assert!(!bytes.is_empty(), "{} is empty", path.display());
-    assert!(!bytes.contains(&0x1b), "{} holds escape codes", path.display());
 }
 
 #[test]
@@ -67,17 +32,7 @@ fn tracker_stops_within_a_second_while_the_other_members_are_down() {
     let config = dir.join("tracker-1.json");
     std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
     let stderr = dir.join("tracker-1.stderr");
-    let child = Command::new(env!("CARGO_BIN_EXE_quorrent-tracker"))
-        .arg("--config")
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let mut child = Guard(child);
+    let mut child = spawn_with_config(env!("CARGO_BIN_EXE_quorrent-tracker"), &config, &stderr);
     let log = cfg.log_dir.join("tracker-1.log");
     wait_until("the member to start", Duration::from_secs(60), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("tracker member started"))
@@ -96,27 +51,22 @@ fn tracker_stops_within_a_second_while_the_other_members_are_down() {
 }
 
 /// Starts member `id` of `c` as the real binary, its stderr in a file.
-fn spawn_member(c: &TestCluster, id: u64) -> Guard {
+fn spawn_member(c: &TestCluster, id: u64) -> ChildGuard {
     let dir = c.dir.path();
     let config = dir.join(format!("tracker-{id}.json"));
     std::fs::write(&config, serde_json::to_string(&c.configs[&id]).unwrap()).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_quorrent-tracker"))
-        .arg("--config")
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("tracker-{id}.stderr"))).unwrap())
-        .spawn()
-        .unwrap();
-    Guard(child)
+    spawn_with_config(
+        env!("CARGO_BIN_EXE_quorrent-tracker"),
+        &config,
+        &dir.join(format!("tracker-{id}.stderr")),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_stops_within_a_second_while_its_followers_are_frozen() {
     let c = TestCluster::new(3);
-    let mut members: std::collections::BTreeMap<u64, Guard> = (1..=3).map(|id| (id, spawn_member(&c, id))).collect();
+    let mut members: std::collections::BTreeMap<u64, ChildGuard> =
+        (1..=3).map(|id| (id, spawn_member(&c, id))).collect();
     let client = ApiClient::new(&c.certs());
     // Any member answers the status, also before a leader is known: long
     // poll (WatchLeader) until one names a leader.
