@@ -71,7 +71,7 @@ impl LogStore {
         match last {
             None => Ok(None),
             Some((_, v)) => {
-                let e: Entry = protocol::codec::decode(v.value(), usize::MAX).map_err(read_err)?;
+                let e = decode_entry(v.value()).map_err(read_err)?;
                 Ok(Some(*e.get_log_id()))
             }
         }
@@ -88,7 +88,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for item in table.range(range).map_err(read_err)? {
             let (_, v) = item.map_err(read_err)?;
-            out.push(protocol::codec::decode(v.value(), usize::MAX).map_err(read_err)?);
+            out.push(decode_entry(v.value()).map_err(read_err)?);
         }
         Ok(out)
     }
@@ -194,5 +194,97 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
         .map_err(write_err)?
         .map_err(write_err)
+    }
+}
+
+/// Decodes a stored log entry. An entry written before batches carried
+/// quotas (the first release) decodes as such and is applied as it was
+/// then, without quotas, so that every member replays it the same way.
+fn decode_entry(bytes: &[u8]) -> Result<Entry, protocol::codec::CodecError> {
+    match protocol::codec::decode::<Entry>(bytes, usize::MAX) {
+        Ok(e) => Ok(e),
+        Err(e) => legacy::decode(bytes).ok_or(e),
+    }
+}
+
+/// Log entries of the first release: a batch without quotas.
+mod legacy {
+    use std::io::Cursor;
+
+    use openraft::EntryPayload;
+    use protocol::{config::Quotas, tracker_api::Answer};
+    use serde::{Deserialize, Serialize};
+
+    use crate::{
+        registry::{Batch, Write},
+        typ::{Entry, Member, NodeId},
+    };
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct OldBatch {
+        now_ms: u64,
+        writes: Vec<Write>,
+    }
+
+    impl std::fmt::Display for OldBatch {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "batch of {} writes", self.writes.len())
+        }
+    }
+
+    openraft::declare_raft_types!(
+        pub OldConfig:
+            D = OldBatch,
+            R = Vec<Answer>,
+            NodeId = NodeId,
+            Node = Member,
+            SnapshotData = Cursor<Vec<u8>>,
+    );
+
+    pub fn decode(bytes: &[u8]) -> Option<Entry> {
+        let old: openraft::Entry<OldConfig> = protocol::codec::decode(bytes, usize::MAX).ok()?;
+        let payload = match old.payload {
+            EntryPayload::Blank => EntryPayload::Blank,
+            EntryPayload::Membership(m) => EntryPayload::Membership(m),
+            EntryPayload::Normal(b) => EntryPayload::Normal(Batch {
+                now_ms: b.now_ms,
+                writes: b.writes,
+                quotas: Quotas {
+                    max_files_per_user: u64::MAX,
+                    max_peers_per_user: u64::MAX,
+                },
+            }),
+        };
+        Some(Entry {
+            log_id: old.log_id,
+            payload,
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// An entry as the first release wrote it decodes, without quotas.
+        #[test]
+        fn first_release_entry_decodes() {
+            let old = openraft::Entry::<OldConfig> {
+                log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 42),
+                payload: EntryPayload::Normal(OldBatch {
+                    now_ms: 7,
+                    writes: vec![],
+                }),
+            };
+            let bytes = protocol::codec::encode_body(&old).unwrap();
+            let e = super::super::decode_entry(&bytes).unwrap();
+            assert_eq!(e.log_id.index, 42);
+            match e.payload {
+                EntryPayload::Normal(b) => {
+                    assert_eq!(b.now_ms, 7);
+                    assert_eq!(b.quotas.max_files_per_user, u64::MAX);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }
