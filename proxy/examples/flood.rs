@@ -219,39 +219,69 @@ struct Run {
     flood_secs: f64,
 }
 
+/// The well-behaved client's whole life (sign up, a quiet phase, then a
+/// phase until `flood_done`), on its own thread and runtime: its requests
+/// must not queue behind the attackers' 20,000 tasks in this process, as
+/// they would not if the attackers were other machines. It says when the
+/// quiet phase is over on `quiet_done`.
+fn calm_client(
+    certs: std::path::PathBuf,
+    proxy: SocketAddr,
+    quiet_done: tokio::sync::oneshot::Sender<()>,
+    flood_done: tokio::sync::oneshot::Receiver<()>,
+) -> std::thread::JoinHandle<(Vec<Duration>, Vec<String>, Vec<Duration>, Vec<String>)> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = ApiClient::new(&certs);
+            for req in [
+                Request::Register {
+                    user: "calm".into(),
+                    password: "pw".into(),
+                },
+                Request::Login {
+                    user: "calm".into(),
+                    password: "pw".into(),
+                },
+            ] {
+                match via(&client, proxy, req).await {
+                    Ok(Reply::LoggedIn { token, .. }) => *client.token.lock().unwrap() = Some(token),
+                    Ok(_) => {}
+                    Err(e) => panic!("sign up: {e}"),
+                }
+            }
+            via(
+                &client,
+                proxy,
+                Request::AnnouncePeer {
+                    peer_id: PeerId([1; 32]),
+                    addrs: vec![],
+                },
+            )
+            .await
+            .expect("announce");
+            let (quiet, quiet_err) = behave(&client, proxy, 0, tokio::time::sleep(Duration::from_secs(15))).await;
+            let _ = quiet_done.send(());
+            let (flooded, flood_err) = behave(&client, proxy, 1_000_000, async {
+                let _ = flood_done.await;
+            })
+            .await;
+            (quiet, quiet_err, flooded, flood_err)
+        })
+    })
+}
+
 async fn one_run() -> Run {
     let c = start();
     let certs = c.dir.path().join("certs");
-    let client = ApiClient::new(&certs);
-    let leader = ready(&c, &client).await;
-    for req in [
-        Request::Register {
-            user: "calm".into(),
-            password: "pw".into(),
-        },
-        Request::Login {
-            user: "calm".into(),
-            password: "pw".into(),
-        },
-    ] {
-        match via(&client, c.proxy_addr, req).await {
-            Ok(Reply::LoggedIn { token, .. }) => *client.token.lock().unwrap() = Some(token),
-            Ok(_) => {}
-            Err(e) => panic!("sign up: {e}"),
-        }
-    }
-    via(
-        &client,
-        c.proxy_addr,
-        Request::AnnouncePeer {
-            peer_id: PeerId([1; 32]),
-            addrs: vec![],
-        },
-    )
-    .await
-    .expect("announce");
-
-    let (mut quiet, quiet_err) = behave(&client, c.proxy_addr, 0, tokio::time::sleep(Duration::from_secs(15))).await;
+    let leader = ready(&c, &ApiClient::new(&certs)).await;
+    let (quiet_tx, quiet_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let calm = calm_client(certs.clone(), c.proxy_addr, quiet_tx, done_rx);
+    let _ = quiet_rx.await;
 
     // QUORRENT_FLOOD_GARBAGE=N changes the garbage connections (default 4),
     // e.g. 0 to see what the trickle and idle parts cost alone.
@@ -272,18 +302,11 @@ async fn one_run() -> Run {
         let (certs, f) = (certs.clone(), f.clone());
         async move { flood::run(&certs, leader_api, &format!("tracker-{leader}"), 20, &f).await }
     });
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let floods = tokio::spawn(async move {
-        let p = on_proxy.await.unwrap();
-        let l = on_leader.await.unwrap();
-        let _ = done_tx.send(());
-        (p, l)
-    });
-    let (mut flooded, flood_err) = behave(&client, c.proxy_addr, 1_000_000, async {
-        let _ = done_rx.await;
-    })
-    .await;
-    let (p, l) = floods.await.unwrap();
+    let p = on_proxy.await.unwrap();
+    let l = on_leader.await.unwrap();
+    let _ = done_tx.send(());
+    let (mut quiet, quiet_err, mut flooded, flood_err) =
+        tokio::task::spawn_blocking(move || calm.join().unwrap()).await.unwrap();
     let flood_secs = started.elapsed().as_secs_f64();
     eprintln!("proxy flood: {p:?}\nleader flood: {l:?}");
     if !quiet_err.is_empty() || !flood_err.is_empty() {
