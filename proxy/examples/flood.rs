@@ -219,6 +219,9 @@ struct Run {
     flood_secs: f64,
 }
 
+/// Latencies of the answered requests and the errors of one phase.
+type Phase = (Vec<Duration>, Vec<String>);
+
 /// The well-behaved client's whole life (sign up, a quiet phase, then a
 /// phase until `flood_done`), on its own thread and runtime: its requests
 /// must not queue behind the attackers' 20,000 tasks in this process, as
@@ -229,7 +232,7 @@ fn calm_client(
     proxy: SocketAddr,
     quiet_done: tokio::sync::oneshot::Sender<()>,
     flood_done: tokio::sync::oneshot::Receiver<()>,
-) -> std::thread::JoinHandle<(Vec<Duration>, Vec<String>, Vec<Duration>, Vec<String>)> {
+) -> std::thread::JoinHandle<(Phase, Phase)> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -269,7 +272,7 @@ fn calm_client(
                 let _ = flood_done.await;
             })
             .await;
-            (quiet, quiet_err, flooded, flood_err)
+            ((quiet, quiet_err), (flooded, flood_err))
         })
     })
 }
