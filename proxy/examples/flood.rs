@@ -308,7 +308,7 @@ async fn one_run() -> Run {
     let p = on_proxy.await.unwrap();
     let l = on_leader.await.unwrap();
     let _ = done_tx.send(());
-    let (mut quiet, quiet_err, mut flooded, flood_err) =
+    let ((mut quiet, quiet_err), (mut flooded, flood_err)) =
         tokio::task::spawn_blocking(move || calm.join().unwrap()).await.unwrap();
     let flood_secs = started.elapsed().as_secs_f64();
     eprintln!("proxy flood: {p:?}\nleader flood: {l:?}");
