@@ -832,11 +832,6 @@ async fn answered_errors_keep_their_codes() {
             "throttled",
             Some("too many register"),
         ),
-        (
-            ApiError::RefusedCertificate("not a proxy".into()),
-            "refused_certificate",
-            Some("certificate refused"),
-        ),
         (ApiError::Overloaded, "overloaded", None),
     ];
     for (i, (error, code, needle)) in cases.into_iter().enumerate() {

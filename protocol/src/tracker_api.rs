@@ -262,9 +262,6 @@ pub enum ApiError {
     /// Too many requests of this kind from this source; not applied.
     #[error("too many {what} requests; try again in {retry_after_ms} ms")]
     Throttled { what: String, retry_after_ms: u64 },
-    /// The caller's certificate does not carry a role allowed here.
-    #[error("certificate refused: {0}")]
-    RefusedCertificate(String),
 }
 
 impl ApiError {
@@ -288,7 +285,6 @@ impl ApiError {
             ApiError::Overloaded => "overloaded",
             ApiError::Internal => "internal",
             ApiError::Quota { .. } => "quota",
-            ApiError::RefusedCertificate(_) => "refused_certificate",
         }
     }
 }

@@ -271,7 +271,6 @@ fn answers() -> Vec<Answer> {
             what: "register".into(),
             retry_after_ms: 1000,
         }),
-        Err(ApiError::RefusedCertificate("proxy".into())),
     ]
 }
 
