@@ -396,7 +396,13 @@ async fn announce(client: &TrackerClient, home: &Home, addrs: Vec<SocketAddr>) -
 /// that is 20 million owners, far past any quota).
 const MAX_OWNER_PAGES: usize = 10_000;
 
-/// A file's metadata and every live owner, page by page.
+/// Owners kept for one download: far more than it dials (`max_peers`),
+/// so that it can replace the ones that fail, and a bound on what a file
+/// with millions of owners costs the node's memory.
+const MAX_OWNERS_KEPT: usize = 4096;
+
+/// A file's metadata and its live owners, page by page, up to
+/// [`MAX_OWNERS_KEPT`].
 async fn all_owners(
     client: &TrackerClient,
     file_id: FileId,
@@ -419,6 +425,10 @@ async fn all_owners(
             return Err(unexpected("get-owners"));
         };
         owners.extend(page);
+        if owners.len() >= MAX_OWNERS_KEPT {
+            owners.truncate(MAX_OWNERS_KEPT);
+            return Ok((file, owners));
+        }
         match next {
             // A cursor must move forward, or the tracker is misbehaving.
             Some(n) if cursor.is_none_or(|c| n > c) => cursor = Some(n),
