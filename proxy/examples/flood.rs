@@ -17,7 +17,6 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -29,17 +28,10 @@ use protocol::{
 };
 use tracker_cluster::testing::{
     flood::{self, Flood},
-    free_port, ApiClient,
+    free_port,
+    procs::{rss_of, spawn_with_config, ChildGuard},
+    ApiClient,
 };
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -53,24 +45,11 @@ fn bin(name: &str) -> PathBuf {
     p
 }
 
-fn spawn(bin: &Path, config: &Path) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(bin)
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn"),
-    )
-}
-
 struct Cluster {
     dir: tempfile::TempDir,
-    trackers: BTreeMap<u64, KillOnDrop>,
+    trackers: BTreeMap<u64, ChildGuard>,
     members: Vec<MemberAddr>,
-    proxy: KillOnDrop,
+    proxy: ChildGuard,
     proxy_addr: SocketAddr,
 }
 
@@ -100,7 +79,7 @@ fn start() -> Cluster {
         };
         let path = dir.path().join(format!("tracker-{}.json", m.id));
         std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
-        trackers.insert(m.id, spawn(&bin("quorrent-tracker"), &path));
+        trackers.insert(m.id, spawn_with_config(bin("quorrent-tracker"), &path, None));
     }
     let proxy_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let cfg = ProxyConfig {
@@ -112,7 +91,7 @@ fn start() -> Cluster {
     };
     let path = dir.path().join("proxy-1.json");
     std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
-    let proxy = spawn(&bin("quorrent-proxy"), &path);
+    let proxy = spawn_with_config(bin("quorrent-proxy"), &path, None);
     Cluster {
         dir,
         trackers,
@@ -316,7 +295,7 @@ async fn one_run() -> Run {
         eprintln!("errors: quiet {quiet_err:?} flood {flood_err:?}");
     }
     let peak = |pid: u32| {
-        flood::rss_of(pid)
+        rss_of(pid)
             .map(|(hwm, _)| hwm as f64 / (1 << 20) as f64)
             .unwrap_or(f64::NAN)
     };

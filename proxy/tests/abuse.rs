@@ -11,7 +11,6 @@
 
 use std::{
     net::SocketAddr,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -22,20 +21,12 @@ use protocol::{
 };
 use tracker_cluster::testing::{
     flood::{self, Flood, FloodReport},
-    free_port, ApiClient, TestCluster,
+    free_port,
+    procs::{rss_of, spawn_with_config, ChildGuard},
+    ApiClient, TestCluster,
 };
 
 const T: Duration = Duration::from_secs(30);
-
-/// Kills (and reaps) the child process when dropped, whatever the test did.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn scaled(n: usize) -> usize {
     let scale: f64 = std::env::var("QUORRENT_FLOOD_SCALE")
@@ -47,7 +38,7 @@ fn scaled(n: usize) -> usize {
 
 /// Starts `quorrent-proxy` on a free port in front of `c`; returns the
 /// process and its address once it answers.
-async fn start_proxy(c: &TestCluster, probe: &ApiClient) -> (KillOnDrop, SocketAddr) {
+async fn start_proxy(c: &TestCluster, probe: &ApiClient) -> (ChildGuard, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let cfg = ProxyConfig {
         name: "proxy-1".into(),
@@ -59,15 +50,7 @@ async fn start_proxy(c: &TestCluster, probe: &ApiClient) -> (KillOnDrop, SocketA
     };
     let path = c.dir.path().join("proxy-1.json");
     std::fs::write(&path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_quorrent-proxy"))
-        .arg("--config")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn quorrent-proxy");
-    let child = KillOnDrop(child);
+    let child = spawn_with_config(env!("CARGO_BIN_EXE_quorrent-proxy"), &path, None);
     // Ready when it answers ClusterStatus (bounded: 30 s of attempts).
     let until = Instant::now() + T;
     loop {
@@ -279,7 +262,7 @@ async fn flood_of_proxy_and_leader_spares_a_well_behaved_client() {
     assert!(st.read_timeouts > 0, "{st:?}");
 
     // The proxy's peak resident memory over its whole life.
-    let (peak, now) = flood::rss_of(proxy.0.id()).expect("proxy /proc status");
+    let (peak, now) = rss_of(proxy.0.id()).expect("proxy /proc status");
     eprintln!("proxy RSS: peak {} MiB, now {} MiB", peak >> 20, now >> 20);
     assert!(
         peak <= limits.max_rss_mb << 20,

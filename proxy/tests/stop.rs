@@ -47,7 +47,7 @@ async fn proxy_stops_within_a_second_while_every_tracker_is_down() {
     let config = c.dir.path().join("proxy-1.json");
     std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
     let stderr = c.dir.path().join("proxy-1.stderr");
-    let mut child = spawn_with_config(env!("CARGO_BIN_EXE_quorrent-proxy"), &config, &stderr);
+    let mut child = spawn_with_config(env!("CARGO_BIN_EXE_quorrent-proxy"), &config, Some(&stderr));
     let log = cfg.log_dir.join("proxy-1.log");
     wait_until("the proxy to learn the leader", Duration::from_secs(60), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("leader changed"))

@@ -26,33 +26,26 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use protocol::tracker_api::{ApiError, Reply, Request};
-use tracker_cluster::testing::{free_port, ApiClient};
+use tracker_cluster::testing::{
+    free_port,
+    procs::{rss_of, spawn_with_config, ChildGuard},
+    ApiClient,
+};
 
 struct Member {
     id: u64,
-    child: Child,
+    child: ChildGuard,
 }
 
-impl Drop for Member {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// A `/proc/PID/status` memory figure in KiB ("VmRSS:" or "VmHWM:").
 fn status_kib(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    let (peak, now) = rss_of(pid).unwrap_or_default();
+    (if field == "VmHWM:" { peak } else { now }) / 1024
 }
 
 fn mib(kib: u64) -> String {
@@ -104,12 +97,7 @@ async fn main() {
         });
         let path = dir.path().join(format!("tracker-{id}.json"));
         std::fs::write(&path, cfg.to_string()).expect("config");
-        let child = Command::new(&bin)
-            .arg("--config")
-            .arg(&path)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        let child = spawn_with_config(&bin, &path, None);
         running.push(Member { id, child });
     }
     let addrs: BTreeMap<u64, SocketAddr> = members
@@ -142,6 +130,7 @@ async fn main() {
         .find(|m| m.id == leader)
         .expect("leader process")
         .child
+        .0
         .id();
     let before = status_kib(pid, "VmRSS:");
 

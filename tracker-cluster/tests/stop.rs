@@ -32,7 +32,7 @@ fn tracker_stops_within_a_second_while_the_other_members_are_down() {
     let config = dir.join("tracker-1.json");
     std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
     let stderr = dir.join("tracker-1.stderr");
-    let mut child = spawn_with_config(env!("CARGO_BIN_EXE_quorrent-tracker"), &config, &stderr);
+    let mut child = spawn_with_config(env!("CARGO_BIN_EXE_quorrent-tracker"), &config, Some(&stderr));
     let log = cfg.log_dir.join("tracker-1.log");
     wait_until("the member to start", Duration::from_secs(60), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("tracker member started"))
@@ -58,7 +58,7 @@ fn spawn_member(c: &TestCluster, id: u64) -> ChildGuard {
     spawn_with_config(
         env!("CARGO_BIN_EXE_quorrent-tracker"),
         &config,
-        &dir.join(format!("tracker-{id}.stderr")),
+        Some(&dir.join(format!("tracker-{id}.stderr"))),
     )
 }
 

@@ -291,18 +291,3 @@ async fn garbage_exchange(conn: &quinn::Connection, k: u64) -> Option<Answer> {
         .ok()?;
     codec::decode::<Answer>(&body, 1 << 20).ok()
 }
-
-/// Peak and current resident memory of process `pid` (VmHWM, VmRSS), in
-/// bytes, from /proc.
-pub fn rss_of(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-    };
-    Some((field("VmHWM:")?, field("VmRSS:")?))
-}

@@ -1,6 +1,6 @@
-//! Real child processes for the end-to-end tests: start a quorrent binary
-//! with its configuration (stderr to a file), kill it when the test ends
-//! however it ends, signal it, and time a SIGTERM to its exit.
+//! Real child processes for the end-to-end tests and benchmarks: start a
+//! quorrent binary with its configuration, kill it when the test ends
+//! however it ends, signal it, time a SIGTERM to its exit, read its memory.
 
 use std::{
     path::Path,
@@ -19,9 +19,14 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Starts `bin --config CONFIG`, stderr into `stderr`, without RUST_LOG
-/// and NO_COLOR from the test's environment.
-pub fn spawn_with_config(bin: &str, config: &Path, stderr: &Path) -> ChildGuard {
+/// Starts `bin --config CONFIG`, stderr into the file `stderr` (or
+/// nowhere), without RUST_LOG and NO_COLOR from the test's environment.
+pub fn spawn_with_config(bin: impl AsRef<Path>, config: &Path, stderr: Option<&Path>) -> ChildGuard {
+    let bin = bin.as_ref();
+    let stderr = match stderr {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("stderr file")),
+        None => Stdio::null(),
+    };
     let child = Command::new(bin)
         .arg("--config")
         .arg(config)
@@ -29,9 +34,9 @@ pub fn spawn_with_config(bin: &str, config: &Path, stderr: &Path) -> ChildGuard 
         .env_remove("NO_COLOR")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(stderr).expect("stderr file"))
+        .stderr(stderr)
         .spawn()
-        .expect("spawn");
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
     ChildGuard(child)
 }
 
@@ -63,4 +68,18 @@ pub fn no_escape_codes(path: &Path) {
     let bytes = std::fs::read(path).expect("log file");
     assert!(!bytes.is_empty(), "{} is empty", path.display());
     assert!(!bytes.contains(&0x1b), "{} holds escape codes", path.display());
+}
+
+/// A process's (peak, current) resident memory in bytes (VmHWM, VmRSS).
+pub fn rss_of(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
 }
