@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             // Every message is meant to be one line; make sure of it.
-            let message = f.message.lines().map(str::trim).collect::<Vec<_>>().join("; ");
+            let message = protocol::one_line(&f.message);
             if json {
                 let key = if f.stopped { "stopped" } else { "error" };
                 let mut out = serde_json::Map::new();

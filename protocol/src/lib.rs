@@ -20,6 +20,17 @@ pub mod stop;
 pub mod tls;
 pub mod tracker_api;
 
+/// An error message (with its causes, `{:#}`) as the one line a command
+/// prints: line breaks become "; ".
+pub fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Milliseconds since the Unix epoch, the one wall clock the system uses
 /// for expiries that cross machines (sessions).
 pub fn unix_ms() -> u64 {

@@ -20,11 +20,7 @@ struct Cli {
 
 fn main() {
     if let Err(e) = real_main(Cli::parse()) {
-        let message = format!("{e:#}");
-        eprintln!(
-            "quorrent-proxy: {}",
-            message.lines().map(str::trim).collect::<Vec<_>>().join("; ")
-        );
+        eprintln!("quorrent-proxy: {}", protocol::one_line(&format!("{e:#}")));
         std::process::exit(1);
     }
 }

@@ -222,8 +222,9 @@ pub fn status_of(id: NodeId, m: &Metrics) -> ClusterStatus {
 }
 
 /// Whether `m` shows an applied membership that does not list `id`;
-/// gives the membership's log index.
-fn applied_without(id: NodeId, m: &Metrics) -> Option<u64> {
+/// gives the membership's log index. A member answers a vote request from
+/// such an `id` with `NotMember`, and counts itself removed when it is `id`.
+pub fn applied_without(id: NodeId, m: &Metrics) -> Option<u64> {
     let stored = &m.membership_config;
     let at = stored.log_id().as_ref()?.index;
     let applied = m.last_applied.map(|l| l.index)?;
@@ -237,12 +238,6 @@ fn own_membership_index(id: NodeId, m: &Metrics) -> Option<u64> {
         .membership()
         .get_node(&id)
         .map(|_| stored.log_id().as_ref().map_or(0, |l| l.index))
-}
-
-/// What a member answers to a vote request from `from`: `Some(index)` if
-/// its applied membership (at `index`) does not list `from`.
-pub fn not_member_index(m: &Metrics, from: NodeId) -> Option<u64> {
-    applied_without(from, m)
 }
 
 /// Notices this member's removal (see [`Removal`]) and takes it out.

@@ -79,11 +79,7 @@ fn main() {
     let cli = Cli::parse();
     if let Err(e) = real_main(cli) {
         // One line, whatever the causes say.
-        let message = format!("{e:#}");
-        eprintln!(
-            "quorrent-tracker: {}",
-            message.lines().map(str::trim).collect::<Vec<_>>().join("; ")
-        );
+        eprintln!("quorrent-tracker: {}", protocol::one_line(&format!("{e:#}")));
         std::process::exit(1);
     }
 }

@@ -129,7 +129,7 @@ fn authorize(app: &App, cert: &CertificateDer<'_>, req: &RaftRequest, remote: So
         };
     }
     if let (RaftRequest::Vote(_), Some(from)) = (req, sender(req)) {
-        let not_member = crate::app::not_member_index(&app.raft.metrics().borrow(), from);
+        let not_member = crate::app::applied_without(from, &app.raft.metrics().borrow());
         if let Some(membership_index) = not_member {
             tracing::info!(
                 from,
