@@ -287,9 +287,10 @@ async fn watch_removal(app: Arc<App>) {
 /// `owners.live_index_every_secs`; drops it when not leading, or while a
 /// new leader still counts every owner as seen (nothing to skip yet).
 ///
-/// The build holds the registry's read lock for one pass over files and
-/// owners (writes wait for it); searches between builds cost only the
-/// live files plus the files registered since.
+/// The build runs on the blocking pool from a copy of the heartbeat times
+/// and holds the registry's read lock for one pass over files and owners
+/// (writes wait for it); searches between builds cost only the live files
+/// plus the files registered since.
 async fn maintain_live_index(app: std::sync::Weak<App>) {
     let every = match app.upgrade() {
         Some(a) => Duration::from_secs(a.config.owners.live_index_every_secs),
@@ -306,13 +307,21 @@ async fn maintain_live_index(app: std::sync::Weak<App>) {
         }
         let window = Duration::from_secs(app.config.owners.dead_file_secs);
         let now = Instant::now();
-        let index = {
-            let live = app.liveness.lock().expect("liveness lock");
-            if live.all_seen_within(window, now) {
-                None
-            } else {
+        // A copy of the heartbeat times, so heartbeats do not wait for the
+        // pass over the registry, which runs off the async runtime.
+        let live = app.liveness.lock().expect("liveness lock").clone();
+        let index = if live.all_seen_within(window, now) {
+            None
+        } else {
+            let app = app.clone();
+            let built = tokio::task::spawn_blocking(move || {
                 let st = app.state.read();
-                Some(st.registry.build_live_index(|p| live.seen_within(p, window, now)))
+                st.registry.build_live_index(|p| live.seen_within(p, window, now))
+            })
+            .await;
+            match built {
+                Ok(ix) => Some(ix),
+                Err(_) => return, // the runtime is going away
             }
         };
         if let Some(ix) = &index {

@@ -17,7 +17,7 @@ use std::{
 
 use protocol::ids::PeerId;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Liveness {
     ttl: Duration,
     /// How long a timestamp is kept (at least `ttl`; longer to answer
