@@ -102,7 +102,13 @@ fn authorize(app: &App, cert: &CertificateDer<'_>, req: &RaftRequest, remote: So
     if !allowed {
         let role = tls::role_kind(cert);
         let what = kind(req);
-        tracing::warn!(%remote, role, request = what, "raft request refused: the certificate's role does not allow it");
+        // A caller may repeat a refused request as fast as it likes: the
+        // log gets one line per interval, with the count held back.
+        static REFUSALS: std::sync::LazyLock<protocol::listen::LogLimiter> =
+            std::sync::LazyLock::new(|| protocol::listen::LogLimiter::new(protocol::listen::LOG_EVERY));
+        if let Some(unlogged) = REFUSALS.hit() {
+            tracing::warn!(%remote, role, request = what, unlogged, "raft request refused: the certificate's role does not allow it");
+        }
         let rule = match req {
             RaftRequest::Admin(AdminRequest::Status) => "only the admin or a member",
             RaftRequest::Admin(_) => "only the admin certificate",

@@ -72,6 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.raft.clone(),
             conn: None,
+            refused_log: protocol::listen::LogLimiter::new(protocol::listen::LOG_EVERY),
         }
     }
 }
@@ -82,6 +83,8 @@ pub struct Client {
     target: NodeId,
     addr: String,
     conn: Option<quinn::Connection>,
+    /// Refusals repeat with every heartbeat: logged once per interval.
+    refused_log: protocol::listen::LogLimiter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +118,9 @@ impl Client {
             ))))),
             Ok(Ok(RaftReply::Malformed(m))) => Err(OpenRpcError::Network(NetworkError::new(&Msg(m)))),
             Ok(Ok(RaftReply::Refused(m))) => {
-                tracing::warn!(target = self.target, "raft request refused: {m}");
+                if let Some(unlogged) = self.refused_log.hit() {
+                    tracing::warn!(target = self.target, unlogged, "raft request refused: {m}");
+                }
                 Err(OpenRpcError::Network(NetworkError::new(&Msg(m))))
             }
             Ok(Ok(RaftReply::NotMember { membership_index })) => {
