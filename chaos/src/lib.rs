@@ -1,0 +1,17 @@
+//! Proof under real faults: the tracker cluster on separate hosts (network
+//! namespaces), a nemesis that partitions, drops, delays, pauses, kills and
+//! replaces members, a workload that records every operation, and a
+//! linearizability checker for that history.
+//!
+//! - [`history`]: the recorded operations (the workers' output).
+//! - [`model`] and [`check`]: the sequential model of the registry and the
+//!   Wing-Gong/Lowe search, split by key.
+
+pub mod history;
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on this
+/// machine, whatever network namespace it runs in.
+pub fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
