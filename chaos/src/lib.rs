@@ -6,8 +6,17 @@
 //! - [`history`]: the recorded operations (the workers' output).
 //! - [`model`] and [`check`]: the sequential model of the registry and the
 //!   Wing-Gong/Lowe search, split by key.
+//! - [`workload`]: the clients that make the history.
+//! - [`nemesis`]: the fault schedule, a function of the seed.
+//! - [`relay`]: the UDP relay that delays, reorders and duplicates.
+//! - [`runner`]: the test hosts, processes, faults and final checks.
+//! - [`report`]: the verdicts and the printed report.
 
 pub mod history;
+pub mod nemesis;
+pub mod report;
+pub mod runner;
+pub mod workload;
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process on this
 /// machine, whatever network namespace it runs in.

@@ -62,6 +62,9 @@ enum AdminAction {
     Members,
     /// Prints the current leader's id (exit 1 if there is none).
     Leader,
+    /// Asks every configured member for its applied index and a digest
+    /// of its registry: members at one index must show one digest.
+    Digests,
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<TrackerConfig> {
@@ -156,6 +159,21 @@ async fn admin(config: TrackerConfig, action: AdminAction) -> anyhow::Result<()>
         AdminAction::Add { id, api, raft } => management::AdminRequest::Add { id, api, raft },
         AdminAction::Remove { id } => management::AdminRequest::Remove { id },
         AdminAction::Status => management::AdminRequest::Status,
+        AdminAction::Digests => {
+            println!("{:<4} {:>12}  digest", "id", "applied");
+            for m in &config.members {
+                match management::digest_of_member(&net, m.id, &m.raft, Duration::from_millis(1500)).await {
+                    Ok((applied, digest)) => println!(
+                        "{:<4} {:>12}  {digest}",
+                        m.id,
+                        applied.map_or("-".into(), |a| a.to_string())
+                    ),
+                    Err(e) => println!("{:<4} {:>12}  down ({e})", m.id, "-"),
+                }
+            }
+            ep.close(0u32.into(), b"done");
+            return Ok(());
+        }
         AdminAction::Members => {
             print_members(&net, &config).await;
             ep.close(0u32.into(), b"done");

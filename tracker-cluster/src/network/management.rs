@@ -27,6 +27,9 @@ pub enum AdminRequest {
         id: NodeId,
     },
     Status,
+    /// This member's applied index and a digest of its registry (any
+    /// member answers; equal digests at equal indexes mean equal state).
+    Digest,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,9 +40,21 @@ pub enum AdminReply {
         leader: Option<NodeId>,
         raft: Option<String>,
     },
+    Digest {
+        applied: Option<u64>,
+        /// BLAKE3 of the registry, hex.
+        digest: String,
+    },
 }
 
 pub async fn handle(app: &App, req: AdminRequest) -> Result<AdminReply, String> {
+    if let AdminRequest::Digest = req {
+        let st = app.state.read();
+        return Ok(AdminReply::Digest {
+            applied: st.last_applied.map(|l| l.index),
+            digest: hex::encode(st.registry.digest()),
+        });
+    }
     if !matches!(req, AdminRequest::Status) {
         if let Err(_e) = app.leader_check() {
             let m = app.metrics();
@@ -53,7 +68,7 @@ pub async fn handle(app: &App, req: AdminRequest) -> Result<AdminReply, String> 
         }
     }
     match req {
-        AdminRequest::Status => {}
+        AdminRequest::Status | AdminRequest::Digest => {}
         AdminRequest::Add { id, api, raft } => {
             for (what, a) in [("api", &api), ("raft", &raft)] {
                 a.parse::<std::net::SocketAddr>()
@@ -116,6 +131,31 @@ pub async fn status_of_member(
     conn.close(0u32.into(), b"done");
     match reply {
         RaftReply::Admin(Ok(AdminReply::Status(s))) => Ok(s),
+        RaftReply::Refused(why) => Err(why),
+        other => Err(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// Asks one member for its applied index and registry digest.
+pub async fn digest_of_member(
+    net: &Network,
+    id: NodeId,
+    addr: &str,
+    timeout: Duration,
+) -> Result<(Option<u64>, String), String> {
+    let conn = tokio::time::timeout(timeout, net.connect(id, addr))
+        .await
+        .map_err(|_| "timed out".to_string())??;
+    let reply = tokio::time::timeout(
+        timeout,
+        protocol::codec::call::<_, RaftReply>(&conn, &RaftRequest::Admin(AdminRequest::Digest), 1 << 20),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    conn.close(0u32.into(), b"done");
+    match reply {
+        RaftReply::Admin(Ok(AdminReply::Digest { applied, digest })) => Ok((applied, digest)),
         RaftReply::Refused(why) => Err(why),
         other => Err(format!("unexpected reply {other:?}")),
     }

@@ -6,7 +6,7 @@
 //! - Append, Vote, InstallSnapshot: only a member certificate, and only
 //!   for the member id it names (member 2 cannot speak for member 1);
 //! - Admin Add and Remove: only the admin certificate;
-//! - Admin Status: the admin or a member.
+//! - Admin Status and Digest: the admin or a member.
 //!
 //! A refused caller gets `RaftReply::Refused` naming why, and a log line.
 
@@ -87,13 +87,14 @@ fn kind(req: &RaftRequest) -> &'static str {
         RaftRequest::Admin(AdminRequest::Add { .. }) => "admin-add",
         RaftRequest::Admin(AdminRequest::Remove { .. }) => "admin-remove",
         RaftRequest::Admin(AdminRequest::Status) => "admin-status",
+        RaftRequest::Admin(AdminRequest::Digest) => "admin-digest",
     }
 }
 
 /// Checks the caller's role for `req`; `Err` holds the answer to send.
 fn authorize(app: &App, cert: &CertificateDer<'_>, req: &RaftRequest, remote: SocketAddr) -> Result<(), RaftReply> {
     let allowed = match req {
-        RaftRequest::Admin(AdminRequest::Status) => {
+        RaftRequest::Admin(AdminRequest::Status | AdminRequest::Digest) => {
             tls::has_role(cert, Role::Admin) || tls::role_kind(cert) == "member"
         }
         RaftRequest::Admin(_) => tls::has_role(cert, Role::Admin),
@@ -110,7 +111,7 @@ fn authorize(app: &App, cert: &CertificateDer<'_>, req: &RaftRequest, remote: So
             tracing::warn!(%remote, role, request = what, unlogged, "raft request refused: the certificate's role does not allow it");
         }
         let rule = match req {
-            RaftRequest::Admin(AdminRequest::Status) => "only the admin or a member",
+            RaftRequest::Admin(AdminRequest::Status | AdminRequest::Digest) => "only the admin or a member",
             RaftRequest::Admin(_) => "only the admin certificate",
             _ => "only the certificate of the member the message comes from",
         };
@@ -125,7 +126,7 @@ fn authorize(app: &App, cert: &CertificateDer<'_>, req: &RaftRequest, remote: So
     }
     if let Some(why) = app.removal.reason() {
         return match req {
-            RaftRequest::Admin(AdminRequest::Status) => Ok(()),
+            RaftRequest::Admin(AdminRequest::Status | AdminRequest::Digest) => Ok(()),
             // The admin tool moves on to another member.
             RaftRequest::Admin(_) => Err(RaftReply::Admin(Ok(AdminReply::NotLeader {
                 leader: None,

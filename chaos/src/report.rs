@@ -1,0 +1,383 @@
+//! The report of a chaos run: operations by outcome, each fault with the
+//! longest client-visible write gap during it and the time to recover
+//! after it healed, and the verdicts (linearizable, lost and doubled
+//! writes, one leader per term, members equal).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    time::Duration,
+};
+
+use crate::{
+    check,
+    history::{Call, Op, Outcome, Ret},
+    nemesis::{Fault, Planned},
+    runner::Options,
+};
+
+/// What happened to one planned fault.
+#[derive(Debug, Clone)]
+pub struct FaultRecord {
+    pub fault: Fault,
+    pub start_ns: u64,
+    /// When it was healed (None: injecting or healing failed).
+    pub heal_ns: Option<u64>,
+    /// Whom it hit, or why it could not be injected.
+    pub target: String,
+    /// From the heal until a leader was known and every member had applied
+    /// what the leader had at that moment; None: not within 30 s.
+    pub recovered: Option<Duration>,
+    pub error: bool,
+}
+
+impl FaultRecord {
+    pub fn new(p: &Planned, start_ns: u64, heal_ns: u64, target: String, recovered: Option<Duration>) -> Self {
+        FaultRecord {
+            fault: p.fault.clone(),
+            start_ns,
+            heal_ns: Some(heal_ns),
+            target,
+            recovered,
+            error: false,
+        }
+    }
+
+    pub fn failed(p: &Planned, start_ns: u64, why: String) -> Self {
+        FaultRecord {
+            fault: p.fault.clone(),
+            start_ns,
+            heal_ns: None,
+            target: why,
+            recovered: None,
+            error: true,
+        }
+    }
+}
+
+pub struct Inputs<'a> {
+    pub options: &'a Options,
+    pub t0_ns: u64,
+    pub history: &'a [Op],
+    pub faults: &'a [FaultRecord],
+    /// Terms in which members named more than one leader.
+    pub split_terms: Vec<(u64, BTreeSet<u64>)>,
+    /// How long after the workload stopped the members became equal.
+    pub converged: Option<Duration>,
+    pub digests: Vec<(u64, Option<(Option<u64>, String)>)>,
+}
+
+/// The verdicts and the printable report.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub passed: bool,
+    pub text: String,
+    pub linearizable: Option<bool>,
+    pub lost: usize,
+    pub doubled: usize,
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// Writes answered definitely, by completion time.
+fn acked_write_times(history: &[Op]) -> Vec<u64> {
+    let mut t: Vec<u64> = history
+        .iter()
+        .filter(|op| op.call.is_write() && matches!(op.outcome, Outcome::Ok(_)))
+        .map(|op| op.complete_ns)
+        .collect();
+    t.sort_unstable();
+    t
+}
+
+/// The longest stretch of [from, to] in which no write was acknowledged.
+pub fn longest_gap(acked: &[u64], from: u64, to: u64) -> u64 {
+    let mut prev = from;
+    let mut gap = 0;
+    for &t in acked.iter().filter(|&&t| t > from && t < to) {
+        gap = gap.max(t - prev);
+        prev = t;
+    }
+    gap.max(to.saturating_sub(prev))
+}
+
+/// Acknowledged writes whose effect the final reads do not show, and
+/// acknowledged disowns undone by an earlier own applied again.
+///
+/// Only client p owns and disowns peer p, one operation at a time, so
+/// the final membership of p in a file's owners is decided by p's last
+/// write to that file when that write's outcome is known.
+pub fn lost_and_doubled(history: &[Op], reader: u32) -> (usize, usize, Vec<String>) {
+    let mut finals: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    let mut logins: BTreeMap<u32, bool> = BTreeMap::new();
+    for op in history.iter().filter(|op| op.client == reader) {
+        match (&op.call, &op.outcome) {
+            (Call::GetOwners { file }, Outcome::Ok(Ret::Owners(s))) => {
+                finals.insert(*file, s.clone());
+            }
+            (Call::GetOwners { file }, Outcome::Ok(Ret::UnknownFile)) => {
+                finals.insert(*file, BTreeSet::new());
+            }
+            (Call::Login { user, good: true }, Outcome::Ok(r)) => {
+                logins.insert(*user, *r == Ret::Done);
+            }
+            _ => {}
+        }
+    }
+    let mut last: BTreeMap<(u32, u32), &Op> = BTreeMap::new();
+    let mut registered = BTreeSet::new();
+    for op in history.iter().filter(|op| op.client != reader) {
+        match &op.call {
+            Call::Own { file, peer } | Call::Disown { file, peer } => {
+                let e = last.entry((*file, *peer)).or_insert(op);
+                if op.invoke_ns > e.invoke_ns {
+                    *e = op;
+                }
+            }
+            Call::Register { user } if op.outcome == Outcome::Ok(Ret::Done) => {
+                registered.insert(*user);
+            }
+            _ => {}
+        }
+    }
+    let (mut lost, mut doubled, mut notes) = (0, 0, Vec::new());
+    for ((file, peer), op) in last {
+        let Some(owners) = finals.get(&file) else { continue };
+        if op.outcome != Outcome::Ok(Ret::Done) {
+            continue;
+        }
+        let present = owners.contains(&peer);
+        match op.call {
+            Call::Own { .. } if !present => {
+                lost += 1;
+                notes.push(format!("lost: {}", check::describe(op)));
+            }
+            Call::Disown { .. } if present => {
+                doubled += 1;
+                notes.push(format!("undone (an earlier own applied again?): {}", check::describe(op)));
+            }
+            _ => {}
+        }
+    }
+    for u in registered {
+        if logins.get(&u) == Some(&false) {
+            lost += 1;
+            notes.push(format!("lost: register of user {u} acknowledged, final login refused"));
+        }
+    }
+    (lost, doubled, notes)
+}
+
+pub fn summarise(i: Inputs<'_>) -> Summary {
+    let o = i.options;
+    let mut t = String::new();
+    let rel = |ns: u64| ns.saturating_sub(i.t0_ns) as f64 / 1e9;
+    let _ = writeln!(
+        t,
+        "quorrent chaos run: seed {}, {:.0} s, {} clients on {} client hosts through 2 proxies, {} members",
+        o.seed, o.secs, o.clients, o.client_hosts, o.trackers
+    );
+    let kinds: Vec<_> = o.kinds.iter().map(|k| k.name()).collect();
+    let _ = writeln!(t, "fault kinds: {}", kinds.join(", "));
+
+    // Operations by kind and outcome.
+    let mut by_kind: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
+    let mut fail_codes: BTreeMap<String, usize> = BTreeMap::new();
+    for op in i.history {
+        let e = by_kind.entry(op.call.kind()).or_default();
+        match &op.outcome {
+            Outcome::Ok(_) => e.0 += 1,
+            Outcome::Fail(c) => {
+                e.1 += 1;
+                *fail_codes.entry(c.clone()).or_default() += 1;
+            }
+            Outcome::Unknown(_) => e.2 += 1,
+        }
+    }
+    let _ = writeln!(t, "\noperations: {}", i.history.len());
+    let _ = writeln!(t, "  {:<12} {:>8} {:>8} {:>8}", "kind", "ok", "failed", "unknown");
+    for (k, (a, b, c)) in &by_kind {
+        let _ = writeln!(t, "  {k:<12} {a:>8} {b:>8} {c:>8}");
+    }
+    // Refusals that a healthy cluster gives under load are expected; any
+    // other error means a client lost something (a session, a peer).
+    let expected = ["overloaded", "throttled"];
+    let unexpected: usize = fail_codes
+        .iter()
+        .filter(|(c, _)| !expected.contains(&c.as_str()))
+        .map(|(_, n)| n)
+        .sum();
+    if !fail_codes.is_empty() {
+        let codes: Vec<_> = fail_codes.iter().map(|(c, n)| format!("{c} x{n}")).collect();
+        let _ = writeln!(t, "  failed answers: {}", codes.join(", "));
+    }
+
+    // Faults.
+    let acked = acked_write_times(i.history);
+    let _ = writeln!(t, "\nfaults: {}", i.faults.len());
+    let _ = writeln!(
+        t,
+        "  {:>7} {:>6}  {:<52} {:>10} {:>10}  target",
+        "at s", "held s", "fault", "write gap", "recovered"
+    );
+    let mut fault_errors = 0;
+    let mut not_recovered = 0;
+    let mut cut_leader = Vec::new();
+    for f in i.faults {
+        let (gap, rec) = match f.heal_ns {
+            Some(h) => {
+                let end = h + f.recovered.map_or(0, |d| d.as_nanos() as u64);
+                (
+                    format!("{:.0} ms", ms(longest_gap(&acked, f.start_ns, end))),
+                    f.recovered
+                        .map_or("no (30 s)".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3)),
+                )
+            }
+            None => ("-".into(), "-".into()),
+        };
+        if f.error {
+            fault_errors += 1;
+        } else if f.recovered.is_none() {
+            not_recovered += 1;
+        }
+        if f.fault == Fault::IsolateLeader {
+            // First write invoked after the cut and acknowledged.
+            if let Some(first) = i
+                .history
+                .iter()
+                .filter(|op| op.call.is_write() && op.invoke_ns >= f.start_ns && matches!(op.outcome, Outcome::Ok(_)))
+                .map(|op| op.complete_ns)
+                .min()
+            {
+                cut_leader.push(ms(first - f.start_ns));
+            }
+        }
+        let _ = writeln!(
+            t,
+            "  {:>7.1} {:>6.1}  {:<52} {:>10} {:>10}  {}",
+            rel(f.start_ns),
+            f.heal_ns.map_or(0.0, |h| (h - f.start_ns) as f64 / 1e9),
+            f.fault.describe(),
+            gap,
+            rec,
+            f.target
+        );
+    }
+    if !cut_leader.is_empty() {
+        let s: Vec<_> = cut_leader.iter().map(|m| format!("{m:.0} ms")).collect();
+        let _ = writeln!(t, "  leader cut off -> first acknowledged write: {}", s.join(", "));
+    }
+
+    // Verdicts.
+    let _ = writeln!(t, "\nchecks:");
+    let report = check::check(i.history, o.max_steps);
+    let linearizable = match &report.result {
+        check::Verdict::Linearizable => {
+            let _ = writeln!(
+                t,
+                "  linearizable: yes ({} keys, {} operations checked)",
+                report.keys_checked, report.ops_checked
+            );
+            Some(true)
+        }
+        check::Verdict::NotLinearizable { key, ops } => {
+            let _ = writeln!(t, "  linearizable: NO, on {key:?}; shortest failing sub-history:");
+            for op in ops {
+                let _ = writeln!(t, "    {}", check::describe(op));
+            }
+            Some(false)
+        }
+        check::Verdict::Malformed { op, reason } => {
+            let _ = writeln!(t, "  linearizable: NO, an impossible answer: {reason}: {}", check::describe(op));
+            Some(false)
+        }
+        check::Verdict::TimedOut { key } => {
+            let _ = writeln!(t, "  linearizable: undecided (search limit reached on {key:?})");
+            None
+        }
+    };
+    let (lost, doubled, notes) = lost_and_doubled(i.history, o.clients);
+    let _ = writeln!(t, "  lost acknowledged writes: {lost}");
+    let _ = writeln!(t, "  doubled writes: {doubled}");
+    for n in notes.iter().take(20) {
+        let _ = writeln!(t, "    {n}");
+    }
+    if i.split_terms.is_empty() {
+        let _ = writeln!(t, "  leaders per term: at most one");
+    } else {
+        let _ = writeln!(t, "  leaders per term: VIOLATED {:?}", i.split_terms);
+    }
+    match i.converged {
+        Some(d) => {
+            let (_, first) = &i.digests[0];
+            let (applied, digest) = first.clone().unwrap_or_default();
+            let _ = writeln!(
+                t,
+                "  members equal: yes, {:.0} ms after the workload stopped (index {}, digest {})",
+                d.as_secs_f64() * 1e3,
+                applied.unwrap_or(0),
+                &digest[..digest.len().min(16)]
+            );
+        }
+        None => {
+            let _ = writeln!(t, "  members equal: NO within 30 s: {:?}", i.digests);
+        }
+    }
+    let _ = writeln!(t, "  unexpected errors: {unexpected}");
+    let _ = writeln!(t, "  faults that could not be injected or healed: {fault_errors}");
+    let _ = writeln!(t, "  faults not recovered from within 30 s: {not_recovered}");
+    let passed = linearizable == Some(true)
+        && lost == 0
+        && doubled == 0
+        && i.split_terms.is_empty()
+        && i.converged.is_some()
+        && unexpected == 0
+        && fault_errors == 0
+        && not_recovered == 0;
+    let _ = writeln!(t, "\nresult: {}", if passed { "PASS" } else { "FAIL" });
+    Summary {
+        passed,
+        text: t,
+        linearizable,
+        lost,
+        doubled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_gap_counts_the_edges() {
+        assert_eq!(longest_gap(&[], 10, 50), 40);
+        assert_eq!(longest_gap(&[20, 25, 45], 10, 50), 20);
+        assert_eq!(longest_gap(&[5, 60], 10, 50), 40);
+    }
+
+    fn op(client: u32, t: u64, call: Call, ret: Ret) -> Op {
+        Op {
+            client,
+            invoke_ns: t,
+            complete_ns: t + 1,
+            call,
+            outcome: Outcome::Ok(ret),
+        }
+    }
+
+    #[test]
+    fn lost_and_doubled_follow_each_peers_last_write() {
+        let reader = 9;
+        let h = vec![
+            op(1, 10, Call::Own { file: 0, peer: 1 }, Ret::Done),
+            op(2, 10, Call::Own { file: 0, peer: 2 }, Ret::Done),
+            op(2, 20, Call::Disown { file: 0, peer: 2 }, Ret::Done),
+            op(3, 10, Call::Own { file: 0, peer: 3 }, Ret::Done),
+            op(reader, 100, Call::GetOwners { file: 0 }, Ret::Owners([2, 3].into())),
+        ];
+        let (lost, doubled, _) = lost_and_doubled(&h, reader);
+        assert_eq!((lost, doubled), (1, 1)); // peer 1 lost, peer 2 back
+    }
+}
