@@ -8,6 +8,7 @@
 //!   Wing-Gong/Lowe search, split by key.
 
 pub mod history;
+pub mod model;
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process on this
 /// machine, whatever network namespace it runs in.
