@@ -7,6 +7,7 @@
 //! - [`model`] and [`check`]: the sequential model of the registry and the
 //!   Wing-Gong/Lowe search, split by key.
 
+pub mod check;
 pub mod history;
 pub mod model;
 
