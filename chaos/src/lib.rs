@@ -12,7 +12,9 @@
 //! - [`runner`]: the test hosts, processes, faults and final checks.
 //! - [`report`]: the verdicts and the printed report.
 
+pub mod check;
 pub mod history;
+pub mod model;
 pub mod nemesis;
 pub mod report;
 pub mod runner;
