@@ -6,8 +6,11 @@
 //! - [`history`]: the recorded operations (the workers' output).
 //! - [`model`] and [`check`]: the sequential model of the registry and the
 //!   Wing-Gong/Lowe search, split by key.
+//! - [`relay`]: the UDP relay that delays, reorders, duplicates and drops
+//!   packets in front of a member's port (the kernel has no netem).
 
 pub mod history;
+pub mod relay;
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process on this
 /// machine, whatever network namespace it runs in.
