@@ -6,9 +6,10 @@
 //! - [`history`]: the recorded operations (the workers' output).
 //! - [`model`] and [`check`]: the sequential model of the registry and the
 //!   Wing-Gong/Lowe search, split by key.
+//! - [`relay`]: the UDP relay that delays, reorders, duplicates and drops
+//!   packets in front of a member's port (the kernel has no netem).
 //! - [`workload`]: the clients that make the history.
 //! - [`nemesis`]: the fault schedule, a function of the seed.
-//! - [`relay`]: the UDP relay that delays, reorders and duplicates.
 //! - [`runner`]: the test hosts, processes, faults and final checks.
 //! - [`report`]: the verdicts and the printed report.
 
@@ -16,6 +17,7 @@ pub mod check;
 pub mod history;
 pub mod model;
 pub mod nemesis;
+pub mod relay;
 pub mod report;
 pub mod runner;
 pub mod workload;
