@@ -175,6 +175,12 @@ pub struct TrackerConfig {
     /// Addresses of this member when it joins later (not in `members`).
     pub api_addr: Option<String>,
     pub raft_addr: Option<String>,
+    /// Where the tracker API and Raft endpoints bind (`IP:port`, e.g.
+    /// `0.0.0.0:7401`) when the advertised address of this member (in
+    /// `members`, or `api_addr`/`raft_addr`) is not on a local interface,
+    /// as behind NAT or a relay. Default: the advertised address.
+    pub listen_api: Option<String>,
+    pub listen_raft: Option<String>,
     /// Start without bootstrapping: wait to be added by `admin add`.
     pub join: bool,
     /// Where the Raft log, vote and snapshots live (default data/tracker-ID).
@@ -290,6 +296,8 @@ impl Default for TrackerConfig {
             members: default_members(),
             api_addr: None,
             raft_addr: None,
+            listen_api: None,
+            listen_raft: None,
             join: false,
             data_dir: None,
             log_dir: "logs".into(),
@@ -328,12 +336,17 @@ impl TrackerConfig {
         }
         for m in &self.members {
             for (f, a) in [("api", &m.api), ("raft", &m.raft)] {
-                if a.parse::<SocketAddr>().is_err() {
-                    return bad(format!(
-                        "field `members[id={}].{f}`: {a:?} is not an IP:port address",
-                        m.id
-                    ));
-                }
+                crate::net::check_host_port(&format!("members[id={}].{f}", m.id), a).or_else(bad)?;
+            }
+        }
+        for (f, a) in [("api_addr", &self.api_addr), ("raft_addr", &self.raft_addr)] {
+            if let Some(a) = a {
+                crate::net::check_host_port(f, a).or_else(bad)?;
+            }
+        }
+        for (f, a) in [("listen_api", &self.listen_api), ("listen_raft", &self.listen_raft)] {
+            if let Some(a) = a {
+                crate::net::check_bind(f, a).map(|_| ()).or_else(bad)?;
             }
         }
         if self.raft.election_min_ms <= self.raft.heartbeat_ms || self.raft.election_max_ms <= self.raft.election_min_ms
@@ -366,6 +379,16 @@ impl TrackerConfig {
             .iter()
             .find(|m| m.id == self.id)
             .map(|m| (m.api.clone(), m.raft.clone()))
+    }
+
+    /// Where this member binds its (api, raft) endpoints: `listen_api` and
+    /// `listen_raft` when set, else the advertised addresses.
+    pub fn bind_addrs(&self) -> Option<(String, String)> {
+        let (api, raft) = self.own_addrs()?;
+        Some((
+            self.listen_api.clone().unwrap_or(api),
+            self.listen_raft.clone().unwrap_or(raft),
+        ))
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -405,6 +428,23 @@ impl Default for ProxyConfig {
             deadline_ms: 5_000,
             limits: Limits::default(),
         }
+    }
+}
+
+impl ProxyConfig {
+    /// Checks the addresses; `path` names the file in the error.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        };
+        crate::net::check_bind("listen", &self.listen).map_err(bad)?;
+        for m in &self.trackers {
+            for (f, a) in [("api", &m.api), ("raft", &m.raft)] {
+                crate::net::check_host_port(&format!("trackers[id={}].{f}", m.id), a).map_err(bad)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -448,8 +488,13 @@ pub struct NodeConfig {
     pub log_level: String,
     /// The CA certificate that signs the proxies' certificates.
     pub ca_cert: PathBuf,
-    /// Address the peer server listens on.
+    /// Address the peer server listens on (`IP:port`).
     pub listen: String,
+    /// Addresses announced to the tracker for other nodes to dial
+    /// (`IP:port`, e.g. a public address forwarded to `listen`). Empty: the
+    /// listen address; when that is a wildcard (0.0.0.0, ::), the local IP
+    /// this host uses to reach its first proxy, with the server's port.
+    pub advertise: Vec<String>,
     pub sharing: SharingConfig,
     pub limits: Limits,
 }
@@ -463,9 +508,30 @@ impl Default for NodeConfig {
             log_level: "info".into(),
             ca_cert: "certs/ca.pem".into(),
             listen: "127.0.0.1:0".into(),
+            advertise: Vec::new(),
             sharing: SharingConfig::default(),
             limits: Limits::default(),
         }
+    }
+}
+
+impl NodeConfig {
+    /// Checks the addresses; `path` names the file in the error.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        };
+        crate::net::check_bind("listen", &self.listen).map_err(bad)?;
+        for (i, a) in self.advertise.iter().enumerate() {
+            // Peers are announced as socket addresses: no DNS names here.
+            a.parse::<SocketAddr>()
+                .map_err(|_| bad(format!("field `advertise[{i}]`: {a:?} is not an IP:port address")))?;
+        }
+        for (i, a) in self.proxies.iter().enumerate() {
+            crate::net::check_host_port(&format!("proxies[{i}]"), a).map_err(bad)?;
+        }
+        Ok(())
     }
 }
 
@@ -488,5 +554,46 @@ mod tests {
         assert!(e.to_string().contains("bogus"), "{e}");
         let e = parse::<TrackerConfig>(Path::new("t.json"), "{").unwrap_err();
         assert!(e.to_string().contains("t.json"), "{e}");
+    }
+
+    /// Members may be DNS names; bind addresses must be IP:port, and each
+    /// error names its field.
+    #[test]
+    fn addresses_are_checked_by_field() {
+        let p = Path::new("t.json");
+        let ok = r#"{"members": [{"id": 1, "api": "t1.example.org:7401", "raft": "[::1]:7411"}],
+                     "listen_api": "0.0.0.0:7401", "listen_raft": "[::]:7411"}"#;
+        let c: TrackerConfig = parse(p, ok).unwrap();
+        c.validate(p).unwrap();
+        assert_eq!(
+            c.bind_addrs().unwrap(),
+            ("0.0.0.0:7401".to_string(), "[::]:7411".to_string())
+        );
+        let cases = [
+            (r#"{"listen_api": "t1:7401"}"#, "listen_api"),
+            (r#"{"listen_raft": "1.2.3.4"}"#, "listen_raft"),
+            (
+                r#"{"members": [{"id": 1, "api": "bad host:1", "raft": "1.2.3.4:1"}]}"#,
+                "members[id=1].api",
+            ),
+            (
+                r#"{"join": true, "id": 4, "api_addr": "x:1", "raft_addr": "1.2.3.4"}"#,
+                "raft_addr",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = parse::<TrackerConfig>(p, text)
+                .unwrap()
+                .validate(p)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        let n: NodeConfig = parse(p, r#"{"listen": "0.0.0.0:0", "advertise": ["tracker:1"]}"#).unwrap();
+        assert!(n.validate(p).unwrap_err().to_string().contains("advertise[0]"));
+        NodeConfig::default().validate(p).unwrap();
+        let x: ProxyConfig = parse(p, r#"{"listen": "p1.example:7400"}"#).unwrap();
+        assert!(x.validate(p).unwrap_err().to_string().contains("`listen`"));
+        ProxyConfig::default().validate(p).unwrap();
     }
 }
