@@ -148,7 +148,15 @@ async fn admin(config: TrackerConfig, action: AdminAction) -> anyhow::Result<()>
     let roots = tls::load_ca(&config.certs_dir)?;
     let identity = tls::load_identity(&config.certs_dir, "admin")
         .context("the admin certificate (make it with `quorrent-tracker gen-certs admin`)")?;
-    let ep = quic::endpoint("127.0.0.1:0".parse()?, None)?;
+    // A wildcard of the members' address family, so the members may be on
+    // other machines (a loopback socket reaches only this one).
+    let family = match config.members.first() {
+        Some(m) => protocol::net::resolve(&m.raft)
+            .await
+            .with_context(|| format!("member {} at {}", m.id, m.raft))?,
+        None => anyhow::bail!("no members in the configuration"),
+    };
+    let ep = quic::endpoint(protocol::net::unspecified_for(&family), None)?;
     let client = tracker_cluster::raft_client(roots, &identity, Duration::from_secs(5))?;
     let net = Network::new(ep.clone(), client, config.limits.max_raft_frame_bytes);
     let members: Vec<_> = config.members.iter().map(|m| (m.id, m.raft.clone())).collect();
