@@ -535,6 +535,70 @@ impl NodeConfig {
     }
 }
 
+/// The certificates a cluster's configuration files call for, each with
+/// the hosts (IP addresses and DNS names) of the machine it is used on:
+/// `tracker-ID` for every member named in a tracker file (`members`, and
+/// the file's own `api_addr`, `raft_addr`, `listen_api`, `listen_raft`) or
+/// a proxy file (`trackers`), and the proxy's `name` with the host of its
+/// `listen`. Wildcard and loopback addresses add nothing (every
+/// certificate is valid for loopback anyway). A file is read as a tracker
+/// configuration, else as a proxy configuration.
+pub fn cert_specs(paths: &[PathBuf]) -> Result<Vec<crate::tls::CertSpec>, ConfigError> {
+    use std::collections::BTreeMap;
+    let mut hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut add = |name: String, addr: &str| {
+        let entry = hosts.entry(name).or_default();
+        if let Ok((host, _)) = crate::net::split_host_port(addr) {
+            let skip = host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified() || ip.is_loopback())
+                || host == "localhost";
+            if !skip && !entry.iter().any(|h| h == host) {
+                entry.push(host.to_owned());
+            }
+        }
+    };
+    for path in paths {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        match parse::<TrackerConfig>(path, &text) {
+            Ok(t) => {
+                t.validate(path)?;
+                for m in &t.members {
+                    add(format!("tracker-{}", m.id), &m.api);
+                    add(format!("tracker-{}", m.id), &m.raft);
+                }
+                for a in [&t.api_addr, &t.raft_addr, &t.listen_api, &t.listen_raft]
+                    .into_iter()
+                    .flatten()
+                {
+                    add(format!("tracker-{}", t.id), a);
+                }
+            }
+            Err(tracker_err) => {
+                let p: ProxyConfig = parse(path, &text).map_err(|proxy_err| ConfigError::Invalid {
+                    path: path.clone(),
+                    message: format!(
+                        "neither a tracker configuration ({tracker_err}) nor a proxy configuration ({proxy_err})"
+                    ),
+                })?;
+                p.validate(path)?;
+                add(p.name.clone(), &p.listen);
+                for m in &p.trackers {
+                    add(format!("tracker-{}", m.id), &m.api);
+                    add(format!("tracker-{}", m.id), &m.raft);
+                }
+            }
+        }
+    }
+    Ok(hosts
+        .into_iter()
+        .map(|(name, hosts)| crate::tls::CertSpec { name, hosts })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,6 +618,35 @@ mod tests {
         assert!(e.to_string().contains("bogus"), "{e}");
         let e = parse::<TrackerConfig>(Path::new("t.json"), "{").unwrap_err();
         assert!(e.to_string().contains("t.json"), "{e}");
+    }
+
+    #[test]
+    fn cert_specs_take_each_machines_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let members = r#"[{"id": 1, "api": "10.1.0.11:7401", "raft": "10.1.0.11:7411"},
+                          {"id": 2, "api": "t2.example.org:7401", "raft": "t2.example.org:7411"}]"#;
+        let t1 = dir.path().join("t1.json");
+        std::fs::write(
+            &t1,
+            format!(
+                r#"{{"id": 1, "members": {members}, "listen_api": "0.0.0.0:7401", "listen_raft": "192.168.5.5:7411"}}"#
+            ),
+        )
+        .unwrap();
+        let p1 = dir.path().join("p1.json");
+        std::fs::write(
+            &p1,
+            format!(r#"{{"name": "proxy-1", "listen": "10.1.0.21:7400", "trackers": {members}}}"#),
+        )
+        .unwrap();
+        let specs = cert_specs(&[t1, p1]).unwrap();
+        let of = |n: &str| specs.iter().find(|s| s.name == n).unwrap().hosts.clone();
+        assert_eq!(of("tracker-1"), ["10.1.0.11", "192.168.5.5"]);
+        assert_eq!(of("tracker-2"), ["t2.example.org"]);
+        assert_eq!(of("proxy-1"), ["10.1.0.21"]);
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, r#"{"nonsense": 1}"#).unwrap();
+        assert!(cert_specs(&[bad]).unwrap_err().to_string().contains("neither"));
     }
 
     /// Members may be DNS names; bind addresses must be IP:port, and each

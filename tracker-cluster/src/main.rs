@@ -40,6 +40,12 @@ enum Command {
         /// (repeatable), e.g. the IP of the machine a member runs on.
         #[arg(long = "host")]
         hosts: Vec<String>,
+        /// Tracker and proxy configuration files of the cluster: every
+        /// member and proxy they name gets a certificate valid for the
+        /// hosts of its own addresses there (plus `admin`). Repeatable;
+        /// takes every file up to the next option.
+        #[arg(long = "from-config", num_args = 1.., value_name = "FILE")]
+        from_config: Vec<PathBuf>,
         /// Names, e.g. tracker-1 tracker-2 tracker-3 proxy-1 admin.
         names: Vec<String>,
     },
@@ -90,9 +96,28 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             dir,
             ca_dir,
             hosts,
+            from_config,
             names,
         }) => {
-            let made = tls::generate(&dir, &ca_dir, &names, &hosts)?;
+            let mut certs = protocol::config::cert_specs(&from_config)?;
+            if !from_config.is_empty() && !names.iter().any(|n| n == "admin") {
+                certs.push(tls::CertSpec {
+                    name: "admin".into(),
+                    hosts: Vec::new(),
+                });
+            }
+            for n in names {
+                if !certs.iter().any(|c| c.name == n) {
+                    certs.push(tls::CertSpec {
+                        name: n,
+                        hosts: Vec::new(),
+                    });
+                }
+            }
+            if certs.is_empty() {
+                anyhow::bail!("nothing to make: name the certificates or give --from-config FILE...");
+            }
+            let made = tls::generate_each(&dir, &ca_dir, &certs, &hosts)?;
             for n in made {
                 println!("made {}/{n}.pem", dir.display());
             }
