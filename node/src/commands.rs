@@ -274,12 +274,41 @@ fn progress_bar(json: bool, len: u64, template: &str) -> Option<ProgressBar> {
     Some(bar)
 }
 
-/// The addresses announced when no peer server runs (`share`): the
-/// configured listen address when its port is fixed.
-fn configured_addrs(home: &Home) -> Vec<SocketAddr> {
-    match home.config.listen.parse::<SocketAddr>() {
-        Ok(a) if a.port() != 0 => vec![a],
-        _ => Vec::new(),
+/// The addresses this node announces for other nodes to dial: the
+/// configured `advertise` list if any; else the peer server's address
+/// (`bound`; with no server running, as in `share`, the configured listen
+/// address when its port is fixed). A wildcard IP (0.0.0.0, ::) is
+/// replaced by the local IP this host uses to reach its first proxy, so
+/// that a node listening on every interface announces one others reach.
+async fn advertised(home: &Home, bound: Option<SocketAddr>) -> Vec<SocketAddr> {
+    let config = &home.config;
+    if !config.advertise.is_empty() {
+        // Checked when the configuration was loaded.
+        return config.advertise.iter().filter_map(|a| a.parse().ok()).collect();
+    }
+    let addr = match bound {
+        Some(a) => a,
+        None => match config.listen.parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 => a,
+            _ => return Vec::new(),
+        },
+    };
+    if !addr.ip().is_unspecified() {
+        return vec![addr];
+    }
+    let Some(proxy) = config.proxies.first() else {
+        return Vec::new();
+    };
+    let local = match protocol::net::resolve(proxy).await {
+        Ok(p) => protocol::net::local_ip_towards(p),
+        Err(e) => Err(e),
+    };
+    match local {
+        Ok(ip) => vec![SocketAddr::new(ip, addr.port())],
+        Err(e) => {
+            warn!(%proxy, error = %e, "no local address towards the proxy; set `advertise` in the configuration");
+            Vec::new()
+        }
     }
 }
 
@@ -350,7 +379,7 @@ async fn share(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), Command
         };
         match own().await {
             Err(TrackerError::Api(ApiError::UnknownPeer(_))) => {
-                announce(&client, home, configured_addrs(home)).await?;
+                announce(&client, home, advertised(home, None).await).await?;
                 own().await?;
             }
             other => {
@@ -593,7 +622,7 @@ async fn get(
         }
     };
     home.record_owned(&report.manifest, &report.path)?;
-    announce(&client, home, vec![server.local_addr()]).await?;
+    announce(&client, home, advertised(home, Some(server.local_addr())).await).await?;
     client
         .call(Request::Own {
             peer_id: me,
@@ -725,7 +754,7 @@ async fn register_owned(
     addr: SocketAddr,
     store: &Store,
 ) -> Result<(), CommandError> {
-    announce(client, home, vec![addr]).await?;
+    announce(client, home, advertised(home, Some(addr)).await).await?;
     for (hex, rec) in home.state()?.files {
         let Ok(id) = hex.parse::<FileId>() else { continue };
         let Some(f) = store.get(&id) else { continue };

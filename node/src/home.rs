@@ -101,9 +101,17 @@ impl Home {
                 .create(&dir)
                 .map_err(io(&dir))?;
         }
-        let config = match config {
-            Some(path) => protocol::config::load(&path)?,
-            None if dir.join("config.json").exists() => protocol::config::load(&dir.join("config.json"))?,
+        let config_path = match config {
+            Some(path) => Some(path),
+            None if dir.join("config.json").exists() => Some(dir.join("config.json")),
+            None => None,
+        };
+        let config = match &config_path {
+            Some(path) => {
+                let c: NodeConfig = protocol::config::load(path)?;
+                c.validate(path)?;
+                c
+            }
             None => NodeConfig::default(),
         };
         let identity = NodeIdentity::load_or_create(&dir)?;

@@ -319,11 +319,12 @@ impl TrackerClient {
     /// The host name (checked against the certificate) and the address of
     /// a `HOST:PORT` proxy.
     async fn dial_addr(&self, proxy: &str) -> Result<(String, SocketAddr), String> {
-        let (host, _) = proxy.rsplit_once(':').ok_or("not HOST:PORT")?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let addr: SocketAddr = tokio::net::lookup_host(proxy)
+        let (host, _) = protocol::net::split_host_port(proxy)?;
+        // The client endpoint is IPv4 (0.0.0.0:0).
+        let addr: SocketAddr = protocol::net::resolve_all(proxy)
             .await
             .map_err(|e| e.to_string())?
+            .into_iter()
             .find(|a| a.is_ipv4())
             .ok_or("no IPv4 address")?;
         Ok((host.to_owned(), addr))

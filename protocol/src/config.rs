@@ -175,6 +175,12 @@ pub struct TrackerConfig {
     /// Addresses of this member when it joins later (not in `members`).
     pub api_addr: Option<String>,
     pub raft_addr: Option<String>,
+    /// Where the tracker API and Raft endpoints bind (`IP:port`, e.g.
+    /// `0.0.0.0:7401`) when the advertised address of this member (in
+    /// `members`, or `api_addr`/`raft_addr`) is not on a local interface,
+    /// as behind NAT or a relay. Default: the advertised address.
+    pub listen_api: Option<String>,
+    pub listen_raft: Option<String>,
     /// Start without bootstrapping: wait to be added by `admin add`.
     pub join: bool,
     /// Where the Raft log, vote and snapshots live (default data/tracker-ID).
@@ -290,6 +296,8 @@ impl Default for TrackerConfig {
             members: default_members(),
             api_addr: None,
             raft_addr: None,
+            listen_api: None,
+            listen_raft: None,
             join: false,
             data_dir: None,
             log_dir: "logs".into(),
@@ -328,12 +336,17 @@ impl TrackerConfig {
         }
         for m in &self.members {
             for (f, a) in [("api", &m.api), ("raft", &m.raft)] {
-                if a.parse::<SocketAddr>().is_err() {
-                    return bad(format!(
-                        "field `members[id={}].{f}`: {a:?} is not an IP:port address",
-                        m.id
-                    ));
-                }
+                crate::net::check_host_port(&format!("members[id={}].{f}", m.id), a).or_else(bad)?;
+            }
+        }
+        for (f, a) in [("api_addr", &self.api_addr), ("raft_addr", &self.raft_addr)] {
+            if let Some(a) = a {
+                crate::net::check_host_port(f, a).or_else(bad)?;
+            }
+        }
+        for (f, a) in [("listen_api", &self.listen_api), ("listen_raft", &self.listen_raft)] {
+            if let Some(a) = a {
+                crate::net::check_bind(f, a).map(|_| ()).or_else(bad)?;
             }
         }
         if self.raft.election_min_ms <= self.raft.heartbeat_ms || self.raft.election_max_ms <= self.raft.election_min_ms
@@ -366,6 +379,16 @@ impl TrackerConfig {
             .iter()
             .find(|m| m.id == self.id)
             .map(|m| (m.api.clone(), m.raft.clone()))
+    }
+
+    /// Where this member binds its (api, raft) endpoints: `listen_api` and
+    /// `listen_raft` when set, else the advertised addresses.
+    pub fn bind_addrs(&self) -> Option<(String, String)> {
+        let (api, raft) = self.own_addrs()?;
+        Some((
+            self.listen_api.clone().unwrap_or(api),
+            self.listen_raft.clone().unwrap_or(raft),
+        ))
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -405,6 +428,23 @@ impl Default for ProxyConfig {
             deadline_ms: 5_000,
             limits: Limits::default(),
         }
+    }
+}
+
+impl ProxyConfig {
+    /// Checks the addresses; `path` names the file in the error.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        };
+        crate::net::check_bind("listen", &self.listen).map_err(bad)?;
+        for m in &self.trackers {
+            for (f, a) in [("api", &m.api), ("raft", &m.raft)] {
+                crate::net::check_host_port(&format!("trackers[id={}].{f}", m.id), a).map_err(bad)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -448,8 +488,13 @@ pub struct NodeConfig {
     pub log_level: String,
     /// The CA certificate that signs the proxies' certificates.
     pub ca_cert: PathBuf,
-    /// Address the peer server listens on.
+    /// Address the peer server listens on (`IP:port`).
     pub listen: String,
+    /// Addresses announced to the tracker for other nodes to dial
+    /// (`IP:port`, e.g. a public address forwarded to `listen`). Empty: the
+    /// listen address; when that is a wildcard (0.0.0.0, ::), the local IP
+    /// this host uses to reach its first proxy, with the server's port.
+    pub advertise: Vec<String>,
     pub sharing: SharingConfig,
     pub limits: Limits,
 }
@@ -463,10 +508,95 @@ impl Default for NodeConfig {
             log_level: "info".into(),
             ca_cert: "certs/ca.pem".into(),
             listen: "127.0.0.1:0".into(),
+            advertise: Vec::new(),
             sharing: SharingConfig::default(),
             limits: Limits::default(),
         }
     }
+}
+
+impl NodeConfig {
+    /// Checks the addresses; `path` names the file in the error.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        };
+        crate::net::check_bind("listen", &self.listen).map_err(bad)?;
+        for (i, a) in self.advertise.iter().enumerate() {
+            // Peers are announced as socket addresses: no DNS names here.
+            a.parse::<SocketAddr>()
+                .map_err(|_| bad(format!("field `advertise[{i}]`: {a:?} is not an IP:port address")))?;
+        }
+        for (i, a) in self.proxies.iter().enumerate() {
+            crate::net::check_host_port(&format!("proxies[{i}]"), a).map_err(bad)?;
+        }
+        Ok(())
+    }
+}
+
+/// The certificates a cluster's configuration files call for, each with
+/// the hosts (IP addresses and DNS names) of the machine it is used on:
+/// `tracker-ID` for every member named in a tracker file (`members`, and
+/// the file's own `api_addr`, `raft_addr`, `listen_api`, `listen_raft`) or
+/// a proxy file (`trackers`), and the proxy's `name` with the host of its
+/// `listen`. Wildcard and loopback addresses add nothing (every
+/// certificate is valid for loopback anyway). A file is read as a tracker
+/// configuration, else as a proxy configuration.
+pub fn cert_specs(paths: &[PathBuf]) -> Result<Vec<crate::tls::CertSpec>, ConfigError> {
+    use std::collections::BTreeMap;
+    let mut hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut add = |name: String, addr: &str| {
+        let entry = hosts.entry(name).or_default();
+        if let Ok((host, _)) = crate::net::split_host_port(addr) {
+            let skip = host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified() || ip.is_loopback())
+                || host == "localhost";
+            if !skip && !entry.iter().any(|h| h == host) {
+                entry.push(host.to_owned());
+            }
+        }
+    };
+    for path in paths {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        match parse::<TrackerConfig>(path, &text) {
+            Ok(t) => {
+                t.validate(path)?;
+                for m in &t.members {
+                    add(format!("tracker-{}", m.id), &m.api);
+                    add(format!("tracker-{}", m.id), &m.raft);
+                }
+                for a in [&t.api_addr, &t.raft_addr, &t.listen_api, &t.listen_raft]
+                    .into_iter()
+                    .flatten()
+                {
+                    add(format!("tracker-{}", t.id), a);
+                }
+            }
+            Err(tracker_err) => {
+                let p: ProxyConfig = parse(path, &text).map_err(|proxy_err| ConfigError::Invalid {
+                    path: path.clone(),
+                    message: format!(
+                        "neither a tracker configuration ({tracker_err}) nor a proxy configuration ({proxy_err})"
+                    ),
+                })?;
+                p.validate(path)?;
+                add(p.name.clone(), &p.listen);
+                for m in &p.trackers {
+                    add(format!("tracker-{}", m.id), &m.api);
+                    add(format!("tracker-{}", m.id), &m.raft);
+                }
+            }
+        }
+    }
+    Ok(hosts
+        .into_iter()
+        .map(|(name, hosts)| crate::tls::CertSpec { name, hosts })
+        .collect())
 }
 
 #[cfg(test)]
@@ -488,5 +618,75 @@ mod tests {
         assert!(e.to_string().contains("bogus"), "{e}");
         let e = parse::<TrackerConfig>(Path::new("t.json"), "{").unwrap_err();
         assert!(e.to_string().contains("t.json"), "{e}");
+    }
+
+    #[test]
+    fn cert_specs_take_each_machines_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let members = r#"[{"id": 1, "api": "10.1.0.11:7401", "raft": "10.1.0.11:7411"},
+                          {"id": 2, "api": "t2.example.org:7401", "raft": "t2.example.org:7411"}]"#;
+        let t1 = dir.path().join("t1.json");
+        std::fs::write(
+            &t1,
+            format!(
+                r#"{{"id": 1, "members": {members}, "listen_api": "0.0.0.0:7401", "listen_raft": "192.168.5.5:7411"}}"#
+            ),
+        )
+        .unwrap();
+        let p1 = dir.path().join("p1.json");
+        std::fs::write(
+            &p1,
+            format!(r#"{{"name": "proxy-1", "listen": "10.1.0.21:7400", "trackers": {members}}}"#),
+        )
+        .unwrap();
+        let specs = cert_specs(&[t1, p1]).unwrap();
+        let of = |n: &str| specs.iter().find(|s| s.name == n).unwrap().hosts.clone();
+        assert_eq!(of("tracker-1"), ["10.1.0.11", "192.168.5.5"]);
+        assert_eq!(of("tracker-2"), ["t2.example.org"]);
+        assert_eq!(of("proxy-1"), ["10.1.0.21"]);
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, r#"{"nonsense": 1}"#).unwrap();
+        assert!(cert_specs(&[bad]).unwrap_err().to_string().contains("neither"));
+    }
+
+    /// Members may be DNS names; bind addresses must be IP:port, and each
+    /// error names its field.
+    #[test]
+    fn addresses_are_checked_by_field() {
+        let p = Path::new("t.json");
+        let ok = r#"{"members": [{"id": 1, "api": "t1.example.org:7401", "raft": "[::1]:7411"}],
+                     "listen_api": "0.0.0.0:7401", "listen_raft": "[::]:7411"}"#;
+        let c: TrackerConfig = parse(p, ok).unwrap();
+        c.validate(p).unwrap();
+        assert_eq!(
+            c.bind_addrs().unwrap(),
+            ("0.0.0.0:7401".to_string(), "[::]:7411".to_string())
+        );
+        let cases = [
+            (r#"{"listen_api": "t1:7401"}"#, "listen_api"),
+            (r#"{"listen_raft": "1.2.3.4"}"#, "listen_raft"),
+            (
+                r#"{"members": [{"id": 1, "api": "bad host:1", "raft": "1.2.3.4:1"}]}"#,
+                "members[id=1].api",
+            ),
+            (
+                r#"{"join": true, "id": 4, "api_addr": "x:1", "raft_addr": "1.2.3.4"}"#,
+                "raft_addr",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = parse::<TrackerConfig>(p, text)
+                .unwrap()
+                .validate(p)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        let n: NodeConfig = parse(p, r#"{"listen": "0.0.0.0:0", "advertise": ["tracker:1"]}"#).unwrap();
+        assert!(n.validate(p).unwrap_err().to_string().contains("advertise[0]"));
+        NodeConfig::default().validate(p).unwrap();
+        let x: ProxyConfig = parse(p, r#"{"listen": "p1.example:7400"}"#).unwrap();
+        assert!(x.validate(p).unwrap_err().to_string().contains("`listen`"));
+        ProxyConfig::default().validate(p).unwrap();
     }
 }

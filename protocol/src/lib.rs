@@ -14,6 +14,7 @@ pub mod content;
 pub mod ids;
 pub mod listen;
 pub mod logging;
+pub mod net;
 pub mod peer;
 pub mod quic;
 pub mod stop;

@@ -205,6 +205,52 @@ impl CaPaths {
 /// CA key stays in `ca_dir` (0700). A CA key left in `dir` by an older
 /// version is moved to `ca_dir`. Returns the names it created.
 pub fn generate(dir: &Path, ca_dir: &Path, names: &[String], hosts: &[String]) -> Result<Vec<String>, TlsError> {
+    let certs: Vec<CertSpec> = names
+        .iter()
+        .map(|n| CertSpec {
+            name: n.clone(),
+            hosts: Vec::new(),
+        })
+        .collect();
+    generate_each(dir, ca_dir, &certs, hosts)
+}
+
+/// One certificate to make: its name (which gives its role) and the hosts
+/// (IP addresses, DNS names) of the machine it is used on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSpec {
+    pub name: String,
+    pub hosts: Vec<String>,
+}
+
+/// Every subject name a certificate is made valid for: its name,
+/// localhost, 127.0.0.1, ::1, its own hosts, then `common` (in that order,
+/// without repeats).
+fn subject_names(spec: &CertSpec, common: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    let fixed = [spec.name.clone(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
+    for h in fixed
+        .into_iter()
+        .chain(spec.hosts.iter().cloned())
+        .chain(common.iter().cloned())
+    {
+        if !all.contains(&h) {
+            all.push(h);
+        }
+    }
+    all
+}
+
+/// As [`generate`], with hosts of each certificate's own (its machine's
+/// addresses) besides the `common` ones that every certificate gets. An
+/// existing certificate is kept when it has its role and is valid for
+/// each of those names; else it is issued again (new key, same CA).
+pub fn generate_each(
+    dir: &Path,
+    ca_dir: &Path,
+    certs: &[CertSpec],
+    common: &[String],
+) -> Result<Vec<String>, TlsError> {
     use std::os::unix::fs::PermissionsExt;
 
     use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
@@ -219,9 +265,9 @@ pub fn generate(dir: &Path, ca_dir: &Path, names: &[String], hosts: &[String]) -
         ];
         params
     }
-    let roles = names
+    let roles = certs
         .iter()
-        .map(|n| Role::for_name(n).ok_or_else(|| TlsError::NoRole(n.clone())))
+        .map(|c| Role::for_name(&c.name).ok_or_else(|| TlsError::NoRole(c.name.clone())))
         .collect::<Result<Vec<_>, _>>()?;
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     fs::create_dir_all(ca_dir).map_err(io_err(ca_dir))?;
@@ -254,21 +300,22 @@ pub fn generate(dir: &Path, ca_dir: &Path, names: &[String], hosts: &[String]) -
         fs::copy(&ca.cert, &ca_pem_in_dir).map_err(io_err(&ca_pem_in_dir))?;
     }
     let mut made = Vec::new();
-    for (name, role) in names.iter().zip(roles) {
+    for (spec, role) in certs.iter().zip(roles) {
+        let name = &spec.name;
         let cert_path = dir.join(format!("{name}.pem"));
         let key_path = dir.join(format!("{name}.key"));
+        let mut sans = subject_names(spec, common);
         if key_path.exists() {
             if let Ok(id) = load_identity(dir, name) {
-                if has_role(&id.chain[0], role) {
+                // A certificate without its role (older version) or
+                // without one of the hosts asked for now is re-issued.
+                if has_role(&id.chain[0], role) && sans.iter().all(|h| has_mark(&id.chain[0], h)) {
                     continue;
                 }
             }
         }
         let key = KeyPair::generate()?;
-        let mut sans = vec![name.clone(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
-        sans.extend(hosts.iter().cloned());
         sans.extend(role.marks());
-        sans.dedup();
         let mut params = CertificateParams::new(sans)?;
         params.distinguished_name.push(DnType::CommonName, name.as_str());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -603,6 +650,101 @@ mod tests {
         let made = generate(dir.path(), &ca, &["tracker-1".into()], &[]).unwrap();
         assert!(made.is_empty(), "a certificate with its role is kept");
         assert!(ca.join("ca.key").exists() && !dir.path().join("ca.key").exists());
+    }
+
+    /// Each certificate gets its own machine's hosts (from the cluster's
+    /// configuration) and the common ones; asking again for a host a
+    /// certificate lacks re-issues it with the same CA; and a client that
+    /// dials the IP verifies the server by it.
+    #[tokio::test]
+    async fn per_certificate_hosts_and_reissue() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        let spec = |name: &str, hosts: &[&str]| CertSpec {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        };
+        let first = [
+            spec("tracker-1", &["127.0.0.2", "t1.example.org"]),
+            spec("proxy-1", &["10.9.0.21"]),
+        ];
+        let made = generate_each(dir.path(), &ca, &first, &["common.example".into()]).unwrap();
+        assert_eq!(made.len(), 2);
+        let ca_pem = fs::read(dir.path().join("ca.pem")).unwrap();
+        let cert = |n: &str| load_identity(dir.path(), n).unwrap().chain[0].clone();
+        let valid = |n: &str, h: &str| has_mark(&cert(n), h);
+        for h in [
+            "127.0.0.2",
+            "t1.example.org",
+            "common.example",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+        ] {
+            assert!(valid("tracker-1", h), "tracker-1 lacks {h}");
+        }
+        assert!(valid("proxy-1", "10.9.0.21") && !valid("proxy-1", "127.0.0.2"));
+        assert!(
+            !valid("tracker-1", "10.9.0.21"),
+            "hosts stay with their own certificate"
+        );
+        assert!(has_role(&cert("tracker-1"), Role::Member(1)));
+
+        // The same request again changes nothing; a new host re-issues
+        // only the certificate that lacks it, under the same CA.
+        assert!(generate_each(dir.path(), &ca, &first, &["common.example".into()])
+            .unwrap()
+            .is_empty());
+        let more = [
+            spec("tracker-1", &["127.0.0.2", "t1.example.org"]),
+            spec("proxy-1", &["10.9.0.21", "10.9.0.22"]),
+        ];
+        let made = generate_each(dir.path(), &ca, &more, &["common.example".into()]).unwrap();
+        assert_eq!(made, vec!["proxy-1".to_string()]);
+        assert!(valid("proxy-1", "10.9.0.22") && valid("proxy-1", "10.9.0.21"));
+        assert_eq!(fs::read(dir.path().join("ca.pem")).unwrap(), ca_pem, "the CA is kept");
+
+        // A real handshake: the client names the server by its IP.
+        let roots = load_ca(dir.path()).unwrap();
+        let id = load_identity(dir.path(), "tracker-1").unwrap();
+        let server = quic_server(
+            server_crypto(&id, &[b"t"], ClientAuth::None).unwrap(),
+            quinn::TransportConfig::default(),
+        )
+        .unwrap();
+        let sep = quinn::Endpoint::server(server, "127.0.0.2:0".parse().unwrap()).unwrap();
+        let addr = sep.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let c = sep.accept().await.unwrap().await;
+            (c.is_ok(), sep)
+        });
+        let client = quic_client(
+            client_crypto(roots, None, b"t").unwrap(),
+            quinn::TransportConfig::default(),
+        )
+        .unwrap();
+        let cep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = cep.connect_with(client.clone(), addr, "127.0.0.2").unwrap().await;
+        assert!(conn.is_ok(), "verifying by IP 127.0.0.2: {:?}", conn.err());
+        assert!(accept.await.unwrap().0);
+        // An IP the certificate does not name is refused.
+        let sep2 = quinn::Endpoint::server(
+            quic_server(
+                server_crypto(&id, &[b"t"], ClientAuth::None).unwrap(),
+                quinn::TransportConfig::default(),
+            )
+            .unwrap(),
+            "127.0.0.3:0".parse().unwrap(),
+        )
+        .unwrap();
+        let addr2 = sep2.local_addr().unwrap();
+        tokio::spawn(async move {
+            if let Some(i) = sep2.accept().await {
+                let _ = i.await;
+            }
+        });
+        let refused = cep.connect_with(client, addr2, "127.0.0.3").unwrap().await;
+        assert!(refused.is_err(), "127.0.0.3 is not in the certificate");
     }
 
     #[test]

@@ -65,6 +65,9 @@ impl Proxy {
             .listen
             .parse()
             .map_err(|_| StartError::Addr(config.listen.clone()))?;
+        // The same endpoint dials the trackers: a proxy that listens on
+        // loopback reaches only trackers on this machine, so a proxy in
+        // front of members elsewhere listens on its own IP or a wildcard.
         let endpoint = quic::endpoint(listen, Some(server)).map_err(|source| StartError::Bind {
             addr: config.listen.clone(),
             source,

@@ -27,7 +27,11 @@ fn main() {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     let config: ProxyConfig = match &cli.config {
-        Some(p) => protocol::config::load(p)?,
+        Some(p) => {
+            let c: ProxyConfig = protocol::config::load(p)?;
+            c.validate(p)?;
+            c
+        }
         None => ProxyConfig::default(),
     };
     let _log = protocol::logging::init(

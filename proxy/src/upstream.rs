@@ -127,11 +127,9 @@ impl Upstreams {
             }
         }
         let err = |msg: String| UpstreamError::Connect { id, msg };
-        let addr = tokio::net::lookup_host(&m.addr)
+        let addr = protocol::net::resolve(&m.addr)
             .await
-            .map_err(|e| err(e.to_string()))?
-            .next()
-            .ok_or_else(|| err("no address".into()))?;
+            .map_err(|e| err(format!("resolve {}: {e}", m.addr)))?;
         let conn = self
             .endpoint
             .connect_with(self.client.clone(), addr, &format!("tracker-{id}"))

@@ -39,8 +39,8 @@ use crate::{
 pub enum StartError {
     #[error("certificates: {0}")]
     Tls(#[from] tls::TlsError),
-    #[error("address {0:?} is not IP:port")]
-    Addr(String),
+    #[error("address {addr:?}: {message} (set `listen_api`/`listen_raft` to an IP:port to bind)")]
+    Addr { addr: String, message: String },
     #[error("binding {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("storage in {dir}: {source}")]
@@ -64,8 +64,13 @@ pub struct Tracker {
     raft_ep: quinn::Endpoint,
 }
 
-fn parse_addr(a: &str) -> Result<SocketAddr, StartError> {
-    a.parse().map_err(|_| StartError::Addr(a.to_owned()))
+/// The socket address to bind for `a`: an IP:port as it is, a DNS name
+/// (an advertised address used as the bind address) resolved now.
+async fn bind_addr(a: &str) -> Result<SocketAddr, StartError> {
+    protocol::net::resolve(a).await.map_err(|e| StartError::Addr {
+        addr: a.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 fn bind(addr: SocketAddr, server: quinn::ServerConfig) -> Result<quinn::Endpoint, StartError> {
@@ -112,14 +117,16 @@ impl Tracker {
         let certs = &config.certs_dir;
         let roots = tls::load_ca(certs)?;
         let identity = tls::load_identity(certs, &format!("tracker-{}", config.id))?;
-        let (api, raft) = config.own_addrs().ok_or(StartError::NoAddress)?;
+        // Bound here; advertised (in the membership) as `own_addrs`.
+        let (api, raft) = config.bind_addrs().ok_or(StartError::NoAddress)?;
+        let (api_bind, raft_bind) = (bind_addr(&api).await?, bind_addr(&raft).await?);
         let idle = Duration::from_millis(config.raft.idle_timeout_ms);
 
         let raft_server = tls::quic_server(
             tls::server_crypto(&identity, &[RAFT_ALPN], ClientAuth::Required(roots.clone()))?,
             quic::control_transport(idle),
         )?;
-        let raft_ep = bind(parse_addr(&raft)?, raft_server)?;
+        let raft_ep = bind(raft_bind, raft_server)?;
         // Anyone may open `max_streams_per_connection` streams; a client
         // with a certificate of the CA (a proxy) is raised to `max_pending`
         // after the handshake (network/api.rs).
@@ -129,13 +136,12 @@ impl Tracker {
             tls::server_crypto(&identity, &[tracker_api::ALPN], ClientAuth::Optional(roots.clone()))?,
             api_transport,
         )?;
-        let api_ep = bind(parse_addr(&api)?, api_server)?;
-        let api_addr = api_ep.local_addr().map_err(|source| StartError::Bind {
-            addr: parse_addr(&api).unwrap_or(([0, 0, 0, 0], 0).into()),
-            source,
-        })?;
+        let api_ep = bind(api_bind, api_server)?;
+        let api_addr = api_ep
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr: api_bind, source })?;
         let raft_addr = raft_ep.local_addr().map_err(|source| StartError::Bind {
-            addr: parse_addr(&raft).unwrap_or(([0, 0, 0, 0], 0).into()),
+            addr: raft_bind,
             source,
         })?;
 

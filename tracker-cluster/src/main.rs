@@ -40,6 +40,12 @@ enum Command {
         /// (repeatable), e.g. the IP of the machine a member runs on.
         #[arg(long = "host")]
         hosts: Vec<String>,
+        /// Tracker and proxy configuration files of the cluster: every
+        /// member and proxy they name gets a certificate valid for the
+        /// hosts of its own addresses there (plus `admin`). Repeatable;
+        /// takes every file up to the next option.
+        #[arg(long = "from-config", num_args = 1.., value_name = "FILE")]
+        from_config: Vec<PathBuf>,
         /// Names, e.g. tracker-1 tracker-2 tracker-3 proxy-1 admin.
         names: Vec<String>,
     },
@@ -93,9 +99,28 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             dir,
             ca_dir,
             hosts,
+            from_config,
             names,
         }) => {
-            let made = tls::generate(&dir, &ca_dir, &names, &hosts)?;
+            let mut certs = protocol::config::cert_specs(&from_config)?;
+            if !from_config.is_empty() && !names.iter().any(|n| n == "admin") {
+                certs.push(tls::CertSpec {
+                    name: "admin".into(),
+                    hosts: Vec::new(),
+                });
+            }
+            for n in names {
+                if !certs.iter().any(|c| c.name == n) {
+                    certs.push(tls::CertSpec {
+                        name: n,
+                        hosts: Vec::new(),
+                    });
+                }
+            }
+            if certs.is_empty() {
+                anyhow::bail!("nothing to make: name the certificates or give --from-config FILE...");
+            }
+            let made = tls::generate_each(&dir, &ca_dir, &certs, &hosts)?;
             for n in made {
                 println!("made {}/{n}.pem", dir.display());
             }
@@ -151,7 +176,15 @@ async fn admin(config: TrackerConfig, action: AdminAction) -> anyhow::Result<()>
     let roots = tls::load_ca(&config.certs_dir)?;
     let identity = tls::load_identity(&config.certs_dir, "admin")
         .context("the admin certificate (make it with `quorrent-tracker gen-certs admin`)")?;
-    let ep = quic::endpoint("127.0.0.1:0".parse()?, None)?;
+    // A wildcard of the members' address family, so the members may be on
+    // other machines (a loopback socket reaches only this one).
+    let family = match config.members.first() {
+        Some(m) => protocol::net::resolve(&m.raft)
+            .await
+            .with_context(|| format!("member {} at {}", m.id, m.raft))?,
+        None => anyhow::bail!("no members in the configuration"),
+    };
+    let ep = quic::endpoint(protocol::net::unspecified_for(&family), None)?;
     let client = tracker_cluster::raft_client(roots, &identity, Duration::from_secs(5))?;
     let net = Network::new(ep.clone(), client, config.limits.max_raft_frame_bytes);
     let members: Vec<_> = config.members.iter().map(|m| (m.id, m.raft.clone())).collect();

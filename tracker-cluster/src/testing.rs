@@ -294,7 +294,9 @@ impl ApiClient {
         let id = name.map(|n| tls::load_identity(certs, n).expect("identity"));
         let crypto = tls::client_crypto(roots, id.as_ref(), tracker_api::ALPN).expect("client crypto");
         let client = tls::quic_client(crypto, quic::control_transport(Duration::from_secs(5))).expect("quic client");
-        let endpoint = quic::endpoint("127.0.0.1:0".parse().expect("addr"), None).expect("endpoint");
+        // A wildcard, not loopback: the cluster may be on other hosts
+        // (network namespaces in the multi-host test).
+        let endpoint = quic::endpoint("0.0.0.0:0".parse().expect("addr"), None).expect("endpoint");
         ApiClient {
             endpoint,
             client,

@@ -50,11 +50,9 @@ impl Network {
     /// Dials a member's Raft endpoint; the server must present the
     /// certificate of `tracker-ID` from the cluster CA.
     pub async fn connect(&self, target: NodeId, addr: &str) -> Result<quinn::Connection, String> {
-        let addr = tokio::net::lookup_host(addr)
+        let addr = protocol::net::resolve(addr)
             .await
-            .map_err(|e| format!("resolve {addr}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("resolve {addr}: no address"))?;
+            .map_err(|e| format!("resolve {addr}: {e}"))?;
         let connecting = self
             .endpoint
             .connect_with(self.client.clone(), addr, &format!("tracker-{target}"))
