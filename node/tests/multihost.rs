@@ -213,6 +213,9 @@ fn cluster_proxy_and_nodes_on_separate_hosts() {
             data_dir: Some(root.join(format!("data/tracker-{}", m.id))),
             log_dir: root.join("logs"),
             certs_dir: certs.clone(),
+            // Member 3 binds wildcards, as behind NAT, and advertises its IP.
+            listen_api: (m.id == 3).then(|| "0.0.0.0:7401".into()),
+            listen_raft: (m.id == 3).then(|| "0.0.0.0:7411".into()),
             ..TrackerConfig::default()
         };
         let path = root.join(format!("tracker-{}.json", m.id));
