@@ -24,22 +24,42 @@ pub fn user_name(k: u32) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Call {
     /// Register a shared user name (always with that user's password).
-    Register { user: u32 },
+    Register {
+        user: u32,
+    },
     /// Log in as a shared user with its password (`good`) or a wrong one.
-    Login { user: u32, good: bool },
+    Login {
+        user: u32,
+        good: bool,
+    },
     /// Peer `peer` owns file `file`.
-    Own { file: u32, peer: u32 },
+    Own {
+        file: u32,
+        peer: u32,
+    },
     /// Peer `peer` no longer owns file `file`.
-    Disown { file: u32, peer: u32 },
+    Disown {
+        file: u32,
+        peer: u32,
+    },
     /// All owners of `file` (linearizable read).
-    GetOwners { file: u32 },
+    GetOwners {
+        file: u32,
+    },
     /// Search by name text (linearizable read); `files` are the keys whose
     /// names contain the text, i.e. the only ones it can return.
-    Search { text: String, files: Vec<u32> },
+    Search {
+        text: String,
+        files: Vec<u32>,
+    },
     /// Announce or heartbeat of the client's own peer: recorded for the
     /// report, not part of the model (liveness is soft state).
-    Announce { peer: u32 },
-    Heartbeat { peer: u32 },
+    Announce {
+        peer: u32,
+    },
+    Heartbeat {
+        peer: u32,
+    },
 }
 
 impl Call {
