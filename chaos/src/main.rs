@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 #[derive(Parser)]
-#[command(name = "quorrent-chaos", version, about = "Fault-injection test of the quorrent tracker cluster")]
+#[command(
+    name = "quorrent-chaos",
+    version,
+    about = "Fault-injection test of the quorrent tracker cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -141,10 +145,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 .map_err(anyhow::Error::msg)?;
             anyhow::ensure!(trackers == 3 || trackers == 5, "--trackers must be 3 or 5");
             anyhow::ensure!(name.len() <= 6, "--name must be at most 6 characters");
-            anyhow::ensure!(clients >= 1 && client_hosts >= 1 && files >= 1 && users >= 1, "counts must be at least 1");
+            anyhow::ensure!(
+                clients >= 1 && client_hosts >= 1 && files >= 1 && users >= 1,
+                "counts must be at least 1"
+            );
             let bins = match bins {
                 Some(b) => b,
-                None => std::env::current_exe()?.parent().context("binary folder")?.to_path_buf(),
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("binary folder")?
+                    .to_path_buf(),
             };
             let out = std::path::absolute(&out)?;
             let options = runner::Options {
@@ -206,7 +216,14 @@ async fn real_main(cli: Cli) -> anyhow::Result<bool> {
     }
 }
 
-async fn worker(ca: PathBuf, proxies: String, clients: String, files: u32, users: u32, seed: u64) -> anyhow::Result<()> {
+async fn worker(
+    ca: PathBuf,
+    proxies: String,
+    clients: String,
+    files: u32,
+    users: u32,
+    seed: u64,
+) -> anyhow::Result<()> {
     let proxies: Vec<SocketAddr> = proxies
         .split(',')
         .map(|p| p.parse().with_context(|| format!("proxy address {p:?}")))
@@ -232,9 +249,14 @@ async fn worker(ca: PathBuf, proxies: String, clients: String, files: u32, users
         let _ = start_tx.send(true);
     });
     let shape = workload::Shape { files, users };
-    let runner = tokio::spawn(workload::run(
-        clients, proxies, config, shape, seed, op_tx, ready_tx, start_rx, stop_rx,
-    ));
+    let crew = workload::Crew {
+        clients,
+        proxies,
+        config,
+        shape,
+        seed,
+    };
+    let runner = tokio::spawn(workload::run(crew, op_tx, ready_tx, start_rx, stop_rx));
     let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
     let mut ready_open = true;
     loop {

@@ -60,13 +60,23 @@ pub enum Fault {
     Ring,
     /// The leader is heard by no one but still hears everyone.
     OneWay,
+    /// The leader is cut off with writes in flight; after the heal the
+    /// others are paused in turn until it leads again (having caught up,
+    /// by snapshot when it fell far behind).
+    LeaderReturns,
     /// A random proxy and the leader drop each other's packets.
     ProxyCut,
     /// Every host drops this percentage of incoming UDP packets.
-    Loss { pct: u32 },
+    Loss {
+        pct: u32,
+    },
     /// Every member's Raft traffic is delayed, jittered (so reordered) and
     /// sometimes duplicated by its relay.
-    Delay { ms: u32, jitter_ms: u32, dup_pct: u32 },
+    Delay {
+        ms: u32,
+        jitter_ms: u32,
+        dup_pct: u32,
+    },
     /// SIGSTOP, then SIGCONT when the fault heals.
     PauseLeader,
     PauseRandom,
@@ -82,7 +92,12 @@ pub enum Fault {
 impl Fault {
     pub fn kind(&self) -> Kind {
         match self {
-            Fault::IsolateLeader | Fault::Split | Fault::Ring | Fault::OneWay | Fault::ProxyCut => Kind::Partition,
+            Fault::IsolateLeader
+            | Fault::Split
+            | Fault::Ring
+            | Fault::OneWay
+            | Fault::ProxyCut
+            | Fault::LeaderReturns => Kind::Partition,
             Fault::Loss { .. } => Kind::Loss,
             Fault::Delay { .. } => Kind::Delay,
             Fault::PauseLeader | Fault::PauseRandom => Kind::Pause,
@@ -98,6 +113,7 @@ impl Fault {
             Fault::Ring => "partition: ring (each sees a different majority)".into(),
             Fault::OneWay => "partition: one-way (leader hears, is not heard)".into(),
             Fault::ProxyCut => "partition: a proxy cut from the leader".into(),
+            Fault::LeaderReturns => "partition: leader cut off, then elected again".into(),
             Fault::Loss { pct } => format!("loss: {pct}% of packets dropped on every host"),
             Fault::Delay { ms, jitter_ms, dup_pct } => {
                 format!("delay: Raft {ms} ms + 0..{jitter_ms} ms jitter, {dup_pct}% duplicated")
@@ -142,15 +158,26 @@ pub fn schedule(seed: u64, secs: f64, kinds: &[Kind]) -> Vec<Planned> {
             let variant = *n;
             *n += 1;
             let fault = match kind {
-                Kind::Partition => {
-                    [Fault::IsolateLeader, Fault::Split, Fault::Ring, Fault::OneWay, Fault::ProxyCut][variant % 5].clone()
-                }
+                Kind::Partition => [
+                    Fault::IsolateLeader,
+                    Fault::Split,
+                    Fault::LeaderReturns,
+                    Fault::Ring,
+                    Fault::OneWay,
+                    Fault::ProxyCut,
+                ][variant % 6]
+                    .clone(),
                 Kind::Loss => Fault::Loss {
                     pct: rng.gen_range(5..=30),
                 },
+                // openraft 0.9 gives every AppendEntries the heartbeat
+                // interval (50 ms by default) to complete, so a round trip
+                // near it stalls all writes: delays stay below it here. A
+                // deployment across sites sets raft.heartbeat_ms above its
+                // round trip (README, "Running on several machines").
                 Kind::Delay => Fault::Delay {
-                    ms: rng.gen_range(5..=50),
-                    jitter_ms: rng.gen_range(5..=50),
+                    ms: rng.gen_range(3..=12),
+                    jitter_ms: rng.gen_range(0..=8),
                     dup_pct: rng.gen_range(0..=10),
                 },
                 Kind::Pause => [Fault::PauseLeader, Fault::PauseRandom][variant % 2].clone(),

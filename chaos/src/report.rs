@@ -55,6 +55,10 @@ impl FaultRecord {
     }
 }
 
+/// A member's id and its (applied index, registry digest), None when it
+/// did not answer.
+pub type MemberDigest = (u64, Option<(Option<u64>, String)>);
+
 pub struct Inputs<'a> {
     pub options: &'a Options,
     pub t0_ns: u64,
@@ -64,7 +68,7 @@ pub struct Inputs<'a> {
     pub split_terms: Vec<(u64, BTreeSet<u64>)>,
     /// How long after the workload stopped the members became equal.
     pub converged: Option<Duration>,
-    pub digests: Vec<(u64, Option<(Option<u64>, String)>)>,
+    pub digests: Vec<MemberDigest>,
 }
 
 /// The verdicts and the printable report.
@@ -76,6 +80,9 @@ pub struct Summary {
     pub lost: usize,
     pub doubled: usize,
 }
+
+/// After a fault heals, a write must be acknowledged within this.
+const WRITES_RESUME_NS: u64 = 15_000_000_000;
 
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
@@ -156,7 +163,10 @@ pub fn lost_and_doubled(history: &[Op], reader: u32) -> (usize, usize, Vec<Strin
             }
             Call::Disown { .. } if present => {
                 doubled += 1;
-                notes.push(format!("undone (an earlier own applied again?): {}", check::describe(op)));
+                notes.push(format!(
+                    "undone (an earlier own applied again?): {}",
+                    check::describe(op)
+                ));
             }
             _ => {}
         }
@@ -219,13 +229,28 @@ pub fn summarise(i: Inputs<'_>) -> Summary {
     let _ = writeln!(t, "\nfaults: {}", i.faults.len());
     let _ = writeln!(
         t,
-        "  {:>7} {:>6}  {:<52} {:>10} {:>10}  target",
-        "at s", "held s", "fault", "write gap", "recovered"
+        "  {:>7} {:>6}  {:<52} {:>10} {:>10} {:>10}  target",
+        "at s", "held s", "fault", "write gap", "recovered", "writes"
     );
     let mut fault_errors = 0;
     let mut not_recovered = 0;
     let mut cut_leader = Vec::new();
+    let mut no_writes_after = 0;
     for f in i.faults {
+        // From the heal to the first write acknowledged after it.
+        let resumed = f.heal_ns.and_then(|h| acked.iter().find(|&&t| t > h).map(|&t| t - h));
+        let resumed_text = match resumed {
+            Some(d) if d <= WRITES_RESUME_NS => format!("{:.0} ms", ms(d)),
+            Some(d) => {
+                no_writes_after += 1;
+                format!("{:.0} ms!", ms(d))
+            }
+            None if f.heal_ns.is_some() && f.heal_ns < acked.last().copied() => "-".into(),
+            None => {
+                no_writes_after += 1;
+                "never!".into()
+            }
+        };
         let (gap, rec) = match f.heal_ns {
             Some(h) => {
                 let end = h + f.recovered.map_or(0, |d| d.as_nanos() as u64);
@@ -256,13 +281,27 @@ pub fn summarise(i: Inputs<'_>) -> Summary {
         }
         let _ = writeln!(
             t,
-            "  {:>7.1} {:>6.1}  {:<52} {:>10} {:>10}  {}",
+            "  {:>7.1} {:>6.1}  {:<52} {:>10} {:>10} {:>10}  {}",
             rel(f.start_ns),
             f.heal_ns.map_or(0.0, |h| (h - f.start_ns) as f64 / 1e9),
             f.fault.describe(),
             gap,
             rec,
+            resumed_text,
             f.target
+        );
+    }
+    let _ = writeln!(
+        t,
+        "  (write gap: longest time without an acknowledged write from the fault to its recovery; \
+         recovered: heal -> every member follows one leader and has applied what it had; \
+         writes: heal -> first acknowledged write)"
+    );
+    if let (Some(first), Some(last)) = (acked.first(), acked.last()) {
+        let _ = writeln!(
+            t,
+            "  longest time without an acknowledged write over the whole run: {:.0} ms",
+            ms(longest_gap(&acked, *first, *last))
         );
     }
     if !cut_leader.is_empty() {
@@ -290,7 +329,11 @@ pub fn summarise(i: Inputs<'_>) -> Summary {
             Some(false)
         }
         check::Verdict::Malformed { op, reason } => {
-            let _ = writeln!(t, "  linearizable: NO, an impossible answer: {reason}: {}", check::describe(op));
+            let _ = writeln!(
+                t,
+                "  linearizable: NO, an impossible answer: {reason}: {}",
+                check::describe(op)
+            );
             Some(false)
         }
         check::Verdict::TimedOut { key } => {
@@ -328,6 +371,11 @@ pub fn summarise(i: Inputs<'_>) -> Summary {
     let _ = writeln!(t, "  unexpected errors: {unexpected}");
     let _ = writeln!(t, "  faults that could not be injected or healed: {fault_errors}");
     let _ = writeln!(t, "  faults not recovered from within 30 s: {not_recovered}");
+    let _ = writeln!(
+        t,
+        "  faults after which no write was acknowledged within {} s: {no_writes_after}",
+        WRITES_RESUME_NS / 1_000_000_000
+    );
     let passed = linearizable == Some(true)
         && lost == 0
         && doubled == 0
@@ -335,7 +383,8 @@ pub fn summarise(i: Inputs<'_>) -> Summary {
         && i.converged.is_some()
         && unexpected == 0
         && fault_errors == 0
-        && not_recovered == 0;
+        && not_recovered == 0
+        && no_writes_after == 0;
     let _ = writeln!(t, "\nresult: {}", if passed { "PASS" } else { "FAIL" });
     Summary {
         passed,

@@ -163,6 +163,8 @@ struct Cluster {
     admin: Network,
     views: Arc<Mutex<Views>>,
     rng: StdRng,
+    /// The member a LeaderReturns fault cut off.
+    returning: Option<usize>,
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> anyhow::Result<()> {
@@ -220,7 +222,12 @@ impl Cluster {
     fn start_member(&mut self, idx: usize) -> anyhow::Result<()> {
         let m = &self.members[idx];
         let (host, config, id) = (m.host.clone(), m.config.display().to_string(), m.id);
-        let child = self.spawn_in(&host, "quorrent-tracker", &["--config", &config], &format!("tracker-{id}.stderr"))?;
+        let child = self.spawn_in(
+            &host,
+            "quorrent-tracker",
+            &["--config", &config],
+            &format!("tracker-{id}.stderr"),
+        )?;
         self.members[idx].child = Some(child);
         Ok(())
     }
@@ -264,9 +271,10 @@ impl Cluster {
                 if let Some((lid, ls)) = v.leader() {
                     let goal = *target.get_or_insert(ls.last_applied.unwrap_or(0));
                     let all = self.members.iter().all(|m| {
-                        v.last.get(&m.id).and_then(|s| s.as_ref()).is_some_and(|s| {
-                            s.leader == Some(lid) && s.last_applied.unwrap_or(0) >= goal && !s.removed
-                        })
+                        v.last
+                            .get(&m.id)
+                            .and_then(|s| s.as_ref())
+                            .is_some_and(|s| s.leader == Some(lid) && s.last_applied.unwrap_or(0) >= goal && !s.removed)
                     });
                     if all {
                         return Some(t0.elapsed());
@@ -342,8 +350,9 @@ impl Cluster {
         let leader = self.leader_idx();
         let pick_leader = |rng: &mut StdRng| leader.unwrap_or_else(|| rng.gen_range(0..n));
         match fault {
-            Fault::IsolateLeader => {
+            Fault::IsolateLeader | Fault::LeaderReturns => {
                 let l = pick_leader(&mut self.rng);
+                self.returning = Some(l);
                 let mut rest: Vec<_> = (0..n).filter(|&i| i != l).map(|i| self.member_host(i)).collect();
                 rest.extend([self.proxy_host(1), self.proxy_host(2)]);
                 self.cut(&[self.member_host(l)], &rest).await?;
@@ -443,7 +452,9 @@ impl Cluster {
     /// back; returns how long the add (catch-up included) took.
     async fn replace(&mut self, idx: usize) -> anyhow::Result<String> {
         let id = self.members[idx].id;
+        let t_kill = Instant::now();
         self.kill(idx).await;
+        let killed = t_kill.elapsed();
         let addrs = self.member_addrs();
         let others: Vec<_> = addrs.iter().filter(|(i, _)| *i != id).cloned().collect();
         management::call(
@@ -454,6 +465,7 @@ impl Cluster {
         )
         .await
         .map_err(|e| anyhow::anyhow!("removing member {id}: {e}"))?;
+        let removed = t_kill.elapsed() - killed;
         let data = self.o.out.join(format!("data/tracker-{id}"));
         let _ = std::fs::remove_dir_all(&data);
         let join = self.o.out.join(format!("tracker-{id}-join.json"));
@@ -475,28 +487,44 @@ impl Cluster {
         .await
         .map_err(|e| anyhow::anyhow!("adding member {id} back: {e}"))?;
         Ok(format!(
-            "member {id} wiped; voter again {:.1} s after it was started empty",
+            "member {id} killed in {:.1} s, removed in {:.1} s, wiped; voter again {:.1} s after it was started empty",
+            killed.as_secs_f64(),
+            removed.as_secs_f64(),
             t0.elapsed().as_secs_f64()
         ))
     }
 
     /// Undoes `fault`.
-    async fn heal(&mut self, fault: &Fault) -> anyhow::Result<()> {
+    async fn heal(&mut self, fault: &Fault) -> anyhow::Result<String> {
+        if *fault == Fault::LeaderReturns {
+            self.nft_all(&self.all_hosts(), "flush chain inet chaos input\n")
+                .await?;
+            let idx = self.returning.take().expect("the isolated member");
+            return self.make_lead(idx).await;
+        }
         match fault {
-            Fault::IsolateLeader | Fault::Split | Fault::Ring | Fault::OneWay | Fault::ProxyCut | Fault::Loss { .. } => {
-                self.nft_all(&self.all_hosts(), "flush chain inet chaos input\n").await
+            Fault::IsolateLeader
+            | Fault::Split
+            | Fault::Ring
+            | Fault::OneWay
+            | Fault::ProxyCut
+            | Fault::LeaderReturns
+            | Fault::Loss { .. } => {
+                self.nft_all(&self.all_hosts(), "flush chain inet chaos input\n")
+                    .await?;
+                Ok(String::new())
             }
             Fault::Delay { .. } => {
                 for r in &mut self.relays {
                     r.send("clear").await?;
                 }
-                Ok(())
+                Ok(String::new())
             }
             Fault::PauseLeader | Fault::PauseRandom => {
                 for i in 0..self.members.len() {
                     self.signal(i, rustix::process::Signal::CONT);
                 }
-                Ok(())
+                Ok(String::new())
             }
             Fault::KillLeader | Fault::KillRandom | Fault::KillAll => {
                 for i in 0..self.members.len() {
@@ -504,14 +532,34 @@ impl Cluster {
                         self.start_member(i)?;
                     }
                 }
-                Ok(())
+                Ok(String::new())
             }
-            Fault::Replace => Ok(()),
+            Fault::Replace => Ok(String::new()),
         }
     }
 
+    /// Pauses whoever leads, in turn, until member `idx` leads (at most
+    /// 10 rounds); says how it went.
+    async fn make_lead(&mut self, idx: usize) -> anyhow::Result<String> {
+        for round in 1..=10 {
+            if self.caught_up(Duration::from_secs(30)).await.is_none() {
+                bail!("no leader after the heal");
+            }
+            match self.leader_idx() {
+                Some(l) if l == idx => return Ok(format!("; leads again after {} pause(s)", round - 1)),
+                Some(l) => {
+                    self.signal(l, rustix::process::Signal::STOP);
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    self.signal(l, rustix::process::Signal::CONT);
+                }
+                None => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        Ok("; did not lead again in 10 rounds".into())
+    }
+
     /// Every member's (applied, digest); None for a member that did not answer.
-    async fn digests(&self) -> Vec<(u64, Option<(Option<u64>, String)>)> {
+    async fn digests(&self) -> Vec<report::MemberDigest> {
         let mut out = Vec::new();
         for (id, addr) in self.member_addrs() {
             let d = management::digest_of_member(&self.admin, id, &addr, Duration::from_secs(1))
@@ -614,7 +662,12 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
     }
     let plan = nemesis::schedule(o.seed, o.secs, &o.kinds);
     std::fs::write(o.out.join("schedule.json"), serde_json::to_vec_pretty(&plan)?)?;
-    eprintln!("chaos: {} faults planned over {:.0} s (seed {})", plan.len(), o.secs, o.seed);
+    eprintln!(
+        "chaos: {} faults planned over {:.0} s (seed {})",
+        plan.len(),
+        o.secs,
+        o.seed
+    );
 
     let net = Testnet::up(&o)?;
     // Certificates for every member, proxy and the admin, valid for every
@@ -660,6 +713,7 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
         admin,
         views: Default::default(),
         rng: StdRng::seed_from_u64(o.seed ^ 0x6e656d65),
+        returning: None,
     };
     for h in cluster.all_hosts() {
         cluster
@@ -751,7 +805,10 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
     let cfg = workload::client_config(&o.out.join("certs/ca.pem"))?;
     let ep = protocol::quic::endpoint((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), None)?;
     let mut reader = workload::Client::new(o.clients, proxy1, ep, cfg, stop_rx);
-    reader.set_up().await.map_err(|e| anyhow::anyhow!("final reader: {e}"))?;
+    reader
+        .set_up()
+        .await
+        .map_err(|e| anyhow::anyhow!("final reader: {e}"))?;
     let mut ready = 0;
     while ready < o.clients {
         match tokio::time::timeout(Duration::from_secs(120), ready_rx.recv()).await {
@@ -782,11 +839,16 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
                 continue;
             }
         };
-        tokio::time::sleep(Duration::from_secs_f64(p.hold_s)).await;
-        if let Err(e) = cluster.heal(&p.fault).await {
-            faults.push(FaultRecord::failed(p, start_ns, format!("healing: {e:#}")));
-            continue;
+        if p.fault != Fault::Replace {
+            tokio::time::sleep(Duration::from_secs_f64(p.hold_s)).await;
         }
+        let target = match cluster.heal(&p.fault).await {
+            Ok(more) => target + &more,
+            Err(e) => {
+                faults.push(FaultRecord::failed(p, start_ns, format!("healing: {e:#}")));
+                continue;
+            }
+        };
         let heal_ns = mono_ns();
         let recovered = cluster.caught_up(Duration::from_secs(30)).await;
         faults.push(FaultRecord::new(p, start_ns, heal_ns, target, recovered));
@@ -798,7 +860,10 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
         w.stdin = None;
     }
     for w in &mut workers {
-        if tokio::time::timeout(Duration::from_secs(30), w.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), w.child.wait())
+            .await
+            .is_err()
+        {
             let _ = w.child.start_kill();
         }
     }

@@ -201,7 +201,13 @@ impl Client {
             Ok(Err(e)) => return Err(format!("register {user}: {e}")),
             Err(_) => return Err("stopped".into()),
         }
-        match self.call(Request::Login { user: user.clone(), password: pw }).await {
+        match self
+            .call(Request::Login {
+                user: user.clone(),
+                password: pw,
+            })
+            .await
+        {
             Ok(Ok(Reply::LoggedIn { token, .. })) => self.token = Some(token),
             Ok(other) => return Err(format!("login {user}: {other:?}")),
             Err(_) => return Err("stopped".into()),
@@ -317,7 +323,9 @@ fn request_of(call: &Call) -> Request {
             limit: 1000,
         },
         Call::Announce { peer } => announce(*peer),
-        Call::Heartbeat { peer } => Request::Heartbeat { peer_id: peer_id(*peer) },
+        Call::Heartbeat { peer } => Request::Heartbeat {
+            peer_id: peer_id(*peer),
+        },
     }
 }
 
@@ -345,20 +353,34 @@ fn outcome_of(call: &Call, answer: Answer) -> Outcome {
     Outcome::Ok(ret)
 }
 
-/// Runs `clients` against `proxies` (client i uses proxy i mod n) until
-/// `stop` turns true; every finished operation goes to `out`. Returns
-/// after every client has recorded its last operation.
+/// The clients one worker process runs.
+pub struct Crew {
+    /// Client indexes; client i uses proxy i mod n.
+    pub clients: Vec<u32>,
+    pub proxies: Vec<SocketAddr>,
+    pub config: quinn::ClientConfig,
+    pub shape: Shape,
+    pub seed: u64,
+}
+
+/// Runs the crew until `stop` turns true; every finished operation goes
+/// to `out`, each client's set-up result to `ready`, and the workload
+/// starts when `start` turns true. Returns after every client has
+/// recorded its last operation.
 pub async fn run(
-    clients: Vec<u32>,
-    proxies: Vec<SocketAddr>,
-    config: quinn::ClientConfig,
-    shape: Shape,
-    seed: u64,
+    crew: Crew,
     out: mpsc::UnboundedSender<Op>,
     ready: mpsc::UnboundedSender<Result<u32, String>>,
     start: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
 ) {
+    let Crew {
+        clients,
+        proxies,
+        config,
+        shape,
+        seed,
+    } = crew;
     let endpoint = protocol::quic::endpoint((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), None).expect("UDP socket");
     let shape = Arc::new(shape);
     let mut tasks = tokio::task::JoinSet::new();

@@ -179,7 +179,12 @@ pub async fn call(
             break;
         };
         i += 1;
-        let conn = match net.connect(id, &addr).await {
+        // A dead member would hold a handshake for the whole QUIC idle
+        // timeout: give each member a second, then try the next.
+        let connected = tokio::time::timeout(Duration::from_secs(1), net.connect(id, &addr))
+            .await
+            .unwrap_or_else(|_| Err("connect timed out".into()));
+        let conn = match connected {
             Ok(c) => c,
             Err(e) => {
                 last_err = format!("member {id} at {addr}: {e}");
