@@ -71,6 +71,13 @@ enum Command {
         /// Most search steps of the checker per key.
         #[arg(long, default_value_t = 50_000_000)]
         max_steps: u64,
+        /// Files registered before the workload (a replaced member then
+        /// catches up from a snapshot this large).
+        #[arg(long, default_value_t = 0)]
+        preload: u64,
+        /// Percentage every loss fault drops (default: 5 to 30 from the seed).
+        #[arg(long)]
+        loss_pct: Option<u32>,
     },
     /// Runs clients until stdin closes (started by `run`).
     Worker {
@@ -136,6 +143,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<bool> {
             name,
             prefix,
             max_steps,
+            preload,
+            loss_pct,
         } => {
             let kinds = faults
                 .split(',')
@@ -172,6 +181,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 name,
                 prefix,
                 max_steps,
+                preload,
+                loss_pct,
             };
             let stop = protocol::stop::on_signals().context("signal handlers")?;
             tokio::select! {

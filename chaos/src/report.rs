@@ -82,7 +82,7 @@ pub struct Summary {
 }
 
 /// After a fault heals, a write must be acknowledged within this.
-const WRITES_RESUME_NS: u64 = 15_000_000_000;
+const WRITES_RESUME_NS: u64 = 5_000_000_000;
 
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
@@ -226,11 +226,29 @@ pub fn summarise(i: Inputs<'_>) -> Summary {
 
     // Faults.
     let acked = acked_write_times(i.history);
+    // The clean write rate: acknowledged writes per second outside every
+    // fault, its recovery and one second after.
+    let busy: Vec<(u64, u64)> = i
+        .faults
+        .iter()
+        .map(|f| {
+            let end = f.heal_ns.unwrap_or(f.start_ns) + f.recovered.map_or(0, |d| d.as_nanos() as u64);
+            (f.start_ns, end + 1_000_000_000)
+        })
+        .collect();
+    let in_busy = |t: u64| busy.iter().any(|&(a, b)| t >= a && t < b);
+    let (first, last) = (acked.first().copied().unwrap_or(0), acked.last().copied().unwrap_or(0));
+    let busy_ns: u64 = busy
+        .iter()
+        .map(|&(a, b)| b.min(last).saturating_sub(a.max(first)))
+        .sum();
+    let clean_ns = (last - first).saturating_sub(busy_ns).max(1);
+    let clean_rate = acked.iter().filter(|&&t| !in_busy(t)).count() as f64 / (clean_ns as f64 / 1e9);
     let _ = writeln!(t, "\nfaults: {}", i.faults.len());
     let _ = writeln!(
         t,
-        "  {:>7} {:>6}  {:<52} {:>10} {:>10} {:>10}  target",
-        "at s", "held s", "fault", "write gap", "recovered", "writes"
+        "  {:>7} {:>6}  {:<52} {:>10} {:>10} {:>10} {:>6}  target",
+        "at s", "held s", "fault", "write gap", "recovered", "writes", "rate"
     );
     let mut fault_errors = 0;
     let mut not_recovered = 0;
@@ -267,7 +285,7 @@ pub fn summarise(i: Inputs<'_>) -> Summary {
         } else if f.recovered.is_none() {
             not_recovered += 1;
         }
-        if f.fault == Fault::IsolateLeader {
+        if matches!(f.fault, Fault::IsolateLeader | Fault::LeaderReturns) {
             // First write invoked after the cut and acknowledged.
             if let Some(first) = i
                 .history
@@ -279,15 +297,24 @@ pub fn summarise(i: Inputs<'_>) -> Summary {
                 cut_leader.push(ms(first - f.start_ns));
             }
         }
+        // Writes per second while the fault held, against the clean rate.
+        let rate = match f.heal_ns {
+            Some(h) if h > f.start_ns && clean_rate > 0.0 => {
+                let n = acked.iter().filter(|&&t| t >= f.start_ns && t < h).count() as f64;
+                format!("{:.0}%", 100.0 * n / ((h - f.start_ns) as f64 / 1e9) / clean_rate)
+            }
+            _ => "-".into(),
+        };
         let _ = writeln!(
             t,
-            "  {:>7.1} {:>6.1}  {:<52} {:>10} {:>10} {:>10}  {}",
+            "  {:>7.1} {:>6.1}  {:<52} {:>10} {:>10} {:>10} {:>6}  {}",
             rel(f.start_ns),
             f.heal_ns.map_or(0.0, |h| (h - f.start_ns) as f64 / 1e9),
             f.fault.describe(),
             gap,
             rec,
             resumed_text,
+            rate,
             f.target
         );
     }
@@ -295,8 +322,9 @@ pub fn summarise(i: Inputs<'_>) -> Summary {
         t,
         "  (write gap: longest time without an acknowledged write from the fault to its recovery; \
          recovered: heal -> every member follows one leader and has applied what it had; \
-         writes: heal -> first acknowledged write)"
+         writes: heal -> first acknowledged write; rate: write rate while it held, against the clean rate)"
     );
+    let _ = writeln!(t, "  clean write rate: {clean_rate:.0} acknowledged writes/s");
     if let (Some(first), Some(last)) = (acked.first(), acked.last()) {
         let _ = writeln!(
             t,

@@ -63,6 +63,11 @@ pub struct Options {
     pub prefix: String,
     /// Most search steps per key for the checker.
     pub max_steps: u64,
+    /// Files registered before the workload starts (so that a replaced
+    /// member has a large snapshot to catch up from).
+    pub preload: u64,
+    /// Pins the loss faults' percentage (else 5 to 30 from the seed).
+    pub loss_pct: Option<u32>,
 }
 
 /// The test hosts; torn down when dropped.
@@ -660,7 +665,14 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
     for d in ["logs", "data", "certs"] {
         std::fs::create_dir_all(o.out.join(d))?;
     }
-    let plan = nemesis::schedule(o.seed, o.secs, &o.kinds);
+    let mut plan = nemesis::schedule(o.seed, o.secs, &o.kinds);
+    if let Some(pct) = o.loss_pct {
+        for p in &mut plan {
+            if let Fault::Loss { pct: x } = &mut p.fault {
+                *x = pct;
+            }
+        }
+    }
     std::fs::write(o.out.join("schedule.json"), serde_json::to_vec_pretty(&plan)?)?;
     eprintln!(
         "chaos: {} faults planned over {:.0} s (seed {})",
@@ -809,6 +821,9 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
         .set_up()
         .await
         .map_err(|e| anyhow::anyhow!("final reader: {e}"))?;
+    if o.preload > 0 {
+        preload(&o, proxy1).await?;
+    }
     let mut ready = 0;
     while ready < o.clients {
         match tokio::time::timeout(Duration::from_secs(120), ready_rx.recv()).await {
@@ -926,4 +941,50 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
     }
     drop(cluster);
     Ok(summary)
+}
+
+/// Registers `o.preload` files through the proxy from 64 clients of
+/// their own, one write at a time each (the leader batches them; each
+/// user's quota is 100,000 files).
+async fn preload(o: &Options, proxy: SocketAddr) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let cfg = workload::client_config(&o.out.join("certs/ca.pem"))?;
+    let ep = protocol::quic::endpoint((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), None)?;
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let loaders: u64 = 64;
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in 0..loaders {
+        // Client indexes past the workload's and the final reader's.
+        let mut c = workload::Client::new(
+            o.clients + 1 + l as u32,
+            proxy,
+            ep.clone(),
+            cfg.clone(),
+            stop_rx.clone(),
+        );
+        let (next, total) = (next.clone(), o.preload);
+        tasks.spawn(async move {
+            c.set_up().await.map_err(anyhow::Error::msg)?;
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                c.own_file(workload::preload_meta(n))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("preloading file {n}: {e}"))?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    eprintln!(
+        "chaos: {} files preloaded in {:.0} s",
+        o.preload,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

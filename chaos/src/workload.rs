@@ -68,6 +68,19 @@ pub fn file_meta(k: u32) -> FileMeta {
     }
 }
 
+/// Preloaded file `n` (not in the key space: its name matches no search
+/// of the workload).
+pub fn preload_meta(n: u64) -> FileMeta {
+    let name = format!("preload-{n:09}");
+    FileMeta {
+        id: FileId(*blake3::hash(name.as_bytes()).as_bytes()),
+        name,
+        size: 1 << 20,
+        chunk_size: 256 << 10,
+        chunk_count: 4,
+    }
+}
+
 /// The key-space file of a name made by [`file_name`].
 fn file_index(name: &str) -> Option<u32> {
     name.strip_prefix("chaos-file-")?.parse().ok()
@@ -215,6 +228,19 @@ impl Client {
         match self.call(request_of(&Call::Announce { peer: self.index })).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("announce: {e}")),
+            Err(_) => Err("stopped".into()),
+        }
+    }
+
+    /// Registers a file owned by this client's peer (set-up, not recorded).
+    pub async fn own_file(&mut self, file: FileMeta) -> Result<(), String> {
+        let own = Request::Own {
+            peer_id: peer_id(self.index),
+            file,
+        };
+        match self.call(own).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("stopped".into()),
         }
     }

@@ -24,7 +24,10 @@ fn every_fault_kind_once_and_the_history_is_linearizable() {
         .status()
         .expect("cargo build");
     assert!(st.success(), "building the tracker and proxy binaries");
-    let out = tempfile::tempdir().expect("temp dir");
+    let out = tempfile::Builder::new()
+        .prefix("chaos-run-")
+        .tempdir()
+        .expect("temp dir");
     // A name and subnet of this process's own, so runs can go side by side.
     let pid = std::process::id();
     let name = format!("c{}", pid % 100_000);
@@ -44,6 +47,11 @@ fn every_fault_kind_once_and_the_history_is_linearizable() {
     let report = String::from_utf8_lossy(&run.stdout);
     let log = String::from_utf8_lossy(&run.stderr);
     eprintln!("{log}\n{report}");
+    if !run.status.success() {
+        // Keep the logs, configs and history of a failed run.
+        let kept = out.keep();
+        eprintln!("the run's files are kept in {}", kept.display());
+    }
     assert!(run.status.success(), "the chaos run failed ({}):\n{report}", run.status);
     for kind in ["partition:", "loss:", "delay:", "pause:", "kill:", "replace:"] {
         assert!(report.contains(kind), "no {kind} fault in the report:\n{report}");

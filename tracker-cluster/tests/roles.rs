@@ -252,3 +252,66 @@ async fn removed_members_know_it() {
         assert!(c.tracker(id).app.status().removed);
     }
 }
+
+/// A member wiped and added back under its own id (what the chaos test's
+/// "replace" fault does) catches up through the membership that removed
+/// its predecessor, never takes itself for removed, and ends equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_member_added_back_under_its_id_catches_up() {
+    let mut c = TestCluster::new(3);
+    c.start_all();
+    let leader = c.wait_agreed_leader(T).await;
+    let back = c.members.iter().map(|m| m.id).find(|id| *id != leader).unwrap();
+    let ep = quic::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let admin = tls::load_identity(&c.certs(), "admin").unwrap();
+    let net = Network::new(
+        ep.clone(),
+        tracker_cluster::raft_client(tls::load_ca(&c.certs()).unwrap(), &admin, Duration::from_secs(2)).unwrap(),
+        1 << 20,
+    );
+    let members: Vec<_> = c.members.iter().map(|m| (m.id, m.raft.clone())).collect();
+    let api = ApiClient::new(&c.certs());
+    api.sign_up(&c.api_addrs(), "before-wipe", "correct horse").await;
+
+    // The member dies with its disk; it is removed, then added back empty.
+    c.kill(back);
+    management::call(&net, &members, AdminRequest::Remove { id: back }, T)
+        .await
+        .unwrap();
+    let cfg = c.configs.get_mut(&back).unwrap();
+    std::fs::remove_dir_all(cfg.data_dir()).unwrap();
+    let me = c.members.iter().find(|m| m.id == back).unwrap().clone();
+    cfg.join = true;
+    cfg.api_addr = Some(me.api.clone());
+    cfg.raft_addr = Some(me.raft.clone());
+    c.start(back);
+    management::call(
+        &net,
+        &members,
+        AdminRequest::Add {
+            id: back,
+            api: me.api,
+            raft: me.raft,
+        },
+        T,
+    )
+    .await
+    .unwrap();
+
+    // It follows, applies what the leader applies (a write made after it
+    // came back included), and never calls itself removed.
+    api.sign_up(&c.api_addrs(), "after-wipe", "correct horse").await;
+    let leader = c.wait_agreed_leader(T).await;
+    let target = c.tracker(leader).app.metrics().last_applied.unwrap().index;
+    c.wait_applied(back, target, T).await;
+    let app = &c.tracker(back).app;
+    assert_eq!(app.removal.reason(), None, "the member took itself for removed");
+    assert!(!app.status().removed);
+    api.sign_up(&c.api_addrs(), "after-settling", "correct horse").await;
+    let target = c.tracker(leader).app.metrics().last_applied.unwrap().index;
+    c.wait_applied(back, target, T).await;
+    assert_eq!(
+        c.tracker(back).app.state.read().registry.digest(),
+        c.tracker(leader).app.state.read().registry.digest()
+    );
+}

@@ -71,6 +71,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.raft.clone(),
             conn: None,
             refused_log: protocol::listen::LogLimiter::new(protocol::listen::LOG_EVERY),
+            far_log: protocol::listen::LogLimiter::new(protocol::listen::LOG_EVERY),
         }
     }
 }
@@ -83,6 +84,8 @@ pub struct Client {
     conn: Option<quinn::Connection>,
     /// Refusals repeat with every heartbeat: logged once per interval.
     refused_log: protocol::listen::LogLimiter,
+    /// So does "too far away for the heartbeat interval".
+    far_log: protocol::listen::LogLimiter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,10 +113,29 @@ impl Client {
             }
         };
         match tokio::time::timeout(timeout, codec::call::<_, RaftReply>(&conn, req, self.net.limit)).await {
-            Err(_) => Err(OpenRpcError::Network(NetworkError::new(&Msg(format!(
-                "rpc to {} timed out",
-                self.target
-            ))))),
+            Err(_) => {
+                // openraft gives every AppendEntries the heartbeat interval
+                // to complete: a member further away than that can never
+                // be replicated to, and the operator must be told why.
+                let rtt = conn.rtt();
+                if rtt * 2 > timeout {
+                    if let Some(unlogged) = self.far_log.hit() {
+                        tracing::warn!(
+                            target = self.target,
+                            rtt_ms = rtt.as_millis() as u64,
+                            timeout_ms = timeout.as_millis() as u64,
+                            unlogged,
+                            "member is too far away for the Raft timing: every request must complete within \
+                             raft.heartbeat_ms; set it above twice the round trip (and the election timeouts \
+                             above three heartbeats)"
+                        );
+                    }
+                }
+                Err(OpenRpcError::Network(NetworkError::new(&Msg(format!(
+                    "rpc to {} timed out",
+                    self.target
+                )))))
+            }
             Ok(Ok(RaftReply::Malformed(m))) => Err(OpenRpcError::Network(NetworkError::new(&Msg(m)))),
             Ok(Ok(RaftReply::Refused(m))) => {
                 if let Some(unlogged) = self.refused_log.hit() {
