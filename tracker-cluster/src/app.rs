@@ -248,15 +248,39 @@ async fn watch_removal(app: Arc<App>) {
     // has once been listed. A founding member always was.
     let mut listed = !app.config.join;
     let mut newest_listing = 0u64;
+    // A member that catches up replays the memberships of the past, among
+    // them one that removed an earlier member with its id (a member wiped
+    // and added back under the same id: the chaos test found it taking
+    // itself out there). So a membership without this member counts only
+    // once nothing newer has been applied for a while: a removed member
+    // gets no more entries, one catching up gets them at once. (A
+    // catching-up member never leads, so a leader needs no waiting.)
+    let settle = Duration::from_millis(app.config.raft.election_max_ms * 4).max(Duration::from_secs(1));
+    let mut without: Option<(u64, Option<u64>, tokio::time::Instant)> = None;
     let why = loop {
         {
             let m = rx.borrow_and_update();
+            let applied = m.last_applied.map(|l| l.index);
             if let Some(at) = own_membership_index(app.id, &m) {
                 listed = true;
                 newest_listing = newest_listing.max(at);
+                without = None;
             } else if listed {
                 if let Some(at) = applied_without(app.id, &m) {
-                    break format!("was removed from the cluster by the membership at log index {at}");
+                    // A leader that removed itself knows it at once (and
+                    // must stop before openraft, still leading a
+                    // membership without it, trips over itself).
+                    if m.current_leader == Some(app.id) {
+                        break format!("was removed from the cluster by the membership at log index {at}");
+                    }
+                    match without {
+                        Some((a, applied_then, since)) if a == at && applied_then == applied => {
+                            if since.elapsed() >= settle {
+                                break format!("was removed from the cluster by the membership at log index {at}");
+                            }
+                        }
+                        _ => without = Some((at, applied, tokio::time::Instant::now())),
+                    }
                 }
             }
             let reported = app.removal.reported.lock().expect("removal lock").take();
@@ -268,9 +292,16 @@ async fn watch_removal(app: Arc<App>) {
                 }
             }
         }
+        let recheck = async {
+            match without {
+                Some((_, _, since)) => tokio::time::sleep_until(since + settle).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
             _ = app.removal.notify.notified() => {}
+            _ = recheck => {}
         }
     };
     tracing::error!(
