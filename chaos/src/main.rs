@@ -277,8 +277,13 @@ async fn worker(
                 Some(Err(e)) => { out.write_all(format!("E {}\n", protocol::one_line(&e)).as_bytes()).await?; out.flush().await?; }
                 None => ready_open = false,
             },
+            // Flushed one by one: a worker killed at the end must not take
+            // operations that took effect with it.
             op = op_rx.recv() => match op {
-                Some(op) => out.write_all(format!("{}\n", serde_json::to_string(&op)?).as_bytes()).await?,
+                Some(op) => {
+                    out.write_all(format!("{}\n", serde_json::to_string(&op)?).as_bytes()).await?;
+                    out.flush().await?;
+                }
                 None => break,
             },
         }

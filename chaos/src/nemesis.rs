@@ -159,9 +159,9 @@ pub fn schedule(seed: u64, secs: f64, kinds: &[Kind]) -> Vec<Planned> {
             *n += 1;
             let fault = match kind {
                 Kind::Partition => [
-                    Fault::IsolateLeader,
-                    Fault::Split,
                     Fault::LeaderReturns,
+                    Fault::Split,
+                    Fault::IsolateLeader,
                     Fault::Ring,
                     Fault::OneWay,
                     Fault::ProxyCut,

@@ -116,7 +116,7 @@ pub fn longest_gap(acked: &[u64], from: u64, to: u64) -> u64 {
 /// Only client p owns and disowns peer p, one operation at a time, so
 /// the final membership of p in a file's owners is decided by p's last
 /// write to that file when that write's outcome is known.
-pub fn lost_and_doubled(history: &[Op], reader: u32) -> (usize, usize, Vec<String>) {
+pub fn lost_and_doubled(history: &[Op], reader: u32) -> LostDoubled {
     let mut finals: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
     let mut logins: BTreeMap<u32, bool> = BTreeMap::new();
     for op in history.iter().filter(|op| op.client == reader) {
@@ -149,12 +149,13 @@ pub fn lost_and_doubled(history: &[Op], reader: u32) -> (usize, usize, Vec<Strin
             _ => {}
         }
     }
-    let (mut lost, mut doubled, mut notes) = (0, 0, Vec::new());
+    let (mut lost, mut doubled, mut notes, mut checked) = (0, 0, Vec::new(), 0);
     for ((file, peer), op) in last {
         let Some(owners) = finals.get(&file) else { continue };
         if op.outcome != Outcome::Ok(Ret::Done) {
             continue;
         }
+        checked += 1;
         let present = owners.contains(&peer);
         match op.call {
             Call::Own { .. } if !present => {
@@ -172,12 +173,50 @@ pub fn lost_and_doubled(history: &[Op], reader: u32) -> (usize, usize, Vec<Strin
         }
     }
     for u in registered {
-        if logins.get(&u) == Some(&false) {
-            lost += 1;
-            notes.push(format!("lost: register of user {u} acknowledged, final login refused"));
+        match logins.get(&u) {
+            Some(true) => checked += 1,
+            Some(false) => {
+                checked += 1;
+                lost += 1;
+                notes.push(format!("lost: register of user {u} acknowledged, final login refused"));
+            }
+            None => {}
         }
     }
-    (lost, doubled, notes)
+    LostDoubled {
+        lost,
+        doubled,
+        notes,
+        checked,
+        unread: files_unread(history, reader, &finals),
+    }
+}
+
+/// Files whose final read did not get a definite answer.
+fn files_unread(history: &[Op], reader: u32, finals: &BTreeMap<u32, BTreeSet<u32>>) -> usize {
+    history
+        .iter()
+        .filter(|op| op.client == reader)
+        .filter_map(|op| match op.call {
+            Call::GetOwners { file } => Some(file),
+            _ => None,
+        })
+        .collect::<BTreeSet<_>>()
+        .iter()
+        .filter(|f| !finals.contains_key(f))
+        .count()
+}
+
+/// What the final reads showed of the acknowledged writes.
+pub struct LostDoubled {
+    pub lost: usize,
+    pub doubled: usize,
+    pub notes: Vec<String>,
+    /// Acknowledged last writes (per file and peer) and registers compared
+    /// with the final state.
+    pub checked: usize,
+    /// Files whose final read got no definite answer.
+    pub unread: usize,
 }
 
 pub fn summarise(i: Inputs<'_>) -> Summary {
@@ -369,16 +408,36 @@ pub fn summarise(i: Inputs<'_>) -> Summary {
             None
         }
     };
-    let (lost, doubled, notes) = lost_and_doubled(i.history, o.clients);
-    let _ = writeln!(t, "  lost acknowledged writes: {lost}");
+    let LostDoubled {
+        lost,
+        doubled,
+        notes,
+        checked,
+        unread,
+    } = lost_and_doubled(i.history, o.clients);
+    let _ = writeln!(
+        t,
+        "  lost acknowledged writes: {lost} (of {checked} last writes and registers compared with the final reads)"
+    );
     let _ = writeln!(t, "  doubled writes: {doubled}");
+    if unread > 0 {
+        let _ = writeln!(t, "  final reads without an answer: {unread} files");
+    }
     for n in notes.iter().take(20) {
         let _ = writeln!(t, "    {n}");
     }
+    // openraft 0.9 without its `single-term-leader` feature identifies a
+    // leader by (term, node id) and may grant votes to two candidates of
+    // one term, so two leaders in one term are allowed there; the safety
+    // checks are the ones above.
     if i.split_terms.is_empty() {
         let _ = writeln!(t, "  leaders per term: at most one");
     } else {
-        let _ = writeln!(t, "  leaders per term: VIOLATED {:?}", i.split_terms);
+        let _ = writeln!(
+            t,
+            "  leaders per term: two in {:?} (allowed by openraft 0.9's default leader ids (term, node); not a failure)",
+            i.split_terms
+        );
     }
     match i.converged {
         Some(d) => {
@@ -407,7 +466,7 @@ pub fn summarise(i: Inputs<'_>) -> Summary {
     let passed = linearizable == Some(true)
         && lost == 0
         && doubled == 0
-        && i.split_terms.is_empty()
+        && unread == 0
         && i.converged.is_some()
         && unexpected == 0
         && fault_errors == 0
@@ -454,7 +513,7 @@ mod tests {
             op(3, 10, Call::Own { file: 0, peer: 3 }, Ret::Done),
             op(reader, 100, Call::GetOwners { file: 0 }, Ret::Owners([2, 3].into())),
         ];
-        let (lost, doubled, _) = lost_and_doubled(&h, reader);
-        assert_eq!((lost, doubled), (1, 1)); // peer 1 lost, peer 2 back
+        let r = lost_and_doubled(&h, reader);
+        assert_eq!((r.lost, r.doubled, r.checked, r.unread), (1, 1, 3, 0)); // peer 1 lost, peer 2 back
     }
 }

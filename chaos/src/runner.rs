@@ -91,7 +91,11 @@ impl Testnet {
             .status()
             .with_context(|| format!("running {}", script.display()))?;
         if !status.success() {
-            bail!("scripts/testnet.sh up failed ({status})");
+            bail!(
+                "scripts/testnet.sh up failed ({status}); if a run that was killed left its hosts, \
+                 `scripts/testnet.sh down --name {}` removes them",
+                o.name
+            );
         }
         Ok(net)
     }
@@ -398,8 +402,13 @@ impl Cluster {
             Fault::OneWay => {
                 let l = pick_leader(&mut self.rng);
                 let ip = self.members[l].ip.clone();
-                for i in (0..n).filter(|&i| i != l) {
-                    let (h, s) = Self::drop_from(&self.members[i].host, std::slice::from_ref(&ip));
+                let mut hosts: Vec<String> = (0..n)
+                    .filter(|&i| i != l)
+                    .map(|i| self.members[i].host.clone())
+                    .collect();
+                hosts.extend(["p1".to_string(), "p2".to_string()]);
+                for host in hosts {
+                    let (h, s) = Self::drop_from(&host, std::slice::from_ref(&ip));
                     self.nft(&h, &s).await?;
                 }
                 Ok(format!("member {} not heard", self.members[l].id))
@@ -411,7 +420,9 @@ impl Cluster {
                 Ok(format!("proxy-{p} cut from member {}", self.members[l].id))
             }
             Fault::Loss { pct } => {
-                let s = format!("add rule inet chaos input meta l4proto udp numgen random mod 100 < {pct} drop\n");
+                let s = format!(
+                    "add rule inet chaos input iifname != \"lo\" meta l4proto udp numgen random mod 100 < {pct} drop\n"
+                );
                 self.nft_all(&self.all_hosts(), &s).await?;
                 Ok("every host".into())
             }
@@ -532,15 +543,38 @@ impl Cluster {
                 Ok(String::new())
             }
             Fault::KillLeader | Fault::KillRandom | Fault::KillAll => {
-                for i in 0..self.members.len() {
-                    if self.members[i].child.is_none() {
-                        self.start_member(i)?;
-                    }
-                }
+                self.restart_missing()?;
                 Ok(String::new())
             }
             Fault::Replace => Ok(String::new()),
         }
+    }
+
+    /// Starts every member that has no running process.
+    fn restart_missing(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.members.len() {
+            let gone = match self.members[i].child.as_mut() {
+                None => true,
+                Some(c) => !matches!(c.try_wait(), Ok(None)),
+            };
+            if gone {
+                self.start_member(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes whatever a fault that failed half-way may have left: rules,
+    /// paused or missing processes, relay impairments.
+    async fn heal_all(&mut self) {
+        let _ = self.nft_all(&self.all_hosts(), "flush chain inet chaos input\n").await;
+        for i in 0..self.members.len() {
+            self.signal(i, rustix::process::Signal::CONT);
+        }
+        for r in &mut self.relays {
+            let _ = r.send("clear").await;
+        }
+        let _ = self.restart_missing();
     }
 
     /// Pauses whoever leads, in turn, until member `idx` leads (at most
@@ -850,6 +884,7 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
         let target = match cluster.inject(&p.fault).await {
             Ok(t) => t,
             Err(e) => {
+                cluster.heal_all().await;
                 faults.push(FaultRecord::failed(p, start_ns, format!("{e:#}")));
                 continue;
             }
@@ -860,6 +895,7 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
         let target = match cluster.heal(&p.fault).await {
             Ok(more) => target + &more,
             Err(e) => {
+                cluster.heal_all().await;
                 faults.push(FaultRecord::failed(p, start_ns, format!("healing: {e:#}")));
                 continue;
             }
@@ -892,7 +928,17 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
         files: o.files,
         users: o.users,
     };
+    // Bounded: a cluster that never recovers leaves them unknown (and the
+    // report fails the run), it does not hang it.
+    let stopper = {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(90)).await;
+            let _ = stop_tx.send(true);
+        })
+    };
     history.extend(reader.final_reads(&shape).await);
+    stopper.abort();
     let _ = stop_tx.send(true);
 
     // Every member equal: same applied index and digest.

@@ -58,7 +58,11 @@ pub fn peer_index(p: &PeerId) -> Option<u32> {
 
 /// The metadata of file `k`.
 pub fn file_meta(k: u32) -> FileMeta {
-    let name = file_name(k);
+    meta_named(file_name(k))
+}
+
+/// A 1 MiB file's metadata with its id taken from its name.
+fn meta_named(name: String) -> FileMeta {
     FileMeta {
         id: FileId(*blake3::hash(name.as_bytes()).as_bytes()),
         name,
@@ -71,14 +75,7 @@ pub fn file_meta(k: u32) -> FileMeta {
 /// Preloaded file `n` (not in the key space: its name matches no search
 /// of the workload).
 pub fn preload_meta(n: u64) -> FileMeta {
-    let name = format!("preload-{n:09}");
-    FileMeta {
-        id: FileId(*blake3::hash(name.as_bytes()).as_bytes()),
-        name,
-        size: 1 << 20,
-        chunk_size: 256 << 10,
-        chunk_count: 4,
-    }
+    meta_named(format!("preload-{n:09}"))
 }
 
 /// The key-space file of a name made by [`file_name`].
@@ -105,7 +102,11 @@ pub struct Client {
 
 /// Why a request got no definite answer.
 enum Indefinite {
+    /// The run ended first.
     Stopped,
+    /// Refused before reaching the log (e.g. "overloaded"), but an earlier
+    /// try had no definite answer and may have been applied.
+    Refused(String),
 }
 
 impl Client {
@@ -184,14 +185,21 @@ impl Client {
         };
         let frame = codec::encode(&env).expect("a request encodes");
         let mut backoff = Duration::from_millis(20);
+        let mut tried = false;
         loop {
             if *self.stop.borrow() {
                 return Err(Indefinite::Stopped);
             }
             match self.try_once(&frame).await {
                 Ok(Err(ApiError::Unavailable(_) | ApiError::NotLeader { .. } | ApiError::Internal)) | Err(_) => {}
+                Ok(Err(e @ (ApiError::Overloaded | ApiError::Throttled { .. } | ApiError::TooManyAttempts { .. })))
+                    if tried && write_id.is_some() =>
+                {
+                    return Err(Indefinite::Refused(e.code().to_string()));
+                }
                 Ok(answer) => return Ok(answer),
             }
+            tried = true;
             let mut stop = self.stop.clone();
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -212,7 +220,7 @@ impl Client {
         match self.call(register).await {
             Ok(Ok(_) | Err(ApiError::UserExists(_))) => {}
             Ok(Err(e)) => return Err(format!("register {user}: {e}")),
-            Err(_) => return Err("stopped".into()),
+            Err(_) => return Err("stopped or refused".into()),
         }
         match self
             .call(Request::Login {
@@ -286,6 +294,7 @@ impl Client {
         let complete_ns = mono_ns();
         let outcome = match answer {
             Err(Indefinite::Stopped) => Outcome::Unknown("the run ended first".into()),
+            Err(Indefinite::Refused(code)) => Outcome::Unknown(format!("{code} after a try with no answer")),
             Ok(a) => outcome_of(&call, a),
         };
         Op {
@@ -305,7 +314,18 @@ impl Client {
             ops.push(self.run(Call::GetOwners { file }).await);
         }
         for user in 0..shape.users {
-            ops.push(self.run(Call::Login { user, good: true }).await);
+            // The workload's wrong passwords may have the user's logins
+            // throttled for a while: wait that out (a refused try changes
+            // nothing, and each is recorded).
+            loop {
+                let op = self.run(Call::Login { user, good: true }).await;
+                let throttled = op.outcome == Outcome::Fail("throttled".into());
+                ops.push(op);
+                if !throttled || *self.stop.borrow() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
         ops
     }

@@ -73,6 +73,9 @@ pub struct Removal {
     reported: Mutex<Option<(NodeId, u64)>>,
     notify: tokio::sync::Notify,
     removed: std::sync::OnceLock<String>,
+    /// When a leader's AppendEntries (heartbeats included) last reached
+    /// this member: a leader replicates only to members of its membership.
+    last_append: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Removal {
@@ -80,6 +83,15 @@ impl Removal {
     pub fn report(&self, from: NodeId, membership_index: u64) {
         *self.reported.lock().expect("removal lock") = Some((from, membership_index));
         self.notify.notify_one();
+    }
+
+    /// A leader's AppendEntries was accepted.
+    pub fn heard_leader(&self) {
+        *self.last_append.lock().expect("removal lock") = Some(tokio::time::Instant::now());
+    }
+
+    fn last_append(&self) -> Option<tokio::time::Instant> {
+        *self.last_append.lock().expect("removal lock")
     }
 
     /// Why this member is out of the cluster, once it is.
@@ -251,16 +263,17 @@ async fn watch_removal(app: Arc<App>) {
     // A member that catches up replays the memberships of the past, among
     // them one that removed an earlier member with its id (a member wiped
     // and added back under the same id: the chaos test found it taking
-    // itself out there). So a membership without this member counts only
-    // once nothing newer has been applied for a while: a removed member
-    // gets no more entries, one catching up gets them at once. (A
-    // catching-up member never leads, so a leader needs no waiting.)
-    let settle = Duration::from_millis(app.config.raft.election_max_ms * 4).max(Duration::from_secs(1));
-    let mut without: Option<(u64, Option<u64>, tokio::time::Instant)> = None;
+    // itself out there). So a follower counts a membership without it only
+    // once no leader has replicated to it for a while: a leader replicates
+    // only to members of its membership, and heartbeats keep coming to one
+    // that is catching up. (A catching-up member never leads, so a leader
+    // needs no waiting.)
+    let settle = Duration::from_millis(app.config.raft.election_max_ms * 4).max(Duration::from_secs(2));
+    let mut without: Option<(u64, tokio::time::Instant)> = None;
+    let quiet_since = |since: tokio::time::Instant| app.removal.last_append().map_or(since, |t| t.max(since));
     let why = loop {
         {
             let m = rx.borrow_and_update();
-            let applied = m.last_applied.map(|l| l.index);
             if let Some(at) = own_membership_index(app.id, &m) {
                 listed = true;
                 newest_listing = newest_listing.max(at);
@@ -274,12 +287,12 @@ async fn watch_removal(app: Arc<App>) {
                         break format!("was removed from the cluster by the membership at log index {at}");
                     }
                     match without {
-                        Some((a, applied_then, since)) if a == at && applied_then == applied => {
-                            if since.elapsed() >= settle {
+                        Some((a, since)) if a == at => {
+                            if quiet_since(since).elapsed() >= settle {
                                 break format!("was removed from the cluster by the membership at log index {at}");
                             }
                         }
-                        _ => without = Some((at, applied, tokio::time::Instant::now())),
+                        _ => without = Some((at, tokio::time::Instant::now())),
                     }
                 }
             }
@@ -294,7 +307,7 @@ async fn watch_removal(app: Arc<App>) {
         }
         let recheck = async {
             match without {
-                Some((_, _, since)) => tokio::time::sleep_until(since + settle).await,
+                Some((_, since)) => tokio::time::sleep_until(quiet_since(since) + settle).await,
                 None => std::future::pending().await,
             }
         };

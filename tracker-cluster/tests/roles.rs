@@ -158,6 +158,18 @@ async fn raft_port_checks_certificate_roles() {
     assert_eq!(voters(&c, leader), 2);
 }
 
+/// The admin's Raft client and the members' Raft addresses.
+fn admin_net(c: &TestCluster) -> (Network, Vec<(u64, String)>) {
+    let ep = quic::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let admin = tls::load_identity(&c.certs(), "admin").unwrap();
+    let net = Network::new(
+        ep,
+        tracker_cluster::raft_client(tls::load_ca(&c.certs()).unwrap(), &admin, Duration::from_secs(2)).unwrap(),
+        1 << 20,
+    );
+    (net, c.members.iter().map(|m| (m.id, m.raft.clone())).collect())
+}
+
 /// Waits until member `id` says it was removed.
 async fn wait_removed(c: &TestCluster, id: u64) {
     let app = c.tracker(id).app.clone();
@@ -183,14 +195,7 @@ async fn removed_members_know_it() {
     c.start_all();
     let leader = c.wait_agreed_leader(T).await;
     let follower = c.members.iter().map(|m| m.id).find(|id| *id != leader).unwrap();
-    let ep = quic::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
-    let admin = tls::load_identity(&c.certs(), "admin").unwrap();
-    let net = Network::new(
-        ep.clone(),
-        tracker_cluster::raft_client(tls::load_ca(&c.certs()).unwrap(), &admin, Duration::from_secs(2)).unwrap(),
-        1 << 20,
-    );
-    let members: Vec<_> = c.members.iter().map(|m| (m.id, m.raft.clone())).collect();
+    let (net, members) = admin_net(&c);
 
     management::call(&net, &members, AdminRequest::Remove { id: follower }, T)
         .await
@@ -271,14 +276,7 @@ async fn wiped_member_added_back_under_its_id_catches_up() {
     c.start_all();
     let leader = c.wait_agreed_leader(T).await;
     let back = c.members.iter().map(|m| m.id).find(|id| *id != leader).unwrap();
-    let ep = quic::endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
-    let admin = tls::load_identity(&c.certs(), "admin").unwrap();
-    let net = Network::new(
-        ep.clone(),
-        tracker_cluster::raft_client(tls::load_ca(&c.certs()).unwrap(), &admin, Duration::from_secs(2)).unwrap(),
-        1 << 20,
-    );
-    let members: Vec<_> = c.members.iter().map(|m| (m.id, m.raft.clone())).collect();
+    let (net, members) = admin_net(&c);
     let api = ApiClient::new(&c.certs());
     let addrs = c.api_addrs();
     api.sign_up(&addrs, "before-wipe", "correct horse").await;

@@ -111,6 +111,32 @@ pub async fn handle(app: &App, req: AdminRequest) -> Result<AdminReply, String> 
     Ok(AdminReply::Status(app.status()))
 }
 
+/// Sends one admin request to one member, without following.
+async fn ask_member(
+    net: &Network,
+    id: NodeId,
+    addr: &str,
+    req: AdminRequest,
+    timeout: Duration,
+) -> Result<AdminReply, String> {
+    let conn = tokio::time::timeout(timeout, net.connect(id, addr))
+        .await
+        .map_err(|_| "timed out".to_string())??;
+    let reply = tokio::time::timeout(
+        timeout,
+        protocol::codec::call::<_, RaftReply>(&conn, &RaftRequest::Admin(req), 64 << 20),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    conn.close(0u32.into(), b"done");
+    match reply {
+        RaftReply::Admin(Ok(r)) => Ok(r),
+        RaftReply::Admin(Err(e)) | RaftReply::Refused(e) => Err(e),
+        other => Err(format!("unexpected reply {other:?}")),
+    }
+}
+
 /// Asks one member for its own view of the cluster, without following.
 pub async fn status_of_member(
     net: &Network,
@@ -118,20 +144,8 @@ pub async fn status_of_member(
     addr: &str,
     timeout: Duration,
 ) -> Result<ClusterStatus, String> {
-    let conn = tokio::time::timeout(timeout, net.connect(id, addr))
-        .await
-        .map_err(|_| "timed out".to_string())??;
-    let reply = tokio::time::timeout(
-        timeout,
-        protocol::codec::call::<_, RaftReply>(&conn, &RaftRequest::Admin(AdminRequest::Status), 64 << 20),
-    )
-    .await
-    .map_err(|_| "timed out".to_string())?
-    .map_err(|e| e.to_string())?;
-    conn.close(0u32.into(), b"done");
-    match reply {
-        RaftReply::Admin(Ok(AdminReply::Status(s))) => Ok(s),
-        RaftReply::Refused(why) => Err(why),
+    match ask_member(net, id, addr, AdminRequest::Status, timeout).await? {
+        AdminReply::Status(s) => Ok(s),
         other => Err(format!("unexpected reply {other:?}")),
     }
 }
@@ -143,20 +157,8 @@ pub async fn digest_of_member(
     addr: &str,
     timeout: Duration,
 ) -> Result<(Option<u64>, String), String> {
-    let conn = tokio::time::timeout(timeout, net.connect(id, addr))
-        .await
-        .map_err(|_| "timed out".to_string())??;
-    let reply = tokio::time::timeout(
-        timeout,
-        protocol::codec::call::<_, RaftReply>(&conn, &RaftRequest::Admin(AdminRequest::Digest), 1 << 20),
-    )
-    .await
-    .map_err(|_| "timed out".to_string())?
-    .map_err(|e| e.to_string())?;
-    conn.close(0u32.into(), b"done");
-    match reply {
-        RaftReply::Admin(Ok(AdminReply::Digest { applied, digest })) => Ok((applied, digest)),
-        RaftReply::Refused(why) => Err(why),
+    match ask_member(net, id, addr, AdminRequest::Digest, timeout).await? {
+        AdminReply::Digest { applied, digest } => Ok((applied, digest)),
         other => Err(format!("unexpected reply {other:?}")),
     }
 }

@@ -151,7 +151,13 @@ fn authorize(app: &App, cert: &CertificateDer<'_>, req: &RaftRequest, remote: So
 
 async fn dispatch(app: &App, req: RaftRequest) -> RaftReply {
     match req {
-        RaftRequest::Append(r) => RaftReply::Append(app.raft.append_entries(r).await),
+        RaftRequest::Append(r) => {
+            let answer = app.raft.append_entries(r).await;
+            if answer.is_ok() {
+                app.removal.heard_leader();
+            }
+            RaftReply::Append(answer)
+        }
         RaftRequest::Vote(r) => RaftReply::Vote(app.raft.vote(r).await),
         RaftRequest::Snapshot(r) => RaftReply::Snapshot(app.raft.install_snapshot(r).await),
         RaftRequest::Admin(r) => RaftReply::Admin(super::management::handle(app, r).await),
