@@ -78,6 +78,11 @@ enum Command {
         /// Percentage every loss fault drops (default: 5 to 30 from the seed).
         #[arg(long)]
         loss_pct: Option<u32>,
+        /// Members snapshot every this many log entries (small, so that a
+        /// replaced member catches up by snapshot; with a large --preload
+        /// use the default policy's 20000).
+        #[arg(long, default_value_t = 500)]
+        snapshot_every: u64,
     },
     /// Runs clients until stdin closes (started by `run`).
     Worker {
@@ -145,6 +150,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<bool> {
             max_steps,
             preload,
             loss_pct,
+            snapshot_every,
         } => {
             let kinds = faults
                 .split(',')
@@ -183,6 +189,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 max_steps,
                 preload,
                 loss_pct,
+                snapshot_every,
             };
             let stop = protocol::stop::on_signals().context("signal handlers")?;
             tokio::select! {

@@ -68,6 +68,8 @@ pub struct Options {
     pub preload: u64,
     /// Pins the loss faults' percentage (else 5 to 30 from the seed).
     pub loss_pct: Option<u32>,
+    /// Members snapshot (and compact their log) every this many entries.
+    pub snapshot_every: u64,
 }
 
 /// The test hosts; torn down when dropped.
@@ -217,7 +219,7 @@ impl Cluster {
             "certs_dir": format!("{out}/certs"),
             "listen_raft": format!("{ip}:{RAFT_PORT}"),
             "owner_ttl_secs": 3600,
-            "raft": {"snapshot_every": 500, "keep_after_snapshot": 100},
+            "raft": {"snapshot_every": o.snapshot_every, "keep_after_snapshot": (o.snapshot_every / 5).max(1)},
             "register": {"per_source_per_minute": 1000000, "per_source_burst": 100000, "hashes_per_sec": 1000, "hash_burst": 1000},
         });
         if join {
@@ -597,10 +599,23 @@ impl Cluster {
         Ok("; did not lead again in 10 rounds".into())
     }
 
-    /// Every member's (applied, digest); None for a member that did not answer.
+    /// Every member's (applied, digest); None for a member that did not
+    /// answer. A member that knows it was removed (a replace whose admin
+    /// call gave up while the change went through) is left out.
     async fn digests(&self) -> Vec<report::MemberDigest> {
         let mut out = Vec::new();
+        let removed: BTreeSet<u64> = {
+            let v = self.views.lock().expect("views");
+            v.last
+                .iter()
+                .filter(|(_, s)| s.as_ref().is_some_and(|s| s.removed))
+                .map(|(id, _)| *id)
+                .collect()
+        };
         for (id, addr) in self.member_addrs() {
+            if removed.contains(&id) {
+                continue;
+            }
             let d = management::digest_of_member(&self.admin, id, &addr, Duration::from_secs(1))
                 .await
                 .ok();
@@ -696,6 +711,12 @@ fn spawn_worker(
 /// Runs the whole test; returns the summary (its `passed` says whether
 /// every check held).
 pub async fn run(o: Options) -> anyhow::Result<Summary> {
+    if o.out.join("data").exists() {
+        bail!(
+            "{} holds a previous run's data (members would start from it): remove it or choose another --out",
+            o.out.display()
+        );
+    }
     for d in ["logs", "data", "certs"] {
         std::fs::create_dir_all(o.out.join(d))?;
     }
