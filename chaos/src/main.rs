@@ -9,7 +9,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use chaos::{history::Op, nemesis::Kind, runner, workload};
+use chaos::{history::Op, runner, workload};
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -27,63 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the test and prints the report (exit 1 when a check fails).
-    Run {
-        /// Seconds of workload under faults.
-        #[arg(long, default_value_t = 120.0)]
-        time: f64,
-        /// Fault kinds, comma-separated: partition, loss, delay, pause, kill, replace.
-        #[arg(long, default_value = "partition,loss,delay,pause,kill,replace")]
-        faults: String,
-        /// Seed of the fault schedule and of the clients' choices.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Tracker members: 3 or 5.
-        #[arg(long, default_value_t = 3)]
-        trackers: u32,
-        /// Concurrent clients.
-        #[arg(long, default_value_t = 64)]
-        clients: u32,
-        /// Test hosts the clients are spread over.
-        #[arg(long, default_value_t = 4)]
-        client_hosts: u32,
-        /// Files in the key space (fewer: more conflicts).
-        #[arg(long, default_value_t = 8)]
-        files: u32,
-        /// Shared user names for contended Register and Login.
-        #[arg(long, default_value_t = 4)]
-        users: u32,
-        /// Output folder (history, report, logs, data).
-        #[arg(long, default_value = "chaos-out")]
-        out: PathBuf,
-        /// Folder with quorrent-tracker, quorrent-proxy and quorrent-chaos
-        /// (default: this binary's folder).
-        #[arg(long)]
-        bins: Option<PathBuf>,
-        /// The repository root (for scripts/testnet.sh).
-        #[arg(long, default_value = ".")]
-        root: PathBuf,
-        /// Name prefix of the test hosts (at most 6 characters).
-        #[arg(long, default_value = "chaos")]
-        name: String,
-        /// The test hosts' /24 prefix.
-        #[arg(long, default_value = "10.78.0")]
-        prefix: String,
-        /// Most search steps of the checker per key.
-        #[arg(long, default_value_t = 50_000_000)]
-        max_steps: u64,
-        /// Files registered before the workload (a replaced member then
-        /// catches up from a snapshot this large).
-        #[arg(long, default_value_t = 0)]
-        preload: u64,
-        /// Percentage every loss fault drops (default: 5 to 30 from the seed).
-        #[arg(long)]
-        loss_pct: Option<u32>,
-        /// Members snapshot every this many log entries (small, so that a
-        /// replaced member catches up by snapshot; with a large --preload
-        /// use the default policy's 20000).
-        #[arg(long, default_value_t = 500)]
-        snapshot_every: u64,
-    },
+    Run(runner::Options),
     /// Runs clients until stdin closes (started by `run`).
     Worker {
         #[arg(long)]
@@ -133,64 +77,8 @@ fn main() {
 
 async fn real_main(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
-        Command::Run {
-            time,
-            faults,
-            seed,
-            trackers,
-            clients,
-            client_hosts,
-            files,
-            users,
-            out,
-            bins,
-            root,
-            name,
-            prefix,
-            max_steps,
-            preload,
-            loss_pct,
-            snapshot_every,
-        } => {
-            let kinds = faults
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(Kind::parse)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(anyhow::Error::msg)?;
-            anyhow::ensure!(trackers == 3 || trackers == 5, "--trackers must be 3 or 5");
-            anyhow::ensure!(name.len() <= 6, "--name must be at most 6 characters");
-            anyhow::ensure!(
-                clients >= 1 && client_hosts >= 1 && files >= 1 && users >= 1,
-                "counts must be at least 1"
-            );
-            let bins = match bins {
-                Some(b) => b,
-                None => std::env::current_exe()?
-                    .parent()
-                    .context("binary folder")?
-                    .to_path_buf(),
-            };
-            let out = std::path::absolute(&out)?;
-            let options = runner::Options {
-                secs: time,
-                kinds,
-                seed,
-                trackers,
-                clients,
-                client_hosts,
-                files,
-                users,
-                out,
-                bins: std::path::absolute(bins)?,
-                root,
-                name,
-                prefix,
-                max_steps,
-                preload,
-                loss_pct,
-                snapshot_every,
-            };
+        Command::Run(options) => {
+            let options = options.checked()?;
             let stop = protocol::stop::on_signals().context("signal handlers")?;
             tokio::select! {
                 r = runner::run(options) => {

@@ -1,7 +1,8 @@
 //! The report of a chaos run: operations by outcome, each fault with the
 //! longest client-visible write gap during it and the time to recover
 //! after it healed, and the verdicts (linearizable, lost and doubled
-//! writes, one leader per term, members equal).
+//! writes, final reads answered, members equal, writes resumed after each
+//! heal); leaders per term are reported, not judged (see `summarise`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -41,35 +41,99 @@ const RAFT_PORT: u16 = 7411;
 const RELAY_PORT: u16 = 7412;
 const PROXY_PORT: u16 = 7400;
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (the `run` command's arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    /// Seconds of workload under faults.
+    #[arg(long = "time", default_value_t = 120.0)]
     pub secs: f64,
+    /// Fault kinds, comma-separated: partition, loss, delay, pause, kill, replace.
+    #[arg(
+        long = "faults",
+        value_delimiter = ',',
+        value_parser = Kind::parse,
+        default_value = "partition,loss,delay,pause,kill,replace"
+    )]
     pub kinds: Vec<Kind>,
+    /// Seed of the fault schedule and of the clients' choices.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Tracker members: 3 or 5.
+    #[arg(long, default_value_t = 3)]
     pub trackers: u32,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
     pub clients: u32,
+    /// Test hosts the clients are spread over (at most 9).
+    #[arg(long, default_value_t = 4)]
     pub client_hosts: u32,
+    /// Files in the key space (fewer: more conflicts; at most 100).
+    #[arg(long, default_value_t = 8)]
     pub files: u32,
+    /// Shared user names for contended Register and Login.
+    #[arg(long, default_value_t = 4)]
     pub users: u32,
     /// Output folder (configs, certificates, data, logs, history, report).
+    #[arg(long, default_value = "chaos-out")]
     pub out: PathBuf,
-    /// Folder holding quorrent-tracker, quorrent-proxy and quorrent-chaos.
+    /// Folder holding quorrent-tracker, quorrent-proxy and quorrent-chaos
+    /// (default: this binary's folder).
+    #[arg(long, default_value_os_t = own_folder())]
     pub bins: PathBuf,
     /// The repository root (for scripts/testnet.sh).
+    #[arg(long, default_value = ".")]
     pub root: PathBuf,
-    /// Namespace name prefix and subnet prefix (e.g. "chaos", "10.77.0").
+    /// Name prefix of the test hosts (at most 6 characters).
+    #[arg(long, default_value = "chaos")]
     pub name: String,
+    /// The test hosts' /24 prefix, e.g. 10.78.0.
+    #[arg(long, default_value = "10.78.0")]
     pub prefix: String,
-    /// Most search steps per key for the checker.
+    /// Most search steps of the checker per key.
+    #[arg(long, default_value_t = 50_000_000)]
     pub max_steps: u64,
-    /// Files registered before the workload starts (so that a replaced
-    /// member has a large snapshot to catch up from).
+    /// Files registered before the workload starts (a replaced member then
+    /// catches up from a snapshot this large).
+    #[arg(long, default_value_t = 0)]
     pub preload: u64,
-    /// Pins the loss faults' percentage (else 5 to 30 from the seed).
+    /// Percentage every loss fault drops (default: 5 to 30 from the seed).
+    #[arg(long)]
     pub loss_pct: Option<u32>,
-    /// Members snapshot (and compact their log) every this many entries.
+    /// Members snapshot (and compact their log) every this many entries:
+    /// small, so that a replaced member catches up by snapshot; with a
+    /// large --preload use the default policy's 20000.
+    #[arg(long, default_value_t = 500)]
     pub snapshot_every: u64,
+}
+
+/// The folder of this binary (where cargo puts the others too).
+fn own_folder() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+impl Options {
+    /// Checks the combinations clap cannot and makes the folders absolute
+    /// (processes run with other working folders).
+    pub fn checked(mut self) -> anyhow::Result<Options> {
+        anyhow::ensure!(self.trackers == 3 || self.trackers == 5, "--trackers must be 3 or 5");
+        anyhow::ensure!(self.name.len() <= 6, "--name must be at most 6 characters");
+        anyhow::ensure!(
+            self.clients >= 1 && self.client_hosts >= 1 && self.files >= 1 && self.users >= 1,
+            "--clients, --client-hosts, --files and --users must be at least 1"
+        );
+        // File names have two digits: with more, one name's search text
+        // would match another's.
+        anyhow::ensure!(self.files <= 100, "--files must be at most 100");
+        anyhow::ensure!(self.client_hosts <= 9, "--client-hosts must be at most 9");
+        anyhow::ensure!(self.snapshot_every >= 10, "--snapshot-every must be at least 10");
+        anyhow::ensure!(self.loss_pct.is_none_or(|p| p <= 100), "--loss-pct must be at most 100");
+        self.out = std::path::absolute(&self.out)?;
+        self.bins = std::path::absolute(&self.bins)?;
+        Ok(self)
+    }
 }
 
 /// The test hosts; torn down when dropped.
@@ -187,16 +251,28 @@ fn ip_of(prefix: &str, base: u32, i: u32) -> String {
 }
 
 impl Cluster {
+    /// `program` run in test host `host`'s namespace, killed when dropped.
+    fn command_in(&self, host: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.net.ns(host)])
+            .arg(program)
+            .kill_on_drop(true);
+        c
+    }
+
+    /// A new file in the run's log folder.
+    fn log_file(&self, name: &str) -> anyhow::Result<std::fs::File> {
+        let path = self.o.out.join("logs").join(name);
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
+    }
+
     fn spawn_in(&self, host: &str, bin: &str, args: &[&str], log: &str) -> anyhow::Result<Child> {
-        let err = std::fs::File::create(self.o.out.join("logs").join(log))?;
-        Command::new("ip")
-            .args(["netns", "exec", &self.net.ns(host)])
-            .arg(self.o.bins.join(bin))
+        let err = self.log_file(log)?;
+        self.command_in(host, self.o.bins.join(bin))
             .args(args)
             .stdin(Stdio::null())
             .stdout(err.try_clone()?)
             .stderr(err)
-            .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {bin} on {host}"))
     }
@@ -305,8 +381,9 @@ impl Cluster {
     }
 
     async fn nft(&self, host: &str, script: &str) -> anyhow::Result<()> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.net.ns(host), "nft", "-f", "-"])
+        let mut child = self
+            .command_in(host, "nft")
+            .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
@@ -677,10 +754,9 @@ fn spawn_worker(
         ip_of(&o.prefix, 20, 2)
     );
     let list: Vec<String> = clients.iter().map(|c| c.to_string()).collect();
-    let err = std::fs::File::create(o.out.join(format!("logs/worker-c{host}.stderr")))?;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &cluster.net.ns(&format!("c{host}"))])
-        .arg(o.bins.join("quorrent-chaos"))
+    let err = cluster.log_file(&format!("worker-c{host}.stderr"))?;
+    let mut child = cluster
+        .command_in(&format!("c{host}"), o.bins.join("quorrent-chaos"))
         .args(["worker", "--ca", &o.out.join("certs/ca.pem").display().to_string()])
         .args(["--proxies", &proxies, "--clients", &list.join(",")])
         .args(["--files", &o.files.to_string(), "--users", &o.users.to_string()])
@@ -688,7 +764,6 @@ fn spawn_worker(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(err)
-        .kill_on_drop(true)
         .spawn()
         .context("starting a worker")?;
     let stdout = child.stdout.take().expect("stdout");
@@ -792,26 +867,24 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
     }
     // Relays first, so members find their peers from the start.
     for i in 0..cluster.members.len() {
-        let ip = cluster.members[i].ip.clone();
-        let ns = cluster.net.ns(&cluster.members[i].host);
-        let err = std::fs::File::create(o.out.join(format!("logs/relay-{}.stderr", i + 1)))?;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns])
-            .arg(o.bins.join("quorrent-chaos"))
+        let (ip, host) = (cluster.members[i].ip.clone(), cluster.members[i].host.clone());
+        let err = cluster.log_file(&format!("relay-{}.stderr", i + 1))?;
+        let mut child = cluster
+            .command_in(&host, o.bins.join("quorrent-chaos"))
             .args(["relay", "--listen", &format!("{ip}:{RELAY_PORT}")])
             .args(["--upstream", &format!("{ip}:{RAFT_PORT}")])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(err)
-            .kill_on_drop(true)
-            .spawn()?;
+            .spawn()
+            .with_context(|| format!("starting the relay on {host}"))?;
         let stdin = child.stdin.take().expect("stdin");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
             .await
             .context("relay did not start")??;
         if !first.as_deref().unwrap_or("").starts_with("relay ready") {
-            bail!("relay on {ns} said {first:?}");
+            bail!("relay on {host} said {first:?}");
         }
         let (tx, acks) = mpsc::unbounded_channel();
         tokio::spawn(async move {

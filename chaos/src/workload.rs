@@ -462,12 +462,8 @@ pub async fn run(
 
 /// The client crypto for talking to proxies signed by the CA in `ca_pem`.
 pub fn client_config(ca_pem: &std::path::Path) -> anyhow::Result<quinn::ClientConfig> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_pem)? {
-        roots.add(cert?)?;
-    }
-    let crypto = protocol::tls::client_crypto(Arc::new(roots), None, ALPN)?;
+    let roots = protocol::tls::load_ca_file(ca_pem)?;
+    let crypto = protocol::tls::client_crypto(roots, None, ALPN)?;
     Ok(protocol::tls::quic_client(
         crypto,
         protocol::quic::control_transport(Duration::from_secs(10)),

@@ -27,7 +27,6 @@ use protocol::{
     stop::Stop,
     tracker_api::{Answer, ApiError, Consistency, Envelope, Reply, Request, WriteId, ALPN},
 };
-use rustls::pki_types::{pem::PemObject, CertificateDer};
 use tokio::{sync::Mutex, time::Instant};
 use tracing::{debug, warn};
 
@@ -146,16 +145,14 @@ impl TrackerClient {
             path: config.ca_cert.display().to_string(),
             message,
         };
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(&config.ca_cert).map_err(|e| ca_err(e.to_string()))? {
-            roots
-                .add(cert.map_err(|e| ca_err(e.to_string()))?)
-                .map_err(|e| ca_err(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(ca_err("no certificate in the file".into()));
-        }
-        let crypto = protocol::tls::client_crypto(Arc::new(roots), None, ALPN).map_err(|e| ca_err(e.to_string()))?;
+        let roots = protocol::tls::load_ca_file(&config.ca_cert).map_err(|e| match e {
+            // The error names the file; the path is already in ours.
+            protocol::tls::TlsError::Io { source, .. } => ca_err(source.to_string()),
+            protocol::tls::TlsError::Pem { message, .. } => ca_err(format!("malformed PEM: {message}")),
+            protocol::tls::TlsError::Empty { .. } => ca_err("no certificate in the file".into()),
+            other => ca_err(other.to_string()),
+        })?;
+        let crypto = protocol::tls::client_crypto(roots, None, ALPN).map_err(|e| ca_err(e.to_string()))?;
         let transport = protocol::quic::control_transport(Duration::from_secs(10));
         let config_q = protocol::tls::quic_client(crypto, transport).map_err(|e| ca_err(e.to_string()))?;
         let endpoint = protocol::quic::endpoint((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), None)

@@ -385,7 +385,13 @@ fn check_private(path: &Path) -> Result<(), TlsError> {
 
 /// Loads `dir/ca.pem` as the only trust root.
 pub fn load_ca(dir: &Path) -> Result<Arc<RootCertStore>, TlsError> {
-    let path = dir.join("ca.pem");
+    load_ca_file(&dir.join("ca.pem"))
+}
+
+/// The certificates of a CA file (PEM) as trust roots; an error names the
+/// file.
+pub fn load_ca_file(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let path = path.to_owned();
     let pem = fs::read(&path).map_err(io_err(&path))?;
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
