@@ -98,6 +98,86 @@ pub fn leading_variant(body: &[u8]) -> Option<u32> {
         .map(|(v, _)| v)
 }
 
+/// Writes frames to a blocking writer (a file), one reused buffer for all:
+/// the stored counterpart of [`write_frame`], for values streamed to disk
+/// a record at a time, such as snapshots.
+pub struct FrameWriter<W> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: std::io::Write> FrameWriter<W> {
+    pub fn new(inner: W) -> Self {
+        FrameWriter { inner, buf: Vec::new() }
+    }
+
+    /// Writes one frame (prefix and body).
+    pub fn write<T: Serialize>(&mut self, msg: &T) -> Result<(), CodecError> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0; PREFIX]);
+        bincode::serde::encode_into_std_write(msg, &mut self.buf, config())
+            .map_err(|e| CodecError::Encode(e.to_string()))?;
+        let len = u32::try_from(self.buf.len() - PREFIX).map_err(|_| CodecError::Encode("frame over 4 GiB".into()))?;
+        self.buf[..PREFIX].copy_from_slice(&len.to_le_bytes());
+        self.inner.write_all(&self.buf)?;
+        Ok(())
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+/// Reads frames from a blocking reader, each checked against a limit
+/// before its buffer grows (the buffer is reused, so reading a stream of
+/// frames holds at most one frame).
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+}
+
+impl<R: std::io::Read> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader { inner, buf: Vec::new() }
+    }
+
+    /// Reads and decodes one frame of at most `limit` bytes.
+    pub fn read<T: DeserializeOwned>(&mut self, limit: usize) -> Result<T, CodecError> {
+        let mut prefix = [0u8; PREFIX];
+        self.fill(&mut prefix)?;
+        let len = u32::from_le_bytes(prefix) as usize;
+        if len > limit {
+            return Err(CodecError::TooLarge { len, limit });
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.resize(len, 0);
+        let res = self.fill(&mut buf).and_then(|_| decode(&buf, limit));
+        self.buf = buf;
+        res
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), CodecError> {
+        match self.inner.read_exact(buf) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(CodecError::Truncated),
+            Err(e) => Err(CodecError::Io(e)),
+        }
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
 /// Writes one frame.
 pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), CodecError>
 where

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::{
     argon_pool::ArgonPool,
+    clock::Clock,
     liveness::Liveness,
     proposer::Proposer,
     registry::LiveIndex,
@@ -31,6 +32,8 @@ pub struct App {
     pub state: Arc<SharedState>,
     pub config: TrackerConfig,
     pub proposer: Proposer,
+    /// This member's wall clock (batch times; read-time expiry).
+    pub clock: Clock,
     /// Owner heartbeats; meaningful only while this member leads.
     pub liveness: Mutex<Liveness>,
     pub throttle: Mutex<Throttle>,
@@ -108,12 +111,14 @@ impl App {
         config: TrackerConfig,
         removal: Arc<Removal>,
     ) -> std::io::Result<Arc<Self>> {
+        let clock = Clock::default();
         let proposer = Proposer::start(
             raft.clone(),
             config.limits.max_pending,
             config.max_batch,
             config.max_batches_in_flight,
             config.quotas,
+            clock.clone(),
         );
         let ttl = Duration::from_secs(config.owner_ttl_secs);
         let dead_after = Duration::from_secs(config.owners.dead_file_secs);
@@ -126,6 +131,7 @@ impl App {
             raft,
             state,
             proposer,
+            clock,
             liveness: Mutex::new(Liveness::keeping(ttl, dead_after)),
             throttle: Mutex::default(),
             register: Mutex::new(RegisterThrottle::new(config.register.clone(), Instant::now())),

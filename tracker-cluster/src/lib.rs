@@ -9,6 +9,8 @@
 
 pub mod app;
 pub mod argon_pool;
+pub mod clock;
+pub mod cow;
 pub mod liveness;
 pub mod network;
 pub mod proposer;

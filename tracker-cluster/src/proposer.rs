@@ -24,6 +24,7 @@ use protocol::{
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::{
+    clock::Clock,
     registry::{Batch, Write},
     typ::Raft,
 };
@@ -39,9 +40,16 @@ pub struct Proposer {
 impl Proposer {
     /// Starts the batching task.
     /// Every batch carries `quotas` (see [`Batch`] for why).
-    pub fn start(raft: Raft, queue: usize, max_batch: usize, max_in_flight: usize, quotas: Quotas) -> Self {
+    pub fn start(
+        raft: Raft,
+        queue: usize,
+        max_batch: usize,
+        max_in_flight: usize,
+        quotas: Quotas,
+        clock: Clock,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        tokio::spawn(run(raft, rx, max_batch.max(1), max_in_flight.max(1), quotas));
+        tokio::spawn(run(raft, rx, max_batch.max(1), max_in_flight.max(1), quotas, clock));
         Proposer { tx }
     }
 
@@ -58,7 +66,14 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, max_batch: usize, max_in_flight: usize, quotas: Quotas) {
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    max_in_flight: usize,
+    quotas: Quotas,
+    clock: Clock,
+) {
     let permits = Arc::new(Semaphore::new(max_in_flight));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -74,14 +89,11 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, max_batch: usize, max_in_f
         }
         let raft = raft.clone();
         let term = raft.metrics().borrow().current_term;
+        let now_ms = clock.now_ms();
         tokio::spawn(async move {
             let (writes, replies): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
             let n = writes.len();
-            let batch = Batch {
-                now_ms: protocol::unix_ms(),
-                writes,
-                quotas,
-            };
+            let batch = Batch { now_ms, writes, quotas };
             let written = tokio::select! {
                 r = raft.client_write(batch) => r,
                 _ = term_passed(&raft, term) => {

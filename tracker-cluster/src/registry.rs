@@ -5,13 +5,21 @@
 //! the environment; time comes in the batch (`now_ms`, stamped by the
 //! leader when it proposed the batch).
 //!
+//! Time is the replicated clock: the largest batch time applied so far
+//! (`clock_ms`), so it never goes backwards whatever the clocks of
+//! successive leaders say, and sessions and client records expire by it.
+//!
 //! What this module does not own: liveness (soft state on the leader, see
 //! `liveness`), password hashing (done on the leader before proposing),
-//! persistence (the store serialises this value into snapshots).
+//! the snapshot file (`store::snapshot_file` frames and checksums the
+//! records this module writes and reads, see [`Frozen`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use crate::cow::{CowMap, Segments};
+
+use protocol::codec::{FrameReader, FrameWriter};
 use protocol::{
     config::Quotas,
     content::{chunk_count, MAX_CHUNK, MIN_CHUNK},
@@ -126,16 +134,19 @@ struct ClientRecord {
     at_ms: u64,
 }
 
-/// The serialisable part of the registry (what a snapshot holds).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The replicated part of the registry (what a snapshot holds), in
+/// copy-on-write containers so that [`Registry::freeze`] is cheap.
+#[derive(Debug, Clone, Default)]
 struct Data {
-    users: HashMap<String, String>,
-    sessions: HashMap<TokenHash, Session>,
-    peers: HashMap<PeerId, PeerRecord>,
+    users: CowMap<String, String>,
+    sessions: CowMap<TokenHash, Session>,
+    peers: CowMap<PeerId, PeerRecord>,
     /// Files in registration order; the position is the search cursor.
-    files: Vec<FileRecord>,
-    clients: HashMap<ClientId, ClientRecord>,
+    files: Segments<FileRecord>,
+    clients: CowMap<ClientId, ClientRecord>,
     last_prune_ms: u64,
+    /// The replicated clock: the largest `now_ms` of the batches applied.
+    clock_ms: u64,
 }
 
 /// The tracker's replicated state with its derived indexes.
@@ -155,7 +166,10 @@ pub struct Registry {
 impl Registry {
     /// Applies one batch and returns one answer per write, in order.
     pub fn apply(&mut self, batch: &Batch) -> Vec<Answer> {
-        let now = batch.now_ms;
+        // A leader's clock may be behind the previous leader's: time as
+        // the state machine sees it never goes backwards.
+        let now = batch.now_ms.max(self.data.clock_ms);
+        self.data.clock_ms = now;
         let answers = batch
             .writes
             .iter()
@@ -279,7 +293,7 @@ impl Registry {
                 }
                 *owned += 1;
                 match slot {
-                    Some((pos, at)) => self.data.files[pos as usize].owners.insert(at, *peer),
+                    Some((pos, at)) => self.file_mut(pos).owners.insert(at, *peer),
                     None => {
                         let pos = self.data.files.len() as u32;
                         self.names.push(&file.name);
@@ -295,9 +309,8 @@ impl Registry {
             Op::Disown { token, peer, file } => {
                 let user = self.check_peer(token, peer, now)?.to_owned();
                 let pos = *self.by_id.get(file).ok_or(ApiError::UnknownFile(*file))?;
-                let owners = &mut self.data.files[pos as usize].owners;
-                if let Ok(at) = owners.binary_search(peer) {
-                    owners.remove(at);
+                if let Ok(at) = self.data.files[pos as usize].owners.binary_search(peer) {
+                    self.file_mut(pos).owners.remove(at);
                     if let Some(n) = self.user_owned.get_mut(&user) {
                         *n = n.saturating_sub(1);
                     }
@@ -323,6 +336,26 @@ impl Registry {
             .clients
             .retain(|_, c| now.saturating_sub(c.at_ms) < CLIENT_TTL_MS);
         self.data.last_prune_ms = now;
+    }
+
+    fn file_mut(&mut self, pos: u32) -> &mut FileRecord {
+        self.data
+            .files
+            .get_mut(pos as usize)
+            .expect("file positions come from by_id")
+    }
+
+    /// The replicated clock: the time of the latest batch applied, never
+    /// decreasing.
+    pub fn clock_ms(&self) -> u64 {
+        self.data.clock_ms
+    }
+
+    /// The time to judge expiry by for a read served now: the local clock,
+    /// but never earlier than the replicated clock (a leader whose clock is
+    /// behind must not bring back a session the log has seen expire).
+    pub fn now_ms(&self, local_ms: u64) -> u64 {
+        local_ms.max(self.data.clock_ms)
     }
 
     /// The user of a live session.
@@ -490,30 +523,112 @@ impl Registry {
         self.data.peers.contains_key(peer)
     }
 
-    /// Serialises the replicated part (derived indexes are rebuilt on load).
+    /// A consistent view of the replicated part as of now, for a snapshot
+    /// to write while `apply` goes on (a clone of the copy-on-write
+    /// containers: microseconds, whatever the size).
+    pub fn freeze(&self) -> Frozen {
+        Frozen(self.data.clone())
+    }
+
+    /// Serialises the replicated part into one buffer (tests, benches; the
+    /// store streams [`Frozen::write_to`] to its file instead).
     pub fn to_bytes(&self) -> Vec<u8> {
-        protocol::codec::encode_body(&self.data).expect("registry encodes")
+        let mut w = FrameWriter::new(Vec::new());
+        self.freeze().write_to(&mut w).expect("writing to memory");
+        w.into_inner()
     }
 
     /// Loads a registry from [`Registry::to_bytes`] output.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, protocol::codec::CodecError> {
-        let data: Data = protocol::codec::decode(bytes, usize::MAX)?;
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let mut r = FrameReader::new(bytes);
+        let reg = Registry::read_from(&mut r)?;
+        if !r.into_inner().is_empty() {
+            return Err(SnapshotError::Invalid("bytes after the end record".into()));
+        }
+        Ok(reg)
+    }
+
+    /// Reads the records [`Frozen::write_to`] wrote, up to and including
+    /// its end record, checking counts and duplicates, and builds the
+    /// derived indexes. Memory: the registry plus one record.
+    pub fn read_from<R: std::io::Read>(r: &mut FrameReader<R>) -> Result<Self, SnapshotError> {
+        let head = match r.read(RECORD_LIMIT)? {
+            Record::Head(h) => h,
+            _ => {
+                return Err(SnapshotError::Invalid(
+                    "the registry does not start with its head record".into(),
+                ))
+            }
+        };
+        let mut data = Data {
+            last_prune_ms: head.last_prune_ms,
+            clock_ms: head.clock_ms,
+            ..Default::default()
+        };
+        let dup = |what: &str| SnapshotError::Invalid(format!("duplicate {what}"));
+        loop {
+            match r.read(RECORD_LIMIT)? {
+                Record::Head(_) => return Err(SnapshotError::Invalid("a second head record".into())),
+                Record::User(u, phc) => {
+                    if data.users.insert(u, phc).is_some() {
+                        return Err(dup("user"));
+                    }
+                }
+                Record::Session(t, sess) => {
+                    if data.sessions.insert(t, sess).is_some() {
+                        return Err(dup("session"));
+                    }
+                }
+                Record::Peer(p, rec) => {
+                    if data.peers.insert(p, rec).is_some() {
+                        return Err(dup("peer"));
+                    }
+                }
+                Record::File(meta, owners) => data.files.push(FileRecord { meta, owners }),
+                Record::Owners(more) => match data.files.len().checked_sub(1) {
+                    Some(last) => data.files.get_mut(last).expect("last file").owners.extend(more),
+                    None => return Err(SnapshotError::Invalid("owners before any file".into())),
+                },
+                Record::Client(c, rec) => {
+                    if data.clients.insert(c, rec).is_some() {
+                        return Err(dup("client"));
+                    }
+                }
+                Record::End => break,
+            }
+        }
+        let counts = Counts::of(&data);
+        if counts != head.counts {
+            return Err(SnapshotError::Invalid(format!(
+                "the head announces {:?} but the records hold {counts:?}",
+                head.counts
+            )));
+        }
+        Registry::index(data)
+    }
+
+    /// Builds the derived indexes of `data`.
+    fn index(data: Data) -> Result<Self, SnapshotError> {
         let mut reg = Registry {
             data,
             ..Default::default()
         };
-        reg.by_id.reserve(reg.data.files.len());
-        for (i, f) in reg.data.files.iter_mut().enumerate() {
-            // Older snapshots kept owners in arrival order.
-            f.owners.sort_unstable();
-            f.owners.dedup();
-            reg.by_id.insert(f.meta.id, i as u32);
+        for (i, f) in reg.data.files.iter().enumerate() {
+            if !f.owners.windows(2).all(|w| w[0] < w[1]) {
+                return Err(SnapshotError::Invalid(format!(
+                    "owners of file {} not sorted",
+                    f.meta.id
+                )));
+            }
+            if reg.by_id.insert(f.meta.id, i as u32).is_some() {
+                return Err(SnapshotError::Invalid(format!("file {} registered twice", f.meta.id)));
+            }
             reg.names.push(&f.meta.name);
         }
         for p in reg.data.peers.values() {
             *reg.user_peers.entry(p.user.clone()).or_default() += 1;
         }
-        for f in &reg.data.files {
+        for f in reg.data.files.iter() {
             for o in &f.owners {
                 if let Some(p) = reg.data.peers.get(o) {
                     *reg.user_owned.entry(p.user.clone()).or_default() += 1;
@@ -541,7 +656,8 @@ impl Registry {
         let mut peers: Vec<_> = self.data.peers.iter().collect();
         peers.sort_by_key(|(k, _)| **k);
         feed(enc(&peers));
-        feed(enc(&self.data.files));
+        feed(enc(&self.data.files.iter().collect::<Vec<_>>()));
+        feed(enc(&self.data.clock_ms));
         let mut clients: Vec<_> = self.data.clients.iter().collect();
         clients.sort_by_key(|(k, _)| **k);
         feed(enc(&clients));
@@ -558,6 +674,117 @@ mod erased {
         fn enc(&self) -> Vec<u8> {
             protocol::codec::encode_body(self).expect("encodes")
         }
+    }
+}
+
+/// Most bytes one snapshot record may take.
+pub const RECORD_LIMIT: usize = 1 << 20;
+/// Owners per file record: a file with more owners continues in
+/// [`Record::Owners`] records, so no record passes [`RECORD_LIMIT`].
+const OWNERS_PER_RECORD: usize = 16_384;
+
+/// Why a registry could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Codec(#[from] protocol::codec::CodecError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How many of each the registry holds (the head record's check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Counts {
+    users: u64,
+    sessions: u64,
+    peers: u64,
+    files: u64,
+    clients: u64,
+}
+
+impl Counts {
+    fn of(d: &Data) -> Self {
+        Counts {
+            users: d.users.len() as u64,
+            sessions: d.sessions.len() as u64,
+            peers: d.peers.len() as u64,
+            files: d.files.len() as u64,
+            clients: d.clients.len() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Head {
+    clock_ms: u64,
+    last_prune_ms: u64,
+    counts: Counts,
+}
+
+/// One snapshot record, as read. [`RecordRef`] is the same layout written
+/// from borrowed values (bincode encodes `&str` as `String` and `&[T]` as
+/// `Vec<T>`), so writing copies nothing.
+#[derive(Deserialize)]
+enum Record {
+    Head(Head),
+    User(String, String),
+    Session(TokenHash, Session),
+    Peer(PeerId, PeerRecord),
+    File(FileMeta, Vec<PeerId>),
+    Owners(Vec<PeerId>),
+    Client(ClientId, ClientRecord),
+    End,
+}
+
+#[derive(Serialize)]
+enum RecordRef<'a> {
+    Head(Head),
+    User(&'a str, &'a str),
+    Session(&'a TokenHash, &'a Session),
+    Peer(&'a PeerId, &'a PeerRecord),
+    File(&'a FileMeta, &'a [PeerId]),
+    Owners(&'a [PeerId]),
+    Client(&'a ClientId, &'a ClientRecord),
+    End,
+}
+
+/// A frozen view of the replicated state ([`Registry::freeze`]).
+pub struct Frozen(Data);
+
+impl Frozen {
+    /// Writes the state as a sequence of records, each at most
+    /// [`RECORD_LIMIT`] bytes, ending with an end record.
+    pub fn write_to<W: std::io::Write>(&self, w: &mut FrameWriter<W>) -> Result<(), protocol::codec::CodecError> {
+        let d = &self.0;
+        w.write(&RecordRef::Head(Head {
+            clock_ms: d.clock_ms,
+            last_prune_ms: d.last_prune_ms,
+            counts: Counts::of(d),
+        }))?;
+        for (u, phc) in d.users.iter() {
+            w.write(&RecordRef::User(u, phc))?;
+        }
+        for (t, sess) in d.sessions.iter() {
+            w.write(&RecordRef::Session(t, sess))?;
+        }
+        for (p, rec) in d.peers.iter() {
+            w.write(&RecordRef::Peer(p, rec))?;
+        }
+        for f in d.files.iter() {
+            let mut parts = f.owners.chunks(OWNERS_PER_RECORD);
+            w.write(&RecordRef::File(&f.meta, parts.next().unwrap_or_default()))?;
+            for more in parts {
+                w.write(&RecordRef::Owners(more))?;
+            }
+        }
+        for (c, rec) in d.clients.iter() {
+            w.write(&RecordRef::Client(c, rec))?;
+        }
+        w.write(&RecordRef::End)
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.0.files.len()
     }
 }
 

@@ -1,7 +1,5 @@
 //! openraft's type configuration and concrete aliases of its generic types.
 
-use std::io::Cursor;
-
 use protocol::tracker_api::Answer;
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +29,7 @@ openraft::declare_raft_types!(
         R = Vec<Answer>,
         NodeId = NodeId,
         Node = Member,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

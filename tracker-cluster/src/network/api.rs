@@ -196,10 +196,10 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
         Request::Heartbeat { peer_id } => {
             app.leader_check()?;
             let token = token.ok_or(ApiError::NotLoggedIn)?;
-            app.state
-                .read()
-                .registry
-                .check_peer_session(&token, &peer_id, protocol::unix_ms())?;
+            let st = app.state.read();
+            let now = st.registry.now_ms(app.clock.now_ms());
+            st.registry.check_peer_session(&token, &peer_id, now)?;
+            drop(st);
             app.liveness
                 .lock()
                 .expect("liveness lock")
@@ -214,7 +214,8 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
             let leading = app.leader_check().is_ok();
             let live = app.live_fn();
             let st = app.state.read();
-            st.registry.session_user(&token, protocol::unix_ms())?;
+            st.registry
+                .session_user(&token, st.registry.now_ms(app.clock.now_ms()))?;
             // On the leader, files whose owners are all long gone are
             // skipped via the live index (see `App::live_index`).
             let index = app.live_index.lock().expect("live index lock");
@@ -228,7 +229,8 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
             let limit = limit.clamp(1, app.config.owners.max_owners_page);
             let live = app.live_fn();
             let st = app.state.read();
-            st.registry.session_user(&token, protocol::unix_ms())?;
+            st.registry
+                .session_user(&token, st.registry.now_ms(app.clock.now_ms()))?;
             let (file, owners, next) = st.registry.owners_page(&file_id, cursor, limit, live)?;
             Ok(Reply::Owners { file, owners, next })
         }
@@ -385,7 +387,8 @@ async fn login(app: &App, user: String, password: String, origin: IpAddr) -> Ans
         .expect("throttle lock")
         .succeeded(&user, Some(origin));
     let token = hex::encode(rand::random::<[u8; 32]>());
-    let expires_ms = protocol::unix_ms() + app.config.session_ttl_secs * 1000;
+    let now = app.state.read().registry.now_ms(app.clock.now_ms());
+    let expires_ms = now + app.config.session_ttl_secs * 1000;
     let op = Op::CreateSession {
         token: token_hash(&token),
         user: user.clone(),

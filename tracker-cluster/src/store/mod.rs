@@ -1,6 +1,7 @@
 //! Durable storage for Raft, on redb: the log, the vote and the committed
 //! index in one database (`raft.redb`), and the latest snapshot in a file
-//! (`snapshot.bin`, written to a temporary name, fsync'd, renamed).
+//! (`snapshot.bin`, streamed to a unique temporary name with a checksum,
+//! fsync'd, renamed only over an older one; see `snapshot_file`).
 //!
 //! Invariant: nothing is reported to openraft as persisted before redb has
 //! committed it with `Durability::Immediate` (an fsync). Log appends run on
@@ -12,6 +13,7 @@
 //! committed log entries after it.
 
 pub mod log_store;
+pub mod snapshot_file;
 pub mod state_machine;
 
 pub use log_store::LogStore;
@@ -26,7 +28,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), StorageError> {
     std::fs::create_dir_all(dir).map_err(|e| openraft::StorageIOError::write(&e))?;
     restrict(dir);
     let log = LogStore::open(&dir.join("raft.redb"))?;
-    let sm = StateMachine::open(dir.join("snapshot.bin"))?;
+    let sm = StateMachine::open(dir.to_owned())?;
     Ok((log, sm))
 }
 

@@ -1,23 +1,36 @@
 //! The state machine openraft drives: it applies committed entries to the
 //! in-memory [`Registry`], builds and installs snapshots, and keeps the
-//! latest snapshot durable in one file.
+//! latest snapshot durable in `snapshot.bin` (format: `snapshot_file`).
 //!
 //! The registry is shared (behind [`SharedState`]) with the tracker API,
 //! which reads it directly after a read-index confirms it is current.
+//!
+//! Snapshots never stop `apply` for longer than a clone of the registry's
+//! copy-on-write containers ([`Registry::freeze`], microseconds): the build
+//! takes that frozen view under the read lock and writes it to its own
+//! temporary file on the blocking pool while writes go on. A received
+//! snapshot is streamed by openraft into its own temporary file, read back
+//! and checked (checksum, counts) into a new registry that replaces the
+//! old one in one swap. Builds and installs may interleave: a file is
+//! renamed over `snapshot.bin` only if its last log id is newer than the
+//! one there (decided under one lock), so an older snapshot never
+//! replaces a newer one behind a purged log.
 
 use std::{
-    io::Cursor,
+    collections::HashMap,
+    io::Seek,
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
     },
+    time::Instant,
 };
 
 use openraft::{storage::RaftStateMachine, EntryPayload, OptionalSend, RaftLogId, RaftSnapshotBuilder, StorageIOError};
 use protocol::tracker_api::Answer;
-use serde::{Deserialize, Serialize};
 
+use super::snapshot_file::{self, FileError};
 use crate::{
     registry::Registry,
     typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig},
@@ -48,26 +61,23 @@ impl SharedState {
     }
 }
 
-/// The snapshot file's content.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta,
-    data: Vec<u8>,
-}
-
-/// The snapshot payload: applied position, membership and the registry.
-#[derive(Serialize, Deserialize)]
-struct SnapshotBody {
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    registry: Vec<u8>,
+/// The snapshot files of one member.
+struct Files {
+    dir: PathBuf,
+    /// `dir/snapshot.bin`.
+    path: PathBuf,
+    /// The metadata of the snapshot in `path`; held while a file is
+    /// renamed into place or `path` is opened, so the two always agree.
+    published: Mutex<Option<SnapshotMeta>>,
+    /// Temporary files being received, by inode (openraft hands back the
+    /// open file, not its name).
+    receiving: Mutex<HashMap<u64, PathBuf>>,
 }
 
 #[derive(Clone)]
 pub struct StateMachine {
     pub shared: Arc<SharedState>,
-    path: PathBuf,
-    counter: Arc<AtomicU64>,
+    files: Arc<Files>,
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -76,84 +86,140 @@ fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
 fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_snapshot(None, &e).into()
 }
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_snapshot(None, &e).into()
+}
+fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
+    move |source| {
+        snap_err(FileError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// The inode of an open file.
+fn inode(f: &std::fs::File) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(f.metadata()?.ino())
+}
 
 impl StateMachine {
-    /// Opens the state machine, loading the snapshot file if there is one.
-    pub fn open(path: PathBuf) -> Result<Self, StorageError> {
+    /// Opens the state machine of the member whose data folder is `dir`,
+    /// loading and checking `snapshot.bin` if there is one: a corrupt
+    /// file is an error (the member must not start on a wrong state).
+    pub fn open(dir: PathBuf) -> Result<Self, StorageError> {
+        snapshot_file::remove_stale_temps(&dir);
+        let path = dir.join("snapshot.bin");
         let sm = StateMachine {
             shared: Arc::default(),
-            path,
-            counter: Arc::default(),
+            files: Arc::new(Files {
+                dir,
+                path,
+                published: Mutex::new(None),
+                receiving: Mutex::default(),
+            }),
         };
-        if let Some(file) = sm.read_file()? {
-            sm.load(&file.data)?;
+        if sm.files.path.exists() {
+            let started = Instant::now();
+            let (meta, registry) = snapshot_file::load(&sm.files.path).map_err(read_err)?;
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                files = registry.file_count(),
+                ms = started.elapsed().as_millis() as u64,
+                "snapshot loaded"
+            );
+            sm.swap(&meta, registry);
+            *sm.files.published.lock().expect("lock") = Some(meta);
         }
         Ok(sm)
     }
 
-    fn read_file(&self) -> Result<Option<SnapshotFile>, StorageError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => Ok(Some(protocol::codec::decode(&bytes, usize::MAX).map_err(snap_err)?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(snap_err(e)),
-        }
+    /// Replaces the applied state by `registry` at `meta`; the old state
+    /// is dropped after the lock is released (freeing millions of records
+    /// takes a while).
+    fn swap(&self, meta: &SnapshotMeta, registry: Registry) {
+        let old = std::mem::replace(
+            &mut *self.shared.write(),
+            Applied {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+                registry,
+            },
+        );
+        drop(old);
     }
 
-    fn load(&self, data: &[u8]) -> Result<(), StorageError> {
-        let body: SnapshotBody = protocol::codec::decode(data, usize::MAX).map_err(snap_err)?;
-        let registry = Registry::from_bytes(&body.registry).map_err(snap_err)?;
-        *self.shared.write() = Applied {
-            last_applied: body.last_applied,
-            membership: body.membership,
-            registry,
-        };
-        Ok(())
+    /// Renames the snapshot file `tmp` (at `meta`) over `snapshot.bin` if it
+    /// is newer than the one there, else removes it. Returns the file open
+    /// for reading either way (the caller may still hand it to openraft).
+    fn publish(&self, tmp: PathBuf, meta: &SnapshotMeta) -> Result<std::fs::File, StorageError> {
+        let file = std::fs::File::open(&tmp).map_err(io_err(&tmp))?;
+        let mut published = self.files.published.lock().expect("lock");
+        let current = published.as_ref().and_then(|m| m.last_log_id);
+        if published.is_none() || meta.last_log_id > current {
+            std::fs::rename(&tmp, &self.files.path).map_err(io_err(&tmp))?;
+            std::fs::File::open(&self.files.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&self.files.dir))?;
+            *published = Some(meta.clone());
+        } else {
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                kept = ?current,
+                "a newer snapshot is already in place; this one is not kept"
+            );
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(file)
     }
 
-    /// Writes the snapshot file atomically and durably.
-    fn persist(&self, file: &SnapshotFile) -> Result<(), StorageError> {
-        let bytes = protocol::codec::encode_body(file).map_err(snap_err)?;
-        protocol::tls::write_private(&self.path, &bytes).map_err(snap_err)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(snap_err)?;
-        }
-        Ok(())
+    /// The path of the snapshot file in place (tests).
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.files.path.clone()
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let (meta, data) = {
+        let started = Instant::now();
+        let (meta, frozen) = {
             let st = self.shared.read();
-            let body = SnapshotBody {
-                last_applied: st.last_applied,
-                membership: st.membership.clone(),
-                registry: st.registry.to_bytes(),
-            };
-            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            // Unique, also across restarts (openraft tells streams apart by id).
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let at = protocol::unix_ms();
             let id = match st.last_applied {
-                Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
-                None => format!("none-{n}"),
+                Some(l) => format!("{}-{}-{at}-{n}", l.leader_id, l.index),
+                None => format!("none-{at}-{n}"),
             };
             let meta = SnapshotMeta {
                 last_log_id: st.last_applied,
                 last_membership: st.membership.clone(),
                 snapshot_id: id,
             };
-            (meta, protocol::codec::encode_body(&body).map_err(snap_err)?)
+            (meta, st.registry.freeze())
         };
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            data,
-        };
+        let frozen_in = started.elapsed();
         let this = self.clone();
-        let file = tokio::task::spawn_blocking(move || this.persist(&file).map(|_| file))
-            .await
-            .map_err(snap_err)??;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = file.data.len(), "snapshot built");
+        let m = meta.clone();
+        let (file, size) = tokio::task::spawn_blocking(move || {
+            let (tmp, size) = snapshot_file::write(&this.files.dir, &m, &frozen).map_err(snap_err)?;
+            drop(frozen);
+            this.publish(tmp, &m).map(|f| (f, size))
+        })
+        .await
+        .map_err(snap_err)??;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = size,
+            freeze_us = frozen_in.as_micros() as u64,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(file.data)),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }
@@ -191,39 +257,93 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    /// A new temporary file for openraft to stream a snapshot into; files
+    /// of an abandoned earlier stream are removed.
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let files = self.files.clone();
+        let file = tokio::task::spawn_blocking(move || -> Result<std::fs::File, StorageError> {
+            let mut receiving = files.receiving.lock().expect("lock");
+            for (_, old) in receiving.drain() {
+                let _ = std::fs::remove_file(old);
+            }
+            let (path, file) = snapshot_file::create_temp(&files.dir).map_err(snap_err)?;
+            receiving.insert(inode(&file).map_err(io_err(&path))?, path);
+            Ok(file)
+        })
+        .await
+        .map_err(snap_err)??;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+        let started = Instant::now();
+        let file = snapshot.into_std().await;
         let this = self.clone();
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            data,
-        };
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            this.load(&file.data)?;
-            this.persist(&file)
+        let meta = meta.clone();
+        let files = tokio::task::spawn_blocking(move || -> Result<usize, StorageError> {
+            let ino = inode(&file).map_err(io_err(&this.files.dir))?;
+            let received = this.files.receiving.lock().expect("lock").remove(&ino);
+            let tmp = match received {
+                Some(tmp) => {
+                    file.sync_all().map_err(io_err(&tmp))?;
+                    tmp
+                }
+                // Not streamed in by `begin_receiving_snapshot` (another
+                // store's file, as openraft's test suite does): copy it.
+                None => {
+                    let (tmp, mut copy) = snapshot_file::create_temp(&this.files.dir).map_err(snap_err)?;
+                    let mut from = file;
+                    from.seek(std::io::SeekFrom::Start(0))
+                        .and_then(|_| std::io::copy(&mut from, &mut copy))
+                        .and_then(|_| copy.sync_all())
+                        .map_err(|e| {
+                            let _ = std::fs::remove_file(&tmp);
+                            io_err(&tmp)(e)
+                        })?;
+                    tmp
+                }
+            };
+            let (in_file, registry) = snapshot_file::load(&tmp).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                sm_err(e)
+            })?;
+            if in_file.last_log_id != meta.last_log_id || in_file.last_membership != meta.last_membership {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(sm_err(std::io::Error::other(format!(
+                    "received snapshot {} holds {:?}, not the announced {:?}",
+                    meta.snapshot_id, in_file.last_log_id, meta.last_log_id
+                ))));
+            }
+            let n = registry.file_count();
+            // Durable before it is visible: once openraft hears back it
+            // purges the log up to this snapshot.
+            this.publish(tmp, &meta)?;
+            this.swap(&meta, registry);
+            Ok(n)
         })
         .await
         .map_err(sm_err)??;
-        tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
+        tracing::info!(files, ms = started.elapsed().as_millis() as u64, "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let this = self.clone();
-        let file = tokio::task::spawn_blocking(move || this.read_file())
-            .await
-            .map_err(snap_err)??;
-        Ok(file.map(|f| Snapshot {
-            meta: f.meta,
-            snapshot: Box::new(Cursor::new(f.data)),
-        }))
+        let files = self.files.clone();
+        let found = tokio::task::spawn_blocking(move || -> Result<Option<Snapshot>, StorageError> {
+            let published = files.published.lock().expect("lock");
+            let Some(meta) = published.clone() else { return Ok(None) };
+            let file = std::fs::File::open(&files.path).map_err(io_err(&files.path))?;
+            Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(tokio::fs::File::from_std(file)),
+            }))
+        })
+        .await
+        .map_err(read_err)??;
+        Ok(found)
     }
 }
