@@ -32,7 +32,7 @@ use protocol::tracker_api::Answer;
 
 use super::snapshot_file::{self, FileError};
 use crate::{
-    registry::Registry,
+    registry::{Frozen, Registry},
     typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig},
 };
 
@@ -174,6 +174,26 @@ impl StateMachine {
         Ok(file)
     }
 
+    /// The metadata and a frozen view of the applied state, for a
+    /// snapshot (under the read lock for a few microseconds).
+    fn freeze(&self) -> (SnapshotMeta, Frozen) {
+        let st = self.shared.read();
+        // Unique, also across restarts (openraft tells streams apart by id).
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let at = protocol::unix_ms();
+        let id = match st.last_applied {
+            Some(l) => format!("{}-{}-{at}-{n}", l.leader_id, l.index),
+            None => format!("none-{at}-{n}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: st.last_applied,
+            last_membership: st.membership.clone(),
+            snapshot_id: id,
+        };
+        (meta, st.registry.freeze())
+    }
+
     /// The path of the snapshot file in place (tests).
     pub fn snapshot_path(&self) -> PathBuf {
         self.files.path.clone()
@@ -183,23 +203,7 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let started = Instant::now();
-        let (meta, frozen) = {
-            let st = self.shared.read();
-            // Unique, also across restarts (openraft tells streams apart by id).
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let at = protocol::unix_ms();
-            let id = match st.last_applied {
-                Some(l) => format!("{}-{}-{at}-{n}", l.leader_id, l.index),
-                None => format!("none-{at}-{n}"),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: st.last_applied,
-                last_membership: st.membership.clone(),
-                snapshot_id: id,
-            };
-            (meta, st.registry.freeze())
-        };
+        let (meta, frozen) = self.freeze();
         let frozen_in = started.elapsed();
         let this = self.clone();
         let m = meta.clone();
@@ -345,5 +349,101 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(read_err)??;
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    async fn at_index(dir: &std::path::Path, last: u64) -> StateMachine {
+        let mut sm = StateMachine::open(dir.to_owned()).unwrap();
+        let entries = (1..=last).map(|i| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+            payload: EntryPayload::Blank,
+        });
+        sm.apply(entries.collect::<Vec<_>>()).await.unwrap();
+        sm
+    }
+
+    fn index(meta: &SnapshotMeta) -> Option<u64> {
+        meta.last_log_id.map(|l| l.index)
+    }
+
+    /// A build that started before a newer snapshot was installed, and
+    /// finishes after it, leaves the newer one in place (openraft purges
+    /// the log up to the installed snapshot, so the older one would leave
+    /// a gap), and both ran through their own temporary files.
+    #[tokio::test]
+    async fn an_older_build_never_replaces_a_newer_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = at_index(dir.path(), 3).await;
+        // The build freezes its view at 3 and writes its file...
+        let (old_meta, frozen) = sm.freeze();
+        let (old_tmp, _) = snapshot_file::write(dir.path(), &old_meta, &frozen).unwrap();
+        // ...meanwhile a snapshot at 10 is received and installed...
+        let other_dir = tempfile::tempdir().unwrap();
+        let mut newer = at_index(other_dir.path(), 10).await.build_snapshot().await.unwrap();
+        let mut into = sm.begin_receiving_snapshot().await.unwrap();
+        tokio::io::copy(&mut newer.snapshot, &mut *into).await.unwrap();
+        tokio::io::AsyncWriteExt::shutdown(&mut *into).await.unwrap();
+        assert_ne!(
+            old_tmp,
+            sm.files.receiving.lock().unwrap().values().next().unwrap().clone()
+        );
+        sm.install_snapshot(&newer.meta, into).await.unwrap();
+        // ...and then the build publishes.
+        sm.publish(old_tmp.clone(), &old_meta).unwrap();
+
+        assert!(!old_tmp.exists());
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(index(&current.meta), Some(10));
+        assert_eq!(index(&snapshot_file::read_meta(&sm.snapshot_path()).unwrap()), Some(10));
+        let temps = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+            .count();
+        assert_eq!(temps, 0, "temporary files left behind");
+        drop(sm);
+        let mut reopened = StateMachine::open(dir.path().to_owned()).unwrap();
+        assert_eq!(reopened.applied_state().await.unwrap().0.map(|l| l.index), Some(10));
+
+        // Two builds at one index: the first stays; a later index replaces it.
+        let third_dir = tempfile::tempdir().unwrap();
+        let mut sm = at_index(third_dir.path(), 2).await;
+        let first = sm.build_snapshot().await.unwrap();
+        let second = sm.build_snapshot().await.unwrap();
+        assert_eq!(first.meta.last_log_id, second.meta.last_log_id);
+        let kept = snapshot_file::read_meta(&sm.snapshot_path()).unwrap();
+        assert_eq!(kept.snapshot_id, first.meta.snapshot_id, "an equal one is not newer");
+        let more = (3..=4).map(|i| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+            payload: EntryPayload::Blank,
+        });
+        sm.apply(more.collect::<Vec<_>>()).await.unwrap();
+        sm.build_snapshot().await.unwrap();
+        assert_eq!(index(&snapshot_file::read_meta(&sm.snapshot_path()).unwrap()), Some(4));
+    }
+
+    /// A corrupt snapshot file stops the member at start, naming the file.
+    #[tokio::test]
+    async fn a_corrupt_snapshot_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = at_index(dir.path(), 5).await;
+        sm.build_snapshot().await.unwrap();
+        let path = sm.snapshot_path();
+        drop(sm);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let err = StateMachine::open(dir.path().to_owned())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("corrupt snapshot"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
     }
 }
