@@ -104,11 +104,19 @@ pub fn leading_variant(body: &[u8]) -> Option<u32> {
 pub struct FrameWriter<W> {
     inner: W,
     buf: Vec<u8>,
+    limit: usize,
 }
 
 impl<W: std::io::Write> FrameWriter<W> {
-    pub fn new(inner: W) -> Self {
-        FrameWriter { inner, buf: Vec::new() }
+    /// Frames of more than `limit` bytes are refused (the reader would
+    /// refuse them: better to fail writing than to write what cannot be
+    /// read back).
+    pub fn new(inner: W, limit: usize) -> Self {
+        FrameWriter {
+            inner,
+            buf: Vec::new(),
+            limit,
+        }
     }
 
     /// Writes one frame (prefix and body).
@@ -117,8 +125,11 @@ impl<W: std::io::Write> FrameWriter<W> {
         self.buf.extend_from_slice(&[0; PREFIX]);
         bincode::serde::encode_into_std_write(msg, &mut self.buf, config())
             .map_err(|e| CodecError::Encode(e.to_string()))?;
-        let len = u32::try_from(self.buf.len() - PREFIX).map_err(|_| CodecError::Encode("frame over 4 GiB".into()))?;
-        self.buf[..PREFIX].copy_from_slice(&len.to_le_bytes());
+        let len = self.buf.len() - PREFIX;
+        if len > self.limit {
+            return Err(CodecError::TooLarge { len, limit: self.limit });
+        }
+        self.buf[..PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
         self.inner.write_all(&self.buf)?;
         Ok(())
     }

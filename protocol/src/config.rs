@@ -85,6 +85,11 @@ pub struct RaftTiming {
     pub keep_after_snapshot: u64,
     /// Snapshot pieces are at most this many bytes on the wire.
     pub snapshot_chunk_bytes: u64,
+    /// How long the leader waits for a member to take one snapshot piece,
+    /// ms. The last piece is answered only once the member has read,
+    /// checked and installed the whole snapshot (tens of seconds for ten
+    /// million files), so this bounds that too.
+    pub install_snapshot_timeout_ms: u64,
     /// Raft RPC connections are declared dead after this many ms of silence.
     pub idle_timeout_ms: u64,
 }
@@ -103,6 +108,7 @@ impl Default for RaftTiming {
             snapshot_every: 20_000,
             keep_after_snapshot: 1_000,
             snapshot_chunk_bytes: 4 << 20,
+            install_snapshot_timeout_ms: 120_000,
             idle_timeout_ms: 2_000,
         }
     }

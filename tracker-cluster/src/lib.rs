@@ -94,7 +94,7 @@ pub fn raft_config(c: &TrackerConfig) -> Result<openraft::Config, StartError> {
         // an AppendEntries out after one heartbeat interval, so a payload
         // must be small enough to send and fsync within it.
         max_payload_entries: 16,
-        install_snapshot_timeout: 10_000,
+        install_snapshot_timeout: r.install_snapshot_timeout_ms,
         ..Default::default()
     };
     Ok(cfg.validate()?)

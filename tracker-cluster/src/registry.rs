@@ -533,7 +533,7 @@ impl Registry {
     /// Serialises the replicated part into one buffer (tests, benches; the
     /// store streams [`Frozen::write_to`] to its file instead).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = FrameWriter::new(Vec::new());
+        let mut w = FrameWriter::new(Vec::new(), RECORD_LIMIT);
         self.freeze().write_to(&mut w).expect("writing to memory");
         w.into_inner()
     }

@@ -149,6 +149,51 @@ fn authorize(app: &App, cert: &CertificateDer<'_>, req: &RaftRequest, remote: So
     Ok(())
 }
 
+/// Runs `work` (one snapshot piece, or the last one and the install behind
+/// it) while telling openraft every heartbeat interval that the leader of
+/// `vote` is alive, and once first.
+///
+/// openraft 0.9 resets a follower's election timer on AppendEntries and on
+/// a finished install, not on each snapshot piece, and the leader sends no
+/// heartbeats to a member while it streams it a snapshot. A snapshot that
+/// takes longer than the election timeout to stream and install (hundreds
+/// of MiB) would make the member stand for election mid-stream: its vote
+/// requests depose the leader, which restarts the stream from the start,
+/// for ever. So each piece counts as a heartbeat, fed to openraft as the
+/// empty AppendEntries the leader would have sent: same vote, no entries,
+/// no previous log id, no commit index, so it moves nothing but the
+/// timer (the vote is checked as for any AppendEntries; the piece came
+/// over a member-certificate connection). While the last piece waits for
+/// the install (seconds for millions of files), it beats on, bounded by
+/// `raft.install_snapshot_timeout_ms`.
+async fn keeping_lease<T>(app: &App, vote: crate::typ::Vote, work: impl std::future::Future<Output = T>) -> T {
+    // Not awaited: openraft takes the vote at once but answers only after
+    // the commands queued before it, which include the install itself.
+    let beat = || {
+        let raft = app.raft.clone();
+        tokio::spawn(async move {
+            let _ = raft
+                .append_entries(openraft::raft::AppendEntriesRequest {
+                    vote,
+                    prev_log_id: None,
+                    entries: vec![],
+                    leader_commit: None,
+                })
+                .await;
+        })
+    };
+    beat();
+    let every = std::time::Duration::from_millis(app.config.raft.heartbeat_ms.max(1));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticks.tick() => drop(beat()),
+        }
+    }
+}
+
 async fn dispatch(app: &App, req: RaftRequest) -> RaftReply {
     match req {
         RaftRequest::Append(r) => {
@@ -159,7 +204,11 @@ async fn dispatch(app: &App, req: RaftRequest) -> RaftReply {
             RaftReply::Append(answer)
         }
         RaftRequest::Vote(r) => RaftReply::Vote(app.raft.vote(r).await),
-        RaftRequest::Snapshot(r) => RaftReply::Snapshot(app.raft.install_snapshot(r).await),
+        RaftRequest::Snapshot(r) => {
+            let vote = r.vote;
+            let install = app.raft.install_snapshot(r);
+            RaftReply::Snapshot(keeping_lease(app, vote, install).await)
+        }
         RaftRequest::Admin(r) => RaftReply::Admin(super::management::handle(app, r).await),
     }
 }

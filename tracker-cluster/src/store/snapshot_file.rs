@@ -136,7 +136,7 @@ fn write_to(file: File, meta: &SnapshotMeta, frozen: &Frozen) -> std::io::Result
         hasher: blake3::Hasher::new(),
     };
     hashing.hasher.update(MAGIC);
-    let mut frames = FrameWriter::new(hashing);
+    let mut frames = FrameWriter::new(hashing, RECORD_LIMIT);
     frames.write(&Header { meta: meta.clone() }).map_err(codec)?;
     frozen.write_to(&mut frames).map_err(codec)?;
     let Hashing { inner: mut out, hasher } = frames.into_inner();
