@@ -63,6 +63,13 @@ pub enum Command {
     Seed,
     /// Show the node id, the session and the cluster.
     Status,
+    /// Rebuild the state file from the manifests in the home and the data
+    /// in the storage folder and in FOLDER... (re-hashed); a damaged state
+    /// file is kept as state.json.corrupt-UNIXMS.
+    Repair {
+        /// More folders holding shared files or downloads (`get -o`).
+        folders: Vec<PathBuf>,
+    },
 }
 
 impl Command {

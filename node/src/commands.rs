@@ -30,6 +30,7 @@ use crate::{
     download::{self, DownloadError, DownloadPlan},
     home::{Home, HomeError, Session},
     peer_server::{PeerServer, ServeError},
+    repair::Repaired,
     store::{HaveBits, SharedFile, Store},
     tracker::{TrackerClient, TrackerError},
 };
@@ -78,7 +79,9 @@ impl CommandError {
     /// `unreachable` (no proxy answers), `refused_certificate` (a proxy's
     /// certificate does not verify against the CA), `not_logged_in`,
     /// `not_found`, `ambiguous`, `no_owner`, `bad_input`, `config`, `io`,
-    /// `download`, `internal`, `stopped`, `interrupted`.
+    /// `corrupt_state` (run `repair`), `locked` (another command of the
+    /// home held the state lock too long), `download`, `internal`,
+    /// `stopped`, `interrupted`.
     pub fn code(&self) -> &'static str {
         match self {
             CommandError::Home(e) => e.code(),
@@ -114,7 +117,10 @@ impl CommandError {
     pub fn is_stop(&self) -> bool {
         matches!(
             self,
-            CommandError::Tracker(TrackerError::Stopped) | CommandError::Interrupted { .. } | CommandError::Stopped(_)
+            CommandError::Tracker(TrackerError::Stopped)
+                | CommandError::Home(HomeError::Stopped(_))
+                | CommandError::Interrupted { .. }
+                | CommandError::Stopped(_)
         )
     }
 }
@@ -134,6 +140,7 @@ pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), Comman
         } => get(home, &id_or_name, output, no_seed, json).await,
         Command::Seed => seed(home).await,
         Command::Status => status(home, json).await,
+        Command::Repair { folders } => repair(home, folders, json).await,
     }
 }
 
@@ -816,6 +823,74 @@ fn load_one(
         file,
         have: Arc::new(have),
     }))
+}
+
+/// Rebuilds the state file (`repair.rs`) on the blocking pool, since it
+/// hashes data; the state is written only at the end, so a stop before
+/// leaves it as it was.
+async fn repair(home: &Home, folders: Vec<PathBuf>, json: bool) -> Result<(), CommandError> {
+    let (dir, storage, stop) = (home.dir.clone(), home.storage_dir(), home.stop.clone());
+    let work = tokio::task::spawn_blocking(move || crate::repair::repair(&dir, &storage, &folders, &stop));
+    let done = tokio::select! {
+        r = work => r.map_err(|e| HomeError::Io { path: home.dir.clone(), source: std::io::Error::other(e) })??,
+        _ = home.stop.stopped() => return Err(CommandError::Stopped("the state was repaired")),
+    };
+    emit(json, repaired_json(&done), || repaired_text(&done));
+    Ok(())
+}
+
+fn repaired_json(r: &Repaired) -> serde_json::Value {
+    let files: Vec<_> = r
+        .files
+        .iter()
+        .map(|f| {
+            let state = if f.record.partial_in.is_some() {
+                "partial"
+            } else {
+                "complete"
+            };
+            json!({ "file_id": f.id.to_hex(), "name": f.record.name, "size": f.record.size, "state": state,
+                    "have": f.have, "chunks": f.chunks, "path": f.record.path })
+        })
+        .collect();
+    let missing: Vec<_> = r
+        .missing
+        .iter()
+        .map(|(id, name)| json!({ "file_id": id.to_hex(), "name": name }))
+        .collect();
+    json!({ "files": files, "missing": missing, "skipped": r.skipped, "kept_aside": r.kept_aside })
+}
+
+fn repaired_text(r: &Repaired) -> String {
+    let mut lines = Vec::new();
+    if let Some(aside) = &r.kept_aside {
+        lines.push(format!("the damaged state file is kept as {}", aside.display()));
+    }
+    for f in &r.files {
+        let state = if f.record.partial_in.is_some() {
+            "partial "
+        } else {
+            "complete"
+        };
+        lines.push(format!(
+            "{state}  {}  {}/{} chunks  {}  {}",
+            f.id,
+            f.have,
+            f.chunks,
+            f.record.name,
+            f.record.path.display()
+        ));
+    }
+    for (id, name) in &r.missing {
+        lines.push(format!(
+            "no data   {id}  {name}: not found; give its folder (`quorrent repair FOLDER`)"
+        ));
+    }
+    for s in &r.skipped {
+        lines.push(format!("skipped   {s}"));
+    }
+    lines.push(format!("state rebuilt: {} files", r.files.len()));
+    lines.join("\n")
 }
 
 async fn status(home: &Home, json: bool) -> Result<(), CommandError> {

@@ -2,15 +2,16 @@
 //! else `./.quorrent`): its key pair (`node.key`, `node.pem`), its session
 //! (`session.json`, mode 0600), its configuration (`--config FILE`, else
 //! `config.json` in the home, else the defaults), the manifests of the
-//! files it owns (`manifests/ID`) and the state file (`state.json`) that
-//! lists the files it owns or partly has, so that `seed` can serve them.
+//! files it owns (`manifests/ID`) and the state file (`state.json`, with
+//! its lock `state.lock`; see `state.rs`) that lists the files it owns or
+//! partly has, so that `seed` can serve them.
 //!
 //! Relative paths in the configuration (such as `certs/ca.pem`) are taken
 //! from the current folder, as the scripts run from the repository root.
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use protocol::{
@@ -21,6 +22,8 @@ use protocol::{
     tls::{NodeIdentity, TlsError},
 };
 use serde::{Deserialize, Serialize};
+
+use crate::state::{FileRecord, State, StateFile};
 
 /// Why the home could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,18 @@ pub enum HomeError {
     Tls(#[from] TlsError),
     #[error("{path}: unreadable: {message}")]
     Corrupt { path: PathBuf, message: String },
+    #[error(
+        "{path} is damaged ({message}); run `quorrent repair` to rebuild it from the files in the home \
+         (it keeps the damaged file as state.json.corrupt-UNIXMS)"
+    )]
+    StateCorrupt { path: PathBuf, message: String },
+    #[error(
+        "{path}: another quorrent command of this home held the lock for {} s; try again once it ends",
+        waited.as_secs()
+    )]
+    Locked { path: PathBuf, waited: Duration },
+    #[error("stopped before {0}")]
+    Stopped(&'static str),
 }
 
 impl HomeError {
@@ -41,11 +56,14 @@ impl HomeError {
         match self {
             HomeError::Config(_) => "config",
             HomeError::Io { .. } | HomeError::Tls(_) | HomeError::Corrupt { .. } => "io",
+            HomeError::StateCorrupt { .. } => "corrupt_state",
+            HomeError::Locked { .. } => "locked",
+            HomeError::Stopped(_) => "stopped",
         }
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
     move |source| HomeError::Io {
         path: path.to_owned(),
         source,
@@ -58,24 +76,6 @@ pub struct Session {
     pub user: String,
     pub token: String,
     pub expires_ms: u64,
-}
-
-/// A file this node owns or is downloading.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileRecord {
-    pub name: String,
-    pub size: u64,
-    /// Where the data is: the file itself, or the part file of a download.
-    pub path: PathBuf,
-    /// The download folder while the file is partial (its `.quorrent/`
-    /// holds the manifest and the verified-chunk set); None when complete.
-    pub partial_in: Option<PathBuf>,
-}
-
-/// The files this node owns or partly has, by file id (hex).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct State {
-    pub files: BTreeMap<String, FileRecord>,
 }
 
 /// The opened home.
@@ -157,39 +157,34 @@ impl Home {
         }
     }
 
-    fn state_path(&self) -> PathBuf {
-        self.dir.join("state.json")
+    /// The state file and its lock.
+    pub fn state_file(&self) -> StateFile {
+        StateFile::in_home(&self.dir)
     }
 
+    /// The files this node owns or partly has (no lock: the file is only
+    /// ever replaced whole).
     pub fn state(&self) -> Result<State, HomeError> {
-        Ok(read_json(&self.state_path())?.unwrap_or_default())
+        self.state_file().read()
     }
 
-    /// Reads the state, lets `f` change it and writes it back atomically.
+    /// Reads the state under the home's lock, lets `f` change it and
+    /// writes it back durably.
     pub fn update_state(&self, f: impl FnOnce(&mut State)) -> Result<(), HomeError> {
-        let mut state = self.state()?;
-        f(&mut state);
-        let path = self.state_path();
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_vec_pretty(&state).map_err(|e| HomeError::Corrupt {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        std::fs::write(&tmp, text).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))
+        self.state_file().update(&self.stop, f)
     }
 
     /// Where the manifest of an owned file is kept.
     pub fn manifest_path(&self, id: &FileId) -> PathBuf {
-        self.dir.join("manifests").join(id.to_hex())
+        manifests_dir(&self.dir).join(id.to_hex())
     }
 
     /// Records a complete file this node owns, at `path`.
     pub fn record_owned(&self, m: &Manifest, path: &Path) -> Result<(), HomeError> {
         let mpath = self.manifest_path(&m.id());
-        let parent = self.dir.join("manifests");
+        let parent = manifests_dir(&self.dir);
         std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-        std::fs::write(&mpath, m.encode()).map_err(io(&mpath))?;
+        protocol::durable::write(&mpath, &m.encode(), 0o644).map_err(io(&mpath))?;
         let path = std::fs::canonicalize(path).map_err(io(path))?;
         self.update_state(|s| {
             s.files.insert(
@@ -217,6 +212,11 @@ impl Home {
             });
         })
     }
+}
+
+/// The folder of the manifests of owned files in the home `dir`.
+pub fn manifests_dir(dir: &Path) -> PathBuf {
+    dir.join("manifests")
 }
 
 fn default_home() -> PathBuf {

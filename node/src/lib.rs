@@ -1,11 +1,13 @@
-//! The quorrent node: its home (identity, session, state), the tracker
-//! client, the peer server, the multi-peer downloader and the commands of
-//! the `quorrent` command line.
+//! The quorrent node: its home (identity, session, the locked state file
+//! and its repair), the tracker client, the peer server, the multi-peer
+//! downloader and the commands of the `quorrent` command line.
 
 pub mod cli;
 pub mod commands;
 pub mod download;
 pub mod home;
 pub mod peer_server;
+pub mod repair;
+pub mod state;
 pub mod store;
 pub mod tracker;

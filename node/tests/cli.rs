@@ -6,7 +6,8 @@
 //! `quorrent` binary, run as child processes (killed on drop).
 //!
 //! Checked here: the commands and their `--json` outputs, the clear
-//! one-line errors, and that a node goes on through failures of the
+//! one-line errors, a damaged state file refused and rebuilt by
+//! `repair`, and that a node goes on through failures of the
 //! cluster — the leader killed, the proxy in use shut down — with its
 //! writes applied exactly once. Synchronisation is on observable state
 //! (the tracker's answers, files appearing), never on fixed sleeps, and
@@ -921,5 +922,104 @@ async fn get_stops_at_once_while_downloading_from_a_frozen_seeder() {
     no_escape_codes(&err);
     signal(&alice_seed, "-CONT");
     stop(alice_seed).await;
+    p.shutdown().await;
+}
+
+/// A damaged `state.json` (torn in the middle) stops the commands that
+/// need it with one line naming the file and `quorrent repair`, and none
+/// of them overwrites it. `repair` keeps it aside and rebuilds the state
+/// from what it can hash: owned files found in the folders it is given
+/// (one whose bytes changed is not taken), a download in progress with
+/// only its matching chunks. Afterwards `seed` serves again and another
+/// node downloads from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_is_refused_clearly_and_repair_rebuilds_it() {
+    let c = cluster(None).await;
+    let p = start_proxy(&c, "proxy-1", 0).await;
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let [alice, bob] = ["alice", "bob"].map(|n| home(r, n, &[p.addr], &c));
+    sign_up(&alice, "alice").await;
+    let data = r.join("alice-data");
+    let a = random_file(&data, "a.bin", 3 << 20, 1);
+    let b = random_file(&data, "b.bin", 1 << 20, 2);
+    let share = |path: PathBuf| {
+        let alice = &alice;
+        async move {
+            ok_json(alice, &["share", path.to_str().unwrap()]).await["file_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (id_a, id_b) = (share(a.clone()).await, share(b.clone()).await);
+
+    let state = alice.dir.join("state.json");
+    let whole = std::fs::read(&state).unwrap();
+    let torn = &whole[..whole.len() / 2];
+    std::fs::write(&state, torn).unwrap();
+    for args in [&["seed"][..], &["get", &id_a, "--no-seed"]] {
+        let (ok, out, err) = run(&alice, args).await;
+        assert_one_line_error(args, (ok, out, err.clone()), "state.json");
+        assert!(err.contains("quorrent repair"), "{err}");
+        assert_eq!(json_error(&alice, args).await, "corrupt_state");
+        assert_eq!(std::fs::read(&state).unwrap(), torn, "{args:?} left the file alone");
+    }
+
+    // b's bytes change behind the node's back; a download of d is half done
+    // in the storage folder (its second half never written).
+    let mut changed = std::fs::read(&b).unwrap();
+    changed[100] ^= 1;
+    std::fs::write(&b, changed).unwrap();
+    let storage = alice.dir.join("files");
+    let d = random_file(&r.join("elsewhere"), "d.bin", 1 << 20, 3);
+    let m = protocol::content::hash_file(&d, "d.bin".into(), 256 << 10, |_| {}).unwrap();
+    std::fs::create_dir_all(storage.join(".quorrent")).unwrap();
+    let side = |ext: &str| storage.join(".quorrent").join(format!("{}.{ext}", m.id().to_hex()));
+    std::fs::write(side("manifest"), m.encode()).unwrap();
+    let mut part = std::fs::read(&d).unwrap();
+    part[512 << 10..].fill(0);
+    std::fs::write(side("part"), part).unwrap();
+
+    let fixed = ok_json(&alice, &["repair", data.to_str().unwrap()]).await;
+    let aside = PathBuf::from(fixed["kept_aside"].as_str().expect("kept aside"));
+    assert!(aside
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("state.json.corrupt-"));
+    assert_eq!(std::fs::read(&aside).unwrap(), torn, "the damaged file is kept");
+    let files = fixed["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2, "{fixed}");
+    let of = |id: &str| {
+        files
+            .iter()
+            .find(|f| f["file_id"] == id)
+            .unwrap_or_else(|| panic!("{id}: {fixed}"))
+    };
+    assert_eq!(of(&id_a)["state"], "complete");
+    assert_eq!(of(&id_a)["path"], a.canonicalize().unwrap().to_str().unwrap());
+    let d_entry = of(&m.id().to_hex());
+    assert_eq!(
+        (
+            d_entry["state"].as_str(),
+            d_entry["have"].as_u64(),
+            d_entry["chunks"].as_u64()
+        ),
+        (Some("partial"), Some(2), Some(4))
+    );
+    assert_eq!(fixed["missing"].as_array().unwrap().len(), 1, "{fixed}");
+    assert_eq!(fixed["missing"][0]["file_id"], id_b.as_str());
+    let rebuilt: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(rebuilt["files"].as_object().unwrap().len(), 2, "{rebuilt}");
+
+    // The node works again: it seeds a, and bob gets it from it.
+    let obs = Observer::new(&c, p.addr, "proxy-1").await;
+    let seeder = seed_and_await(&obs, &alice, id_a.parse().unwrap()).await;
+    sign_up(&bob, "bob").await;
+    let got = ok_json(&bob, &["get", &id_a, "--no-seed"]).await;
+    assert!(same_bytes(&a, Path::new(got["path"].as_str().unwrap())));
+    stop(seeder).await;
     p.shutdown().await;
 }

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use fuzzkit::{ensure, proptest::test_runner::TestCaseError};
 use node::{
     download::scheduler::{SchedConfig, Scheduler},
-    home::{FileRecord, Home, Session, State},
+    home::{Home, Session},
+    state::{FileRecord, State},
     store::HaveBits,
 };
 use protocol::{

@@ -11,6 +11,7 @@
 pub mod codec;
 pub mod config;
 pub mod content;
+pub mod durable;
 pub mod ids;
 pub mod listen;
 pub mod logging;

@@ -11,7 +11,6 @@
 
 use std::{
     fs,
-    io::Write,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -65,20 +64,10 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Writes a file readable by its owner only (private keys, tokens).
+/// Writes a file readable by its owner only (private keys, tokens),
+/// durably (`durable::write`).
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    Ok(())
+    crate::durable::write(path, data, 0o600).map_err(io_err(path))
 }
 
 fn write_public(path: &Path, data: &[u8]) -> Result<(), TlsError> {

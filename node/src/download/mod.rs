@@ -694,7 +694,7 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
 }
 
 /// Keeps the claimed chunks whose bytes on disk still match their hash.
-fn reverify(m: &Manifest, file: &File, claimed: &HaveBits) -> HaveBits {
+pub fn reverify(m: &Manifest, file: &File, claimed: &HaveBits) -> HaveBits {
     let have = HaveBits::new(claimed.len());
     let mut buf = Vec::new();
     for c in (0..claimed.len()).filter(|&c| claimed.get(c)) {
@@ -748,7 +748,9 @@ fn finish_file(dir: &Path, part: &Path, m: &Manifest) -> std::io::Result<PathBuf
     ))
 }
 
-fn same_content(path: &Path, m: &Manifest) -> bool {
+/// Whether the file at `path` is exactly the file `m` describes (hashed
+/// again in full).
+pub fn same_content(path: &Path, m: &Manifest) -> bool {
     std::fs::metadata(path).is_ok_and(|md| md.is_file() && md.len() == m.size)
         && protocol::content::hash_file(path, m.name.clone(), m.chunk_size, |_| {})
             .is_ok_and(|got| got.chunks == m.chunks)
