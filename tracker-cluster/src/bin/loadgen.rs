@@ -116,11 +116,14 @@ enum Command {
         account: Account,
     },
     /// A small steady write load (single Owns at RATE per second from
-    /// CLIENTS clients, files numbered from START) for SECONDS; prints the
-    /// latency quantiles and the longest write (JSON).
+    /// CLIENTS clients, files numbered from START) for SECONDS, or until
+    /// STOP_FILE exists; prints the latency quantiles and the longest
+    /// write (JSON).
     Steady {
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        #[arg(long)]
+        stop_file: Option<PathBuf>,
         #[arg(long, default_value_t = 200.0)]
         rate: f64,
         #[arg(long, default_value_t = 4)]
@@ -238,11 +241,18 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         } => search(&cli.certs, target, count, limit, files, seed, &account.user).await?,
         Command::Steady {
             seconds,
+            stop_file,
             rate,
             clients,
             start,
             account,
-        } => steady(&cli.certs, target, seconds, rate, clients, start, &account.user).await?,
+        } => {
+            let until = Until {
+                duration: Duration::from_secs_f64(seconds),
+                stop_file,
+            };
+            steady(&cli.certs, target, until, rate, clients, start, &account.user).await?
+        }
     }
     Ok(())
 }
@@ -550,11 +560,24 @@ async fn search(
     Ok(())
 }
 
+/// When a steady load ends.
+#[derive(Clone)]
+struct Until {
+    duration: Duration,
+    stop_file: Option<PathBuf>,
+}
+
+impl Until {
+    fn reached(&self, began: Instant) -> bool {
+        began.elapsed() >= self.duration || self.stop_file.as_ref().is_some_and(|f| f.exists())
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn steady(
     certs: &std::path::Path,
     target: Target,
-    seconds: f64,
+    until: Until,
     rate: f64,
     clients: usize,
     start: u64,
@@ -565,12 +588,11 @@ async fn steady(
     announce(&first, &target, peer).await?;
     let clients = clients.max(1);
     let period = Duration::from_secs_f64(clients as f64 / rate.max(0.001));
-    let duration = Duration::from_secs_f64(seconds);
     let began = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
         let client = same_session(certs, &first);
-        let target = target.clone();
+        let (target, until) = (target.clone(), until.clone());
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -579,7 +601,7 @@ async fn steady(
             let mut errors = 0u64;
             let mut first_error = None;
             let mut i = 0u64;
-            while began.elapsed() < duration {
+            while !until.reached(began) {
                 tick.tick().await;
                 let file = synthetic(start + i * clients as u64 + c as u64);
                 i += 1;
