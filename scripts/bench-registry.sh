@@ -19,6 +19,8 @@
 # Defaults: 10,000,000 files, 3 members, 8 loader clients. Until the
 # snapshot format streams, above ~2.5M files a snapshot cannot be read
 # back (bincode's 256 MiB cap): use --files 1000000 (or 200000 to try).
+# Environment: BENCH_MAX_BATCH (the members' max_batch, default 1024),
+# BENCH_STEADY_RATE (writes/s of the steady load, default 200).
 # Files live in run/bench-registry (data removed at the end unless
 # BENCH_KEEP=1; configs, logs and the loader's JSON stay). Every process
 # it starts is stopped when it ends. Not a test: it exits 0 when every
@@ -35,7 +37,7 @@ while [ $# -gt 0 ]; do
     --files) FILES="$2"; shift 2 ;;
     --members) MEMBERS="$2"; shift 2 ;;
     --clients) CLIENTS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-registry.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -43,6 +45,7 @@ BASE="${QUORRENT_BASE_PORT:-17600}"
 BIN="${CARGO_TARGET_DIR:-target}/release"
 DIR=run/bench-registry
 STEADY_RATE="${BENCH_STEADY_RATE:-200}"
+MAX_BATCH="${BENCH_MAX_BATCH:-1024}"
 
 die() { echo "bench-registry.sh: $*" >&2; exit 1; }
 note() { echo "[$(date +%T)] $*" >&2; }
@@ -89,7 +92,7 @@ tracker_config() {
   cat <<JSON
 { "id": $i, "members": $members, $extra
   "data_dir": "$DIR/data/tracker-$i", "log_dir": "$DIR/logs", "certs_dir": "certs",
-  "raft": { "keep_after_snapshot": 100 },
+  "raft": { "keep_after_snapshot": 100 }, "max_batch": $MAX_BATCH,
   "quotas": { "max_files_per_user": 1000000000, "max_peers_per_user": 64 } }
 JSON
 }
@@ -179,6 +182,8 @@ t0="$(now)"
 start_tracker "$F1"
 RESTART_S="$(wait_caught_up "$F1" "$t0")" || die "member $F1 did not catch up after its restart"
 note "restarted member $F1 caught up in $RESTART_S s"
+sleep 3
+RESTARTED_RSS="$(kib "${TPID[$F1]}" VmRSS)"
 
 F2="${FOLLOWERS[1]:-${FOLLOWERS[0]}}"
 note "replacing follower $F2 with an empty one ..."
@@ -222,7 +227,7 @@ echo "load average at the end $(cut -d' ' -f1-3 /proc/loadavg); $(date -u +%F)"
 echo
 echo "| figure | target | measured |"
 echo "|---|---|---|"
-echo "| bulk load through the proxy and Raft ($CLIENTS clients, OwnMany of $(j bulk.json .batch) files) | - | $(j bulk.json .files_per_s) files/s ($(j bulk.json .seconds) s; request p50 $(j bulk.json .request_p50_ms) ms, p99 $(j bulk.json .request_p99_ms) ms) |"
+echo "| bulk load through the proxy and Raft ($CLIENTS clients, OwnMany of $(j bulk.json .batch) files, max_batch $MAX_BATCH) | - | $(j bulk.json .files_per_s) files/s ($(j bulk.json .seconds) s; request p50 $(j bulk.json .request_p50_ms) ms, p99 $(j bulk.json .request_p99_ms) ms) |"
 echo "| RSS per member, empty -> loaded | - | ${rss_row%; } |"
 echo "| RAM per file per member (members 1..$MEMBERS) | <= 300 B | ${bpf_row% / } B (worst $worst_bpf) |"
 echo "| search through the proxy, 1,000 varied substrings, limit 50: p99 | <= 20 ms | $(j search.json .p99_ms) ms (p50 $(j search.json .p50_ms), p90 $(j search.json .p90_ms), max $(j search.json .max_ms); $(j search.json .full_pages) full pages) |"
@@ -231,3 +236,4 @@ echo "| longest write of a steady $STEADY_RATE/s Own load while the leader build
 echo "| follower SIGKILLed and restarted -> applied what the leader has | <= 30 s | $RESTART_S s |"
 echo "| follower wiped and added back -> applied what the leader has | <= 60 s | $WIPED_S s |"
 echo "| its peak RSS during the install vs settled RSS | <= 1.5x | $(mib "$WIPED_PEAK") / $(mib "$WIPED_STEADY") MiB = ${ratio}x |"
+echo "| RSS of a member whose registry comes from a snapshot: restarted $F1, wiped $F2 (bytes per file over the empty RSS) | - | $(mib "$RESTARTED_RSS") MiB ($(per_file "${EMPTY[$F1]}" "$RESTARTED_RSS") B), $(mib "$WIPED_STEADY") MiB ($(per_file "${EMPTY[$F2]}" "$WIPED_STEADY") B) |"
