@@ -108,18 +108,20 @@ start_tracker() {
 }
 admin() { "$BIN/quorrent-tracker" --config "$DIR/tracker-1.json" admin "$@"; }
 loadgen() { "$BIN/quorrent-loadgen" --proxy "127.0.0.1:$BASE" --certs certs "$@"; }
-# "ID APPLIED" per member that answers, from each member's own view.
-applied() { admin members 2>/dev/null | awk 'NR > 1 && $4 == "up" {print $1, $7}'; }
+# "ID ROLE APPLIED" per member that answers, from each member's own view.
+applied() { admin members 2>/dev/null | awk 'NR > 1 && $4 == "up" {print $1, $5, $7}'; }
 leader() { admin leader 2>/dev/null; }
 # Waits until member $1 has applied at least what the leader has; prints
-# the seconds since $2.
+# the seconds since $2. One `admin members` a poll (a member that is not
+# up yet costs that poll up to 1.5 s, so the figure may be that late).
 wait_caught_up() {
   local id="$1" t0="$2" l rows mine theirs
   for _ in $(seq 1 3000); do
-    if l="$(leader)" && [ "$l" != "$id" ]; then
-      rows="$(applied)"
-      mine="$(awk -v i="$id" '$1 == i {print $2}' <<<"$rows")"
-      theirs="$(awk -v i="$l" '$1 == i {print $2}' <<<"$rows")"
+    rows="$(applied)"
+    l="$(awk '$2 == "leader" {print $1}' <<<"$rows" | head -n 1)"
+    if [ -n "$l" ] && [ "$l" != "$id" ]; then
+      mine="$(awk -v i="$id" '$1 == i {print $3}' <<<"$rows")"
+      theirs="$(awk -v i="$l" '$1 == i {print $3}' <<<"$rows")"
       if [[ "$mine" =~ ^[0-9]+$ && "$theirs" =~ ^[0-9]+$ ]] && [ "$mine" -ge "$theirs" ]; then
         since "$t0"
         return 0
