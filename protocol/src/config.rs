@@ -201,7 +201,8 @@ pub struct TrackerConfig {
     pub session_ttl_secs: u64,
     /// Owners silent for longer drop out of answers, seconds.
     pub owner_ttl_secs: u64,
-    /// Writes per Raft entry at most (group commit).
+    /// Writes per Raft entry at most (group commit); an OwnMany counts
+    /// one per file.
     pub max_batch: usize,
     /// Raft entries being replicated at once from the write batcher.
     pub max_batches_in_flight: usize,

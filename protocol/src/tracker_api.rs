@@ -23,6 +23,13 @@ use crate::ids::{ClientId, FileId, NameError, PeerId};
 /// ALPN of the tracker API.
 pub const ALPN: &[u8] = b"quorrent-tracker/1";
 
+/// Most files one [`Request::OwnMany`] may register. With names at their
+/// longest a request stays under the tracker's 1 MiB frame limit only for
+/// a few thousand files; 1,024 of typical size (about 100 bytes each) make
+/// a frame of about 100 KiB, and one Raft entry holds at most `max_batch`
+/// files of such requests.
+pub const MAX_OWN_MANY: usize = 1024;
+
 /// Identifies one write for exactly-once application: the client's id and
 /// its sequence number. A client has one write outstanding at a time and
 /// numbers them 1, 2, 3, ...; a retry reuses the number.
@@ -160,6 +167,15 @@ pub enum Request {
         term: u64,
         wait_ms: u32,
     },
+    /// Registers up to [`MAX_OWN_MANY`] files owned by `peer_id` as one
+    /// write (one write id, applied once). All or nothing: every file is
+    /// checked first (metadata, conflicts, the owner's quota for the whole
+    /// request), and then all are owned, or none is and the answer is the
+    /// first error, naming the file. Answered with [`Reply::Owned`].
+    OwnMany {
+        peer_id: PeerId,
+        files: Vec<FileMeta>,
+    },
 }
 
 impl Request {
@@ -174,6 +190,7 @@ impl Request {
                 | Request::AnnouncePeer { .. }
                 | Request::Own { .. }
                 | Request::Disown { .. }
+                | Request::OwnMany { .. }
         )
     }
 
@@ -191,6 +208,7 @@ impl Request {
             Request::Heartbeat { .. } => "heartbeat",
             Request::ClusterStatus => "cluster-status",
             Request::WatchLeader { .. } => "watch-leader",
+            Request::OwnMany { .. } => "own-many",
         }
     }
 }
@@ -218,6 +236,11 @@ pub enum Reply {
         next: Option<PeerId>,
     },
     Status(ClusterStatus),
+    /// The answer to [`Request::OwnMany`]: how many of its files the peer
+    /// did not own before (files it owned already count as done).
+    Owned {
+        newly_owned: u32,
+    },
 }
 
 /// Errors that cross the wire. Bad input is answered precisely; internal

@@ -170,6 +170,10 @@ fn requests() -> Vec<Request> {
             term: 77,
             wait_ms: 30_000,
         },
+        Request::OwnMany {
+            peer_id,
+            files: (0..3).map(|i| meta(&format!("synthetic-{i}-film.bin"))).collect(),
+        },
     ]
 }
 
@@ -239,6 +243,7 @@ fn answers() -> Vec<Answer> {
             next: Some(PeerId([2; 32])),
         }),
         Ok(Reply::Status(status)),
+        Ok(Reply::Owned { newly_owned: 1024 }),
         Err(ApiError::NotLeader {
             leader: Some(3),
             addr: Some("127.0.0.1:7403".into()),

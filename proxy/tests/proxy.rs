@@ -326,3 +326,52 @@ async fn garbage_to_proxy_is_contained() {
     ));
     proxy.shutdown().await;
 }
+
+/// OwnMany passes the proxy as it is: a full request of 1,024 files fits
+/// the proxy's frame limit, the client's write id makes a resend apply
+/// once, and a request without one gets one from the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_many_through_the_proxy() {
+    let mut c = TestCluster::new(3);
+    c.start_all();
+    c.wait_agreed_leader(T).await;
+    let proxy = Proxy::start(proxy_config(&c, "proxy-1", 0)).await.unwrap();
+    let client = ApiClient::new(&c.certs());
+    let peer = PeerId([42; 32]);
+    sign_up(&client, proxy.addr, "bulk", peer).await;
+    let files: Vec<FileMeta> = (0..protocol::tracker_api::MAX_OWN_MANY).map(|i| meta(7, i)).collect();
+    let env = client.envelope(Request::OwnMany {
+        peer_id: peer,
+        files: files.clone(),
+    });
+    let first = client.send(proxy.addr, "proxy-1", &env).await.unwrap();
+    assert_eq!(first, Ok(Reply::Owned { newly_owned: 1024 }));
+    assert_eq!(client.send(proxy.addr, "proxy-1", &env).await.unwrap(), first);
+    let mut env = client.envelope(Request::OwnMany {
+        peer_id: peer,
+        files: (1000..1100).map(|i| meta(7, i)).collect(),
+    });
+    env.write_id = None;
+    assert_eq!(
+        client.send(proxy.addr, "proxy-1", &env).await.unwrap(),
+        Ok(Reply::Owned { newly_owned: 76 })
+    );
+    match via(
+        &client,
+        proxy.addr,
+        Request::Search {
+            text: "c7-f".into(),
+            cursor: 0,
+            limit: 1000,
+        },
+    )
+    .await
+    {
+        Ok(Reply::Files { hits, next }) => {
+            assert_eq!(hits.len(), 1000);
+            assert!(next.is_some());
+        }
+        other => panic!("search: {other:?}"),
+    }
+    proxy.shutdown().await;
+}

@@ -1,5 +1,5 @@
 //! `quorrent-tracker`: runs one tracker member, makes certificates, and
-//! administers the cluster's membership.
+//! administers the cluster's membership (and builds snapshots on demand).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -71,6 +71,16 @@ enum AdminAction {
     /// Asks every configured member for its applied index and a digest
     /// of its registry: members at one index must show one digest.
     Digests,
+    /// Builds a snapshot now on one member (default: the leader) and
+    /// prints, as JSON, the index it covers and how long it took.
+    Snapshot {
+        /// The member to snapshot (any member, leader or not).
+        #[arg(long)]
+        member: Option<u64>,
+        /// Longest wait for the snapshot to be built, seconds.
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<TrackerConfig> {
@@ -213,24 +223,33 @@ async fn admin(config: TrackerConfig, action: AdminAction) -> anyhow::Result<()>
             return Ok(());
         }
         AdminAction::Leader => {
-            // Ask everyone and believe the newest term: just after a
-            // failover a member may still name the dead leader.
-            let mut best: Option<(u64, u64)> = None;
-            for m in &config.members {
-                if let Ok(s) = management::status_of_member(&net, m.id, &m.raft, Duration::from_millis(1000)).await {
-                    if let Some(l) = s.leader {
-                        if best.is_none_or(|(t, _)| s.term > t) {
-                            best = Some((s.term, l));
-                        }
-                    }
-                }
-            }
+            let leader = find_leader(&net, &config).await;
             ep.close(0u32.into(), b"done");
-            if let Some((_, l)) = best {
+            if let Some(l) = leader {
                 println!("{l}");
                 return Ok(());
             }
             anyhow::bail!("no leader elected");
+        }
+        AdminAction::Snapshot { member, wait } => {
+            let id = match member {
+                Some(id) => id,
+                None => find_leader(&net, &config).await.context("no leader elected")?,
+            };
+            let m = config
+                .members
+                .iter()
+                .find(|m| m.id == id)
+                .with_context(|| format!("member {id} is not in the configuration's members"))?;
+            let (index, millis) = management::snapshot_member(&net, id, &m.raft, Duration::from_secs(wait))
+                .await
+                .map_err(|e| anyhow::anyhow!("member {id}: {e}"))?;
+            println!(
+                "{}",
+                serde_json::json!({ "member": id, "index": index, "millis": millis })
+            );
+            ep.close(0u32.into(), b"done");
+            return Ok(());
         }
     };
     let status = management::call(&net, &members, req, Duration::from_secs(60))
@@ -239,6 +258,22 @@ async fn admin(config: TrackerConfig, action: AdminAction) -> anyhow::Result<()>
     println!("{}", serde_json::to_string_pretty(&status)?);
     ep.close(0u32.into(), b"done");
     Ok(())
+}
+
+/// The leader, asking everyone and believing the newest term: just after
+/// a failover a member may still name the dead leader.
+async fn find_leader(net: &Network, config: &TrackerConfig) -> Option<u64> {
+    let mut best: Option<(u64, u64)> = None;
+    for m in &config.members {
+        if let Ok(s) = management::status_of_member(net, m.id, &m.raft, Duration::from_millis(1000)).await {
+            if let Some(l) = s.leader {
+                if best.is_none_or(|(t, _)| s.term > t) {
+                    best = Some((s.term, l));
+                }
+            }
+        }
+    }
+    best.map(|(_, l)| l)
 }
 
 /// One row per configured member, each from that member's own view.

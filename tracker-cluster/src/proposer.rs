@@ -5,6 +5,11 @@
 //! new writes pile up and make the next entry bigger, which is what lets
 //! throughput grow with the number of clients.
 //!
+//! `max_batch` bounds an entry's weight, not its count of requests: an
+//! OwnMany counts one per file, so an entry holds at most `max_batch`
+//! files however they arrive (an entry of 1,024 OwnMany requests of 1,024
+//! files would be some 100 MB, past the Raft frame limit).
+//!
 //! An entry proposed in one term is answered by openraft when it is
 //! applied or when the log is cut back; an entry that a snapshot from the
 //! next leader covers is neither, and its caller would wait for ever (the
@@ -25,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::{
     clock::Clock,
-    registry::{Batch, Write},
+    registry::{Batch, Op, Write},
     typ::Raft,
 };
 
@@ -66,6 +71,14 @@ impl Proposer {
     }
 }
 
+/// What a write counts for against `max_batch`.
+fn weight(w: &Write) -> usize {
+    match &w.op {
+        Op::OwnMany { files, .. } => files.len().max(1),
+        _ => 1,
+    }
+}
+
 async fn run(
     raft: Raft,
     mut rx: mpsc::Receiver<Job>,
@@ -75,15 +88,31 @@ async fn run(
     clock: Clock,
 ) {
     let permits = Arc::new(Semaphore::new(max_in_flight));
+    // A job taken from the queue that did not fit in the last entry.
+    let mut held: Option<Job> = None;
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else { return };
+        let first = match held.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut load = weight(&first.0);
         let mut jobs = vec![first];
-        while jobs.len() < max_batch {
+        while load < max_batch {
             match rx.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(job) if load + weight(&job.0) > max_batch => {
+                    held = Some(job);
+                    break;
+                }
+                Ok(job) => {
+                    load += weight(&job.0);
+                    jobs.push(job);
+                }
                 Err(_) => break,
             }
         }

@@ -24,7 +24,7 @@ use protocol::{
     config::Quotas,
     content::{chunk_count, MAX_CHUNK, MIN_CHUNK},
     ids::{check_file_name, check_user, ClientId, FileId, PeerId},
-    tracker_api::{Answer, ApiError, FileMeta, PeerInfo, Reply, SearchHit, WriteId},
+    tracker_api::{Answer, ApiError, FileMeta, PeerInfo, Reply, SearchHit, WriteId, MAX_OWN_MANY},
 };
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +70,12 @@ pub enum Op {
         token: TokenHash,
         peer: PeerId,
         file: FileId,
+    },
+    /// Many Owns as one write, all or nothing (`Request::OwnMany`).
+    OwnMany {
+        token: TokenHash,
+        peer: PeerId,
+        files: Vec<FileMeta>,
     },
 }
 
@@ -317,7 +323,74 @@ impl Registry {
                 }
                 Ok(Reply::Done)
             }
+            Op::OwnMany { token, peer, files } => self.own_many(now, quotas, token, peer, files),
         }
+    }
+
+    /// [`Op::OwnMany`]: every file is checked first (metadata, a conflict
+    /// with a registered file or with another file of the request, the
+    /// quota for all the files the peer does not own yet); only then is
+    /// anything changed, so a refused request leaves no trace. Files the
+    /// peer owns already (or that the request lists twice) count as done,
+    /// as with Own; the answer counts the files newly owned.
+    fn own_many(&mut self, now: u64, quotas: &Quotas, token: &TokenHash, peer: &PeerId, files: &[FileMeta]) -> Answer {
+        let user = self.check_peer(token, peer, now)?.to_owned();
+        if files.is_empty() || files.len() > MAX_OWN_MANY {
+            return Err(ApiError::Invalid(format!(
+                "{} files in one request, 1 to {MAX_OWN_MANY} allowed",
+                files.len()
+            )));
+        }
+        let mut seen: HashMap<FileId, &FileMeta> = HashMap::with_capacity(files.len());
+        let mut new = 0u64;
+        for (i, f) in files.iter().enumerate() {
+            check_meta(f).map_err(|e| ApiError::Invalid(format!("file {i} ({}): {e}", f.id)))?;
+            if let Some(first) = seen.insert(f.id, f) {
+                if first != f {
+                    return Err(ApiError::FileConflict(f.id));
+                }
+                continue;
+            }
+            match self.by_id.get(&f.id) {
+                Some(&pos) => {
+                    let rec = &self.data.files[pos as usize];
+                    if rec.meta != *f {
+                        return Err(ApiError::FileConflict(f.id));
+                    }
+                    new += u64::from(rec.owners.binary_search(peer).is_err());
+                }
+                None => new += 1,
+            }
+        }
+        let owned = self.user_owned.entry(user).or_default();
+        if *owned + new > quotas.max_files_per_user {
+            return Err(ApiError::Quota {
+                what: "files".into(),
+                limit: quotas.max_files_per_user,
+            });
+        }
+        *owned += new;
+        for f in files {
+            match self.by_id.get(&f.id) {
+                Some(&pos) => {
+                    if let Err(at) = self.data.files[pos as usize].owners.binary_search(peer) {
+                        self.file_mut(pos).owners.insert(at, *peer);
+                    }
+                }
+                None => {
+                    let pos = self.data.files.len() as u32;
+                    self.names.push(&f.name);
+                    self.by_id.insert(f.id, pos);
+                    self.data.files.push(FileRecord {
+                        meta: f.clone(),
+                        owners: vec![*peer],
+                    });
+                }
+            }
+        }
+        Ok(Reply::Owned {
+            newly_owned: new as u32,
+        })
     }
 
     /// The session's user, if `peer` exists and belongs to it.
@@ -1438,5 +1511,218 @@ mod tests {
             )],
         });
         assert!(matches!(r[0], Err(ApiError::FileConflict(_))));
+    }
+
+    fn many(from: u32, to: u32) -> Vec<FileMeta> {
+        (from..to)
+            .map(|n| {
+                let mut id = [0xee; 32];
+                id[..4].copy_from_slice(&n.to_le_bytes());
+                FileMeta {
+                    id: FileId(id),
+                    name: format!("synthetic-{n}.bin"),
+                    size: 100,
+                    chunk_size: MIN_CHUNK,
+                    chunk_count: 1,
+                }
+            })
+            .collect()
+    }
+
+    fn own_many(t: TokenHash, peer: u8, files: Vec<FileMeta>) -> Op {
+        Op::OwnMany {
+            token: t,
+            peer: PeerId([peer; 32]),
+            files,
+        }
+    }
+
+    /// OwnMany counts the files newly owned; what the peer owns already,
+    /// or what the request lists twice, counts as done.
+    #[test]
+    fn own_many_counts_new_files() {
+        let mut reg = Registry::default();
+        let t = setup(&mut reg);
+        let q = Quotas::default();
+        let r = reg.apply(&batch(5000, q, vec![w(9, 1, own_many(t, 9, many(0, 10)))]));
+        assert_eq!(r[0], Ok(Reply::Owned { newly_owned: 10 }));
+        let mut files = many(5, 15);
+        files.push(many(14, 15).remove(0));
+        let r = reg.apply(&batch(5001, q, vec![w(9, 2, own_many(t, 9, files))]));
+        assert_eq!(r[0], Ok(Reply::Owned { newly_owned: 5 }));
+        assert_eq!(reg.file_count(), 15);
+        assert_eq!(reg.user_owned.get("alice"), Some(&15));
+        assert_eq!(reg.search("synthetic-1", 0, 100, |_| true).0.len(), 6);
+        // The same as Owns one by one.
+        let mut one_by_one = Registry::default();
+        let t2 = setup(&mut one_by_one);
+        assert_eq!(t, t2);
+        let writes = many(0, 15)
+            .into_iter()
+            .enumerate()
+            .map(|(i, file)| {
+                w(
+                    9,
+                    i as u64 + 1,
+                    Op::Own {
+                        token: t,
+                        peer: PeerId([9; 32]),
+                        file,
+                    },
+                )
+            })
+            .collect();
+        one_by_one.apply(&batch(5000, q, writes));
+        let strip = |r: &Registry| {
+            let mut c = Registry::from_bytes(&r.to_bytes()).unwrap();
+            c.data.clients.clear();
+            c.digest()
+        };
+        assert_eq!(strip(&reg), strip(&one_by_one));
+        // Bounds.
+        let r = reg.apply(&batch(5002, q, vec![w(9, 3, own_many(t, 9, vec![]))]));
+        assert!(matches!(r[0], Err(ApiError::Invalid(_))));
+        let too_many = many(0, MAX_OWN_MANY as u32 + 1);
+        let r = reg.apply(&batch(5003, q, vec![w(9, 4, own_many(t, 9, too_many))]));
+        assert!(matches!(r[0], Err(ApiError::Invalid(_))));
+    }
+
+    /// The quota covers the whole request: over it, nothing is owned.
+    #[test]
+    fn own_many_quota_is_all_or_nothing() {
+        let mut reg = Registry::default();
+        let t = setup(&mut reg);
+        let q = Quotas {
+            max_files_per_user: 20,
+            max_peers_per_user: 64,
+        };
+        let r = reg.apply(&batch(5000, q, vec![w(9, 1, own_many(t, 9, many(0, 15)))]));
+        assert_eq!(r[0], Ok(Reply::Owned { newly_owned: 15 }));
+        // 5 of these are owned already, 6 are new: 21 > 20.
+        let r = reg.apply(&batch(5001, q, vec![w(9, 2, own_many(t, 9, many(10, 21)))]));
+        assert_eq!(
+            r[0],
+            Err(ApiError::Quota {
+                what: "files".into(),
+                limit: 20
+            })
+        );
+        assert_eq!(reg.file_count(), 15);
+        assert_eq!(reg.user_owned.get("alice"), Some(&15));
+        // Exactly up to the quota passes; files owned already cost nothing.
+        let r = reg.apply(&batch(5002, q, vec![w(9, 3, own_many(t, 9, many(10, 20)))]));
+        assert_eq!(r[0], Ok(Reply::Owned { newly_owned: 5 }));
+        let r = reg.apply(&batch(5003, q, vec![w(9, 4, own_many(t, 9, many(0, 20)))]));
+        assert_eq!(r[0], Ok(Reply::Owned { newly_owned: 0 }));
+        let r = reg.apply(&batch(5004, q, vec![w(9, 5, own_many(t, 9, many(20, 21)))]));
+        assert!(matches!(r[0], Err(ApiError::Quota { .. })));
+    }
+
+    /// A bad file, a conflict with a registered file or within the
+    /// request refuses the whole request and names the file.
+    #[test]
+    fn own_many_conflicts_and_bad_files_change_nothing() {
+        let mut reg = Registry::default();
+        let t = setup(&mut reg);
+        let q = Quotas::default();
+        reg.apply(&batch(5000, q, vec![w(9, 1, own_many(t, 9, many(0, 3)))]));
+        let before = reg.digest();
+        let mut files = many(3, 8);
+        let mut clash = many(1, 2).remove(0);
+        clash.name = "another name".into();
+        files.push(clash.clone());
+        let r = reg.apply(&batch(
+            5001,
+            q,
+            vec![Write {
+                id: None,
+                op: own_many(t, 9, files),
+            }],
+        ));
+        assert_eq!(r[0], Err(ApiError::FileConflict(clash.id)));
+        // Twice in one request with different metadata.
+        let mut files = many(3, 8);
+        let mut twin = files[2].clone();
+        twin.size = 200;
+        files.push(twin.clone());
+        let r = reg.apply(&batch(
+            5002,
+            q,
+            vec![Write {
+                id: None,
+                op: own_many(t, 9, files),
+            }],
+        ));
+        assert_eq!(r[0], Err(ApiError::FileConflict(twin.id)));
+        // Bad metadata: the error says which file.
+        let mut files = many(3, 8);
+        files[3].chunk_count = 7;
+        let r = reg.apply(&batch(
+            5003,
+            q,
+            vec![Write {
+                id: None,
+                op: own_many(t, 9, files),
+            }],
+        ));
+        match &r[0] {
+            Err(ApiError::Invalid(m)) => assert!(m.starts_with("file 3 ("), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // A peer of nobody, a session that is not there.
+        let r = reg.apply(&batch(
+            5004,
+            q,
+            vec![Write {
+                id: None,
+                op: own_many(t, 77, many(3, 8)),
+            }],
+        ));
+        assert_eq!(r[0], Err(ApiError::UnknownPeer(PeerId([77; 32]))));
+        let r = reg.apply(&batch(
+            5005,
+            q,
+            vec![Write {
+                id: None,
+                op: own_many(token_hash("nope"), 9, many(3, 8)),
+            }],
+        ));
+        assert_eq!(r[0], Err(ApiError::NotLoggedIn));
+        assert_eq!(reg.digest(), before);
+        assert_eq!(reg.file_count(), 3);
+    }
+
+    /// A retried OwnMany gets its stored answer and is not applied again,
+    /// even after its files were disowned in between.
+    #[test]
+    fn own_many_is_exactly_once() {
+        let mut reg = Registry::default();
+        let t = setup(&mut reg);
+        let q = Quotas::default();
+        let write = w(9, 1, own_many(t, 9, many(0, 4)));
+        let first = reg.apply(&batch(5000, q, vec![write.clone()]));
+        assert_eq!(first[0], Ok(Reply::Owned { newly_owned: 4 }));
+        let disown = Op::Disown {
+            token: t,
+            peer: PeerId([9; 32]),
+            file: many(0, 1)[0].id,
+        };
+        reg.apply(&batch(5001, q, vec![w(10, 1, disown)]));
+        let again = reg.apply(&batch(5002, q, vec![write]));
+        assert_eq!(first, again);
+        assert!(reg.owners(&many(0, 1)[0].id, |_| true).unwrap().1.is_empty());
+        assert_eq!(reg.user_owned.get("alice"), Some(&3));
+        // A refused one is answered the same on retry, even when it would
+        // now pass.
+        let small = Quotas {
+            max_files_per_user: 5,
+            max_peers_per_user: 64,
+        };
+        let write = w(9, 2, own_many(t, 9, many(4, 7)));
+        let refused = reg.apply(&batch(5003, small, vec![write.clone()]));
+        assert!(matches!(refused[0], Err(ApiError::Quota { .. })));
+        let again = reg.apply(&batch(5004, q, vec![write]));
+        assert_eq!(refused, again);
+        assert_eq!(reg.file_count(), 4);
     }
 }

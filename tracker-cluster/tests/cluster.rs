@@ -282,6 +282,79 @@ async fn duplicate_write_applied_once() {
     );
 }
 
+/// OwnMany over the wire: one write for many files, answered with the
+/// count of new ones, replicated to every member, applied once when sent
+/// twice, refused whole (and checked on the leader before it costs a Raft
+/// entry) when one file is bad; requests past the bound are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_many_is_one_exactly_once_write() {
+    let mut c = TestCluster::new(3);
+    for cfg in c.configs.values_mut() {
+        // Two full requests may not share an entry (an OwnMany weighs one
+        // per file in the batcher).
+        cfg.max_batch = 1024;
+    }
+    c.start_all();
+    c.wait_agreed_leader(T).await;
+    let members = c.api_addrs();
+    let (client, peer_id) = peer_client(&c, &members, "grace", 3).await;
+    let batch =
+        |from: u64, to: u64| -> Vec<FileMeta> { (from..to).map(|n| meta(&format!("bulk-{n}.bin"), n)).collect() };
+    let env = client.envelope(Request::OwnMany {
+        peer_id,
+        files: batch(0, 1024),
+    });
+    let first = client.leader_send(&members, &env, T).await;
+    assert_eq!(first, Ok(Reply::Owned { newly_owned: 1024 }));
+    // Its retry is answered the same and changes nothing.
+    assert_eq!(client.leader_send(&members, &env, T).await, first);
+    // Two full requests at once go into two entries.
+    let (a, b) = (
+        client.envelope(Request::OwnMany {
+            peer_id,
+            files: batch(1000, 2024),
+        }),
+        client.envelope(Request::OwnMany {
+            peer_id,
+            files: batch(2024, 3048),
+        }),
+    );
+    let (ra, rb) = tokio::join!(client.leader_send(&members, &a, T), client.leader_send(&members, &b, T));
+    assert_eq!(ra, Ok(Reply::Owned { newly_owned: 1000 }));
+    assert_eq!(rb, Ok(Reply::Owned { newly_owned: 1024 }));
+    // One bad file refuses the request, naming it, before it is proposed.
+    let mut files = batch(4000, 4010);
+    files[7].chunk_count = 99;
+    let env = client.envelope(Request::OwnMany { peer_id, files });
+    match client.leader_send(&members, &env, T).await {
+        Err(ApiError::Invalid(m)) => assert!(m.starts_with("file 7 "), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let env = client.envelope(Request::OwnMany {
+        peer_id,
+        files: batch(5000, 5000 + protocol::tracker_api::MAX_OWN_MANY as u64 + 1),
+    });
+    assert!(matches!(
+        client.leader_send(&members, &env, T).await,
+        Err(ApiError::Invalid(_))
+    ));
+    let leader = c.wait_agreed_leader(T).await;
+    let index = c.tracker(leader).app.state.read().last_applied.unwrap().index;
+    for id in 1..=3 {
+        c.wait_applied(id, index, T).await;
+        assert_eq!(file_count(&c, id), 3048, "member {id}");
+    }
+    let env = client.envelope(Request::Search {
+        text: "BULK-204".into(),
+        cursor: 0,
+        limit: 100,
+    });
+    match client.leader_send(&members, &env, T).await {
+        Ok(Reply::Files { hits, .. }) => assert_eq!(hits.len(), 11),
+        other => panic!("search: {other:?}"),
+    }
+}
+
 /// Passwords are stored as argon2id hashes: no file of any member holds
 /// the plaintext, not the log, not a snapshot. Wrong password and unknown
 /// user get the same answer; repeated failures are throttled.

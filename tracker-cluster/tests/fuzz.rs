@@ -207,6 +207,7 @@ fn requests() -> Vec<RaftRequest> {
         }),
         RaftRequest::Admin(AdminRequest::Remove { id: 2 }),
         RaftRequest::Admin(AdminRequest::Status),
+        RaftRequest::Admin(AdminRequest::Snapshot { wait_ms: 120_000 }),
     ]
 }
 
@@ -248,6 +249,10 @@ fn replies() -> Vec<RaftReply> {
         RaftReply::Admin(Ok(AdminReply::NotLeader {
             leader: Some(2),
             raft: Some("127.0.0.1:7412".into()),
+        })),
+        RaftReply::Admin(Ok(AdminReply::Snapshot {
+            index: 1_000_000,
+            millis: 1234,
         })),
         RaftReply::Admin(Err("refused".into())),
         RaftReply::Malformed("frame".into()),

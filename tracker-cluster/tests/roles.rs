@@ -124,6 +124,13 @@ async fn raft_port_checks_certificate_roles() {
     // A member's certificate cannot change the membership or speak for
     // another member.
     assert_refused(raft_call(&ep, &c, &member2, li, &remove).await, "member 2", "remove");
+    let snapshot = RaftRequest::Admin(AdminRequest::Snapshot { wait_ms: 1000 });
+    assert_refused(
+        raft_call(&ep, &c, &member2, li, &snapshot).await,
+        "member 2",
+        "snapshot",
+    );
+    assert_refused(raft_call(&ep, &c, &proxy, li, &snapshot).await, "proxy", "snapshot");
     assert_refused(
         raft_call(&ep, &c, &member2, li, &vote_from(1, 1)).await,
         "member 2",
@@ -151,6 +158,14 @@ async fn raft_port_checks_certificate_roles() {
         1 << 20,
     );
     let members: Vec<_> = c.members.iter().map(|m| (m.id, m.raft.clone())).collect();
+    // Any member builds a snapshot when the admin asks, leader or not.
+    let fi = c.members.iter().position(|m| m.id == follower).unwrap();
+    let applied = c.tracker(follower).app.metrics().last_applied.unwrap().index;
+    let (index, _ms) = management::snapshot_member(&net, follower, &c.members[fi].raft, T)
+        .await
+        .unwrap();
+    assert!(index >= applied, "snapshot at {index}, applied {applied}");
+    assert_eq!(c.tracker(follower).app.metrics().snapshot.map(|l| l.index), Some(index));
     let status = management::call(&net, &members, AdminRequest::Remove { id: follower }, T)
         .await
         .unwrap();

@@ -15,7 +15,7 @@ use std::{
 use protocol::{
     codec::{self, CodecError},
     ids::{check_query, check_user},
-    tracker_api::{Answer, ApiError, Consistency, Envelope, Reply, Request},
+    tracker_api::{Answer, ApiError, Consistency, Envelope, Reply, Request, MAX_OWN_MANY},
 };
 
 use crate::{
@@ -175,6 +175,35 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
                 let pos = app.state.read().registry.position(&file_id);
                 if let (Some(pos), Some(ix)) = (pos, app.live_index.lock().expect("live index lock").as_mut()) {
                     ix.revive(pos);
+                }
+            }
+            answer
+        }
+        Request::OwnMany { peer_id, files } => {
+            app.leader_check()?;
+            let token = token.ok_or(ApiError::NotLoggedIn)?;
+            if files.is_empty() || files.len() > MAX_OWN_MANY {
+                return Err(ApiError::Invalid(format!(
+                    "{} files in one request, 1 to {MAX_OWN_MANY} allowed",
+                    files.len()
+                )));
+            }
+            for (i, f) in files.iter().enumerate() {
+                crate::registry::check_meta(f).map_err(|e| ApiError::Invalid(format!("file {i} ({}): {e}", f.id)))?;
+            }
+            let ids: Vec<_> = files.iter().map(|f| f.id).collect();
+            let op = Op::OwnMany {
+                token,
+                peer: peer_id,
+                files,
+            };
+            let answer = propose_from_peer(app, write_id, peer_id, op).await;
+            if answer.is_ok() {
+                let st = app.state.read();
+                if let Some(ix) = app.live_index.lock().expect("live index lock").as_mut() {
+                    for pos in ids.iter().filter_map(|id| st.registry.position(id)) {
+                        ix.revive(pos);
+                    }
                 }
             }
             answer

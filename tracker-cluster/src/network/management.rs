@@ -1,5 +1,5 @@
 //! Cluster management: add a member (as a learner until it has caught up,
-//! then as a voter), remove one, show the status. Requests travel on the
+//! then as a voter), remove one, show the status, build a snapshot now. Requests travel on the
 //! mutual-TLS Raft endpoint; `raft.rs` lets only the admin certificate
 //! change the membership, and the admin or a member ask for the status.
 
@@ -30,6 +30,11 @@ pub enum AdminRequest {
     /// This member's applied index and a digest of its registry (any
     /// member answers; equal digests at equal indexes mean equal state).
     Digest,
+    /// Builds a snapshot on the member asked (leader or not) now, and
+    /// answers once it is built (or after `wait_ms`).
+    Snapshot {
+        wait_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +50,14 @@ pub enum AdminReply {
         /// BLAKE3 of the registry, hex.
         digest: String,
     },
+    /// A snapshot newer than the one before the request was built.
+    Snapshot {
+        /// The last log index it covers.
+        index: u64,
+        /// From the trigger until openraft reported it built (queueing
+        /// in openraft, serialising, writing and fsync).
+        millis: u64,
+    },
 }
 
 pub async fn handle(app: &App, req: AdminRequest) -> Result<AdminReply, String> {
@@ -54,6 +67,9 @@ pub async fn handle(app: &App, req: AdminRequest) -> Result<AdminReply, String> 
             applied: st.last_applied.map(|l| l.index),
             digest: hex::encode(st.registry.digest()),
         });
+    }
+    if let AdminRequest::Snapshot { wait_ms } = req {
+        return snapshot_now(app, Duration::from_millis(wait_ms)).await;
     }
     if !matches!(req, AdminRequest::Status) {
         if let Err(_e) = app.leader_check() {
@@ -68,7 +84,7 @@ pub async fn handle(app: &App, req: AdminRequest) -> Result<AdminReply, String> 
         }
     }
     match req {
-        AdminRequest::Status | AdminRequest::Digest => {}
+        AdminRequest::Status | AdminRequest::Digest | AdminRequest::Snapshot { .. } => {}
         AdminRequest::Add { id, api, raft } => {
             for (what, a) in [("api", &api), ("raft", &raft)] {
                 a.parse::<std::net::SocketAddr>()
@@ -109,6 +125,43 @@ pub async fn handle(app: &App, req: AdminRequest) -> Result<AdminReply, String> 
         }
     }
     Ok(AdminReply::Status(app.status()))
+}
+
+/// Triggers a snapshot on this member and waits until openraft reports
+/// one newer than the one it had (if a snapshot was being built already,
+/// that one may be what is reported).
+async fn snapshot_now(app: &App, wait: Duration) -> Result<AdminReply, String> {
+    let mut rx = app.raft.metrics();
+    let before = rx.borrow_and_update().snapshot.map(|l| l.index);
+    let started = std::time::Instant::now();
+    tracing::info!(?before, "snapshot asked for by the admin");
+    app.raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
+    let built = tokio::time::timeout(wait, async {
+        loop {
+            if let Some(index) = rx.borrow_and_update().snapshot.map(|l| l.index) {
+                if Some(index) > before {
+                    return Ok::<u64, String>(index);
+                }
+            }
+            rx.changed().await.map_err(|_| "raft stopped".to_string())?;
+        }
+    })
+    .await
+    .map_err(|_| format!("no new snapshot within {} ms", wait.as_millis()))??;
+    let millis = started.elapsed().as_millis() as u64;
+    tracing::info!(index = built, millis, "snapshot asked for by the admin is built");
+    Ok(AdminReply::Snapshot { index: built, millis })
+}
+
+/// Builds a snapshot on member `id` and returns (index, milliseconds).
+pub async fn snapshot_member(net: &Network, id: NodeId, addr: &str, wait: Duration) -> Result<(u64, u64), String> {
+    let req = AdminRequest::Snapshot {
+        wait_ms: wait.as_millis() as u64,
+    };
+    match ask_member(net, id, addr, req, wait + Duration::from_secs(5)).await? {
+        AdminReply::Snapshot { index, millis } => Ok((index, millis)),
+        other => Err(format!("unexpected reply {other:?}")),
+    }
 }
 
 /// Sends one admin request to one member, without following.

@@ -5,7 +5,7 @@
 //! (`protocol::tls::Role`):
 //! - Append, Vote, InstallSnapshot: only a member certificate, and only
 //!   for the member id it names (member 2 cannot speak for member 1);
-//! - Admin Add and Remove: only the admin certificate;
+//! - Admin Add, Remove and Snapshot: only the admin certificate;
 //! - Admin Status and Digest: the admin or a member.
 //!
 //! A refused caller gets `RaftReply::Refused` naming why, and a log line.
@@ -88,6 +88,7 @@ fn kind(req: &RaftRequest) -> &'static str {
         RaftRequest::Admin(AdminRequest::Remove { .. }) => "admin-remove",
         RaftRequest::Admin(AdminRequest::Status) => "admin-status",
         RaftRequest::Admin(AdminRequest::Digest) => "admin-digest",
+        RaftRequest::Admin(AdminRequest::Snapshot { .. }) => "admin-snapshot",
     }
 }
 
