@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use crate::{
     argon_pool::ArgonPool,
     liveness::Liveness,
+    partial::{PartialLimits, Partials},
     proposer::Proposer,
     registry::LiveIndex,
     store::SharedState,
@@ -33,6 +34,9 @@ pub struct App {
     pub proposer: Proposer,
     /// Owner heartbeats; meaningful only while this member leads.
     pub liveness: Mutex<Liveness>,
+    /// Peers still downloading a file, with the chunks they hold; kept
+    /// only while this member leads (emptied when it starts or stops).
+    pub partials: Mutex<Partials>,
     pub throttle: Mutex<Throttle>,
     /// Register: per-source and global (argon2 work) token buckets.
     pub register: Mutex<RegisterThrottle>,
@@ -127,6 +131,7 @@ impl App {
             state,
             proposer,
             liveness: Mutex::new(Liveness::keeping(ttl, dead_after)),
+            partials: Mutex::new(Partials::new(PartialLimits::from_config(&config.owners))),
             throttle: Mutex::default(),
             register: Mutex::new(RegisterThrottle::new(config.register.clone(), Instant::now())),
             argon,
@@ -390,9 +395,15 @@ async fn watch_leadership(app: Arc<App>) {
                 .lock()
                 .expect("liveness lock")
                 .on_leader_start(Instant::now());
+            // Partial owners of an earlier term may be long gone: a new
+            // leader starts with none and nodes announce again within a
+            // second or so.
+            app.partials.lock().expect("partials lock").clear();
             tracing::info!(term, "became leader; owners get one TTL of grace");
         } else if state != ServerState::Leader {
-            leading_term = None;
+            if leading_term.take().is_some() {
+                app.partials.lock().expect("partials lock").clear();
+            }
         }
         if rx.changed().await.is_err() {
             return;

@@ -11,6 +11,7 @@ pub mod app;
 pub mod argon_pool;
 pub mod liveness;
 pub mod network;
+pub mod partial;
 pub mod proposer;
 pub mod registry;
 pub mod store;

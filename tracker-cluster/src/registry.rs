@@ -409,6 +409,8 @@ impl Registry {
                 SearchHit {
                     file: rec.meta.clone(),
                     live_owners: rec.owners.iter().filter(|p| live(p)).count() as u32,
+                    // Soft state of the leader, filled in by the API.
+                    partial_owners: 0,
                 }
             })
             .collect();
@@ -429,6 +431,16 @@ impl Registry {
             }
         }
         ix
+    }
+
+    /// The metadata of a registered file.
+    pub fn file_meta(&self, file: &FileId) -> Option<&FileMeta> {
+        self.by_id.get(file).map(|&pos| &self.data.files[pos as usize].meta)
+    }
+
+    /// The addresses a peer announced.
+    pub fn peer_addrs(&self, peer: &PeerId) -> Option<&[SocketAddr]> {
+        self.data.peers.get(peer).map(|r| r.addrs.as_slice())
     }
 
     /// The position of a file (for [`LiveIndex::revive`]).
@@ -1074,6 +1086,7 @@ mod tests {
             },
             owners,
             next: Some(PeerId([255; 32])),
+            partial: Vec::new(),
         });
         let len = protocol::codec::encode_body(&reply).unwrap().len();
         assert!(len < limits.max_frame_bytes, "{len} bytes");
