@@ -7,5 +7,6 @@ pub mod commands;
 pub mod download;
 pub mod home;
 pub mod peer_server;
+pub mod rate;
 pub mod store;
 pub mod tracker;
