@@ -18,7 +18,8 @@
 # per-peer reports), ideally the file size once.
 # Environment: QUORRENT_BASE_PORT (default 17600), SWARM_SIZE_MIB (1024),
 # SWARM_BASELINE_MIB (128), SWARM_NODES (8), SWARM_RATE (40MB/s),
-# SWARM_RUNS (3), SWARM_TIMEOUT (seconds per run, 900), CARGO_TARGET_DIR.
+# SWARM_RUNS (3), SWARM_TIMEOUT (seconds per run, 900), SWARM_KEEP (set: keep
+# run/bench-swarm for a post-mortem), CARGO_TARGET_DIR.
 # Files live in run/bench-swarm; every process it starts is stopped when
 # it ends. Not a test: it prints figures, it does not judge them.
 set -euo pipefail
@@ -47,8 +48,8 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   stop_pids "${PIDS[@]}"
-  if [ "$STARTED_CLUSTER" = 1 ]; then scripts/cluster.sh stop --wipe >/dev/null 2>&1 || true; fi
-  rm -rf "$DIR"
+  if [ "$STARTED_CLUSTER" = 1 ]; then scripts/cluster.sh stop >/dev/null 2>&1 || true; fi
+  [ -n "${SWARM_KEEP:-}" ] || rm -rf "$DIR"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -100,7 +101,7 @@ SEEDER_ID="$(q seeder --json status | jq -r .peer_id)"
 
 SEED_PID=
 start_seed() {
-  q seeder seed --max-upload-rate "$RATE" >"$DIR/seeder.out" 2>&1 &
+  "$BIN/quorrent" --home "$DIR/seeder" seed --max-upload-rate "$RATE" >"$DIR/seeder.out" 2>&1 &
   SEED_PID=$!
   PIDS+=("$SEED_PID")
   for _ in $(seq 1 100); do
@@ -130,7 +131,7 @@ one_run() {
   local pids=() done_at=()
   t0=$(now)
   for u in "${DOWNLOADERS[@]}"; do
-    q "$u" --json get "$file_id" "${flags[@]}" >"$DIR/$u-$mode-$run.json" 2>"$DIR/$u-$mode-$run.err" &
+    "$BIN/quorrent" --home "$DIR/$u" --json get "$file_id" "${flags[@]}" >"$DIR/$u-$mode-$run.json" 2>"$DIR/$u-$mode-$run.err" &
     pids+=($!)
   done
   PIDS+=("${pids[@]}")
