@@ -19,8 +19,8 @@ use std::{
 use indicatif::{ProgressBar, ProgressStyle};
 use protocol::{
     content::{hash_file, Manifest, ManifestError, MAX_CHUNK, MIN_CHUNK},
-    ids::{FileId, NameError},
     ids::PeerId,
+    ids::{FileId, NameError},
     tracker_api::{ApiError, FileMeta, PartialOwner, PeerInfo, Reply, Request, SearchHit},
 };
 use serde_json::json;
@@ -531,7 +531,10 @@ async fn search(home: &Home, text: &str, json: bool) -> Result<(), CommandError>
     } else if hits.is_empty() {
         println!("no file matches {text:?}");
     } else {
-        println!("{:<64}  {:>14}  {:>6}  {:>7}  name", "file id", "size", "owners", "partial");
+        println!(
+            "{:<64}  {:>14}  {:>6}  {:>7}  name",
+            "file id", "size", "owners", "partial"
+        );
         for h in &hits {
             println!(
                 "{:<64}  {:>14}  {:>6}  {:>7}  {}",

@@ -278,7 +278,11 @@ async fn a_partial_owner_serves_a_second_downloader_before_it_has_finished() {
     })
     .await;
     let (owners, partial) = obs.owners(id).await;
-    assert_eq!(owners, vec![alice_id.clone()], "complete owners apart from partial ones");
+    assert_eq!(
+        owners,
+        vec![alice_id.clone()],
+        "complete owners apart from partial ones"
+    );
     assert_eq!(partial.len(), 1);
     assert_eq!(partial[0].have.len(), (size / (256 << 10)).div_ceil(8));
     assert!(!partial[0].peer.addrs.is_empty());
@@ -299,7 +303,10 @@ async fn a_partial_owner_serves_a_second_downloader_before_it_has_finished() {
     let bob_report = get_report("bob's get", bob_get, &bob).await;
     let dave_report = get_report("dave's get", dave_get, &dave).await;
     for report in [&bob_report, &dave_report] {
-        assert!(same_bytes(&src, Path::new(report["path"].as_str().unwrap())), "{report}");
+        assert!(
+            same_bytes(&src, Path::new(report["path"].as_str().unwrap())),
+            "{report}"
+        );
     }
     eprintln!("bob: {bob_report}\ndave: {dave_report}");
     let from_dave = entry_of(&bob_report, &dave_id).unwrap_or_else(|| panic!("bob never used dave: {bob_report}"));
@@ -350,6 +357,9 @@ async fn the_upload_cap_holds() {
     // Never more than 15 % over the cap; and the cap is a cap, not a
     // stall (generous: a loaded machine may be slow).
     assert!(rate <= 4e6 * 1.15, "{rate:.0} B/s over a 4 MB/s cap ({seconds:.2} s)");
-    assert!(rate >= 4e6 * 0.4, "{rate:.0} B/s far under a 4 MB/s cap ({seconds:.2} s)");
+    assert!(
+        rate >= 4e6 * 0.4,
+        "{rate:.0} B/s far under a 4 MB/s cap ({seconds:.2} s)"
+    );
     p.shutdown().await;
 }

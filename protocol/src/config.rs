@@ -509,14 +509,20 @@ pub fn parse_byte_rate(text: &str) -> Result<u64, String> {
         "KiB" => 1024.0,
         "MiB" => 1024.0 * 1024.0,
         "GiB" => 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use B, kB, MB, GB, KiB, MiB or GiB, e.g. \"40MB/s\")")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use B, kB, MB, GB, KiB, MiB or GiB, e.g. \"40MB/s\")"
+            ))
+        }
     };
     let n: f64 = num
         .parse()
         .map_err(|_| format!("{text:?} is not a rate (e.g. 40000000 or \"40MB/s\")"))?;
     let rate = n * factor;
     if !(1.0..=1e15).contains(&rate) {
-        return Err(format!("{text:?}: a rate must be from 1 B/s to 1 PB/s (leave it out for no limit)"));
+        return Err(format!(
+            "{text:?}: a rate must be from 1 B/s to 1 PB/s (leave it out for no limit)"
+        ));
     }
     Ok(rate.round() as u64)
 }

@@ -18,8 +18,8 @@ use protocol::{
     ids::{check_file_name, FileId, NameError, PeerId},
     peer::{PeerError, PeerRequest, PeerResponse, MAX_FRAME},
     tracker_api::{
-        Answer, ApiError, ClusterStatus, Consistency, Envelope, FileMeta, MemberInfo, PartialOwner, PeerInfo, Reply, Request,
-        SearchHit, WriteId,
+        Answer, ApiError, ClusterStatus, Consistency, Envelope, FileMeta, MemberInfo, PartialOwner, PeerInfo, Reply,
+        Request, SearchHit, WriteId,
     },
 };
 use serde::{de::DeserializeOwned, Serialize};

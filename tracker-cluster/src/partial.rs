@@ -232,7 +232,13 @@ fn live(e: &Entry, ttl: Duration, now: Instant) -> bool {
     now.saturating_duration_since(e.at) <= ttl
 }
 
-fn expire(entries: &mut Vec<Entry>, per_peer: &mut HashMap<PeerId, usize>, bytes: &mut usize, ttl: Duration, now: Instant) {
+fn expire(
+    entries: &mut Vec<Entry>,
+    per_peer: &mut HashMap<PeerId, usize>,
+    bytes: &mut usize,
+    ttl: Duration,
+    now: Instant,
+) {
     // Most recent first: the lapsed ones are at the end.
     while entries.last().is_some_and(|e| !live(e, ttl, now)) {
         let old = entries.pop().expect("just looked");

@@ -436,7 +436,9 @@ impl<'a> Download<'a> {
     fn top_up_peers(&mut self) -> Result<(), DownloadError> {
         let max_peers = self.plan.sharing.max_peers.max(1);
         while self.members.iter().filter(|m| m.joining || m.conn.is_some()).count() < max_peers {
-            let Some((info, tracker_have)) = self.reserve.pop_front() else { break };
+            let Some((info, tracker_have)) = self.reserve.pop_front() else {
+                break;
+            };
             let cfg = protocol::tls::quic_client(
                 protocol::tls::peer_client_crypto(info.peer_id, &self.plan.identity, ALPN)?,
                 protocol::quic::bulk_transport(),

@@ -684,7 +684,10 @@ mod tests {
         let from_seeder: Vec<u32> = sent.iter().filter(|&&(p, _)| p == seeder).map(|&(_, c)| c).collect();
         let from_part: Vec<u32> = sent.iter().filter(|&&(p, _)| p == part).map(|&(_, c)| c).collect();
         assert!(from_seeder.iter().all(|&c| c >= 8), "{from_seeder:?}");
-        assert!(!from_part.is_empty() && from_part.iter().all(|&c| c < 8), "{from_part:?}");
+        assert!(
+            !from_part.is_empty() && from_part.iter().all(|&c| c < 8),
+            "{from_part:?}"
+        );
         // An older copy from the tracker never takes a chunk away; the
         // peer's own answer does.
         s.add_have(part, &[0x0f, 0]);

@@ -205,8 +205,7 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
             let token = token.ok_or(ApiError::NotLoggedIn)?;
             let file = {
                 let st = app.state.read();
-                st.registry
-                    .check_peer_session(&token, &peer_id, protocol::unix_ms())?;
+                st.registry.check_peer_session(&token, &peer_id, protocol::unix_ms())?;
                 st.registry
                     .file_meta(&file_id)
                     .cloned()
@@ -240,15 +239,16 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
             read_barrier(app, consistency).await?;
             let limit = limit.clamp(1, app.config.limits.max_search_page);
             let leading = app.leader_check().is_ok();
-            let live = app.live_fn();
-            let st = app.state.read();
-            st.registry.session_user(&token, protocol::unix_ms())?;
-            // On the leader, files whose owners are all long gone are
-            // skipped via the live index (see `App::live_index`).
-            let index = app.live_index.lock().expect("live index lock");
-            let index = index.as_ref().filter(|_| leading);
-            let (mut hits, next) = st.registry.search_with(&text, cursor, limit, live, index);
-            drop((index, st));
+            let (mut hits, next) = {
+                let live = app.live_fn();
+                let st = app.state.read();
+                st.registry.session_user(&token, protocol::unix_ms())?;
+                // On the leader, files whose owners are all long gone are
+                // skipped via the live index (see `App::live_index`).
+                let index = app.live_index.lock().expect("live index lock");
+                let index = index.as_ref().filter(|_| leading);
+                st.registry.search_with(&text, cursor, limit, live, index)
+            };
             if leading {
                 let now = Instant::now();
                 let partials = app.partials.lock().expect("partials lock");
