@@ -400,10 +400,8 @@ async fn watch_leadership(app: Arc<App>) {
             // second or so.
             app.partials.lock().expect("partials lock").clear();
             tracing::info!(term, "became leader; owners get one TTL of grace");
-        } else if state != ServerState::Leader {
-            if leading_term.take().is_some() {
-                app.partials.lock().expect("partials lock").clear();
-            }
+        } else if state != ServerState::Leader && leading_term.take().is_some() {
+            app.partials.lock().expect("partials lock").clear();
         }
         if rx.changed().await.is_err() {
             return;
