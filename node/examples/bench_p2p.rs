@@ -78,6 +78,8 @@ async fn main() {
     let report = download::run(DownloadPlan {
         file_id: manifest.id(),
         peers,
+        partial: Vec::new(),
+        sources: None,
         dir: dir.path().join("out"),
         identity: me.identity.clone(),
         sharing: SharingConfig {

@@ -58,9 +58,19 @@ pub enum Command {
         /// Exit once downloaded and registered, instead of seeding.
         #[arg(long)]
         no_seed: bool,
+        /// Neither announce this node as a partial owner while it
+        /// downloads nor download from other partial owners (only from
+        /// complete owners, as before partial owners existed).
+        #[arg(long)]
+        no_partial: bool,
+        #[command(flatten)]
+        upload: UploadArgs,
     },
     /// Serve every file owned or partly downloaded, until stopped.
-    Seed,
+    Seed {
+        #[command(flatten)]
+        upload: UploadArgs,
+    },
     /// Show the node id, the session and the cluster.
     Status,
     /// Rebuild the state file from the manifests in the home and the data
@@ -72,9 +82,20 @@ pub enum Command {
     },
 }
 
+/// The upload rate limit of a serving command.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct UploadArgs {
+    /// Send chunk data to other nodes at most this fast, over all
+    /// connections: bytes per second, or with a unit, e.g. 40MB/s,
+    /// 512KiB/s (B, kB, MB, GB, KiB, MiB, GiB). Overrides
+    /// `sharing.max_upload_rate` of the configuration; default: no limit.
+    #[arg(long, value_name = "RATE", value_parser = protocol::config::parse_byte_rate)]
+    pub max_upload_rate: Option<u64>,
+}
+
 impl Command {
     /// Whether the command runs long and logs to stderr as it goes.
     pub fn logs_to_stderr(&self) -> bool {
-        matches!(self, Command::Seed)
+        matches!(self, Command::Seed { .. })
     }
 }

@@ -19,17 +19,19 @@ use std::{
 use indicatif::{ProgressBar, ProgressStyle};
 use protocol::{
     content::{hash_file, Manifest, ManifestError, MAX_CHUNK, MIN_CHUNK},
+    ids::PeerId,
     ids::{FileId, NameError},
-    tracker_api::{ApiError, FileMeta, Reply, Request, SearchHit},
+    tracker_api::{ApiError, FileMeta, PartialOwner, PeerInfo, Reply, Request, SearchHit},
 };
 use serde_json::json;
 use tracing::{info, warn};
 
 use crate::{
-    cli::Command,
-    download::{self, DownloadError, DownloadPlan},
+    cli::{Command, UploadArgs},
+    download::{self, DownloadError, DownloadPlan, Sources},
     home::{Home, HomeError, Session},
     peer_server::{PeerServer, ServeError},
+    rate::UploadLimit,
     repair::Repaired,
     store::{HaveBits, SharedFile, Store},
     tracker::{TrackerClient, TrackerError},
@@ -137,8 +139,18 @@ pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), Comman
             id_or_name,
             output,
             no_seed,
-        } => get(home, &id_or_name, output, no_seed, json).await,
-        Command::Seed => seed(home).await,
+            no_partial,
+            upload,
+        } => {
+            let opts = GetOptions {
+                output,
+                no_seed,
+                partial: !no_partial,
+                upload: upload_limit(home, &upload),
+            };
+            get(home, &id_or_name, opts, json).await
+        }
+        Command::Seed { upload } => seed(home, upload_limit(home, &upload)).await,
         Command::Status => status(home, json).await,
         Command::Repair { folders } => repair(home, folders, json).await,
     }
@@ -437,19 +449,21 @@ const MAX_OWNER_PAGES: usize = 10_000;
 /// with millions of owners costs the node's memory.
 const MAX_OWNERS_KEPT: usize = 4096;
 
-/// A file's metadata and its live owners, page by page, up to
-/// [`MAX_OWNERS_KEPT`].
+/// A file's metadata, its live complete owners, page by page, up to
+/// [`MAX_OWNERS_KEPT`], and its partial owners (from the first page).
 async fn all_owners(
     client: &TrackerClient,
     file_id: FileId,
-) -> Result<(FileMeta, Vec<protocol::tracker_api::PeerInfo>), CommandError> {
+) -> Result<(FileMeta, Vec<PeerInfo>, Vec<PartialOwner>), CommandError> {
     let mut owners = Vec::new();
+    let mut partial_owners = Vec::new();
     let mut cursor = None;
     for _ in 0..MAX_OWNER_PAGES {
         let Reply::Owners {
             file,
             owners: page,
             next,
+            partial,
         } = client
             .call(Request::GetOwners {
                 file_id,
@@ -461,15 +475,18 @@ async fn all_owners(
             return Err(unexpected("get-owners"));
         };
         owners.extend(page);
+        if cursor.is_none() {
+            partial_owners = partial;
+        }
         if owners.len() >= MAX_OWNERS_KEPT {
             owners.truncate(MAX_OWNERS_KEPT);
-            return Ok((file, owners));
+            return Ok((file, owners, partial_owners));
         }
         match next {
             // A cursor must move forward, or the tracker is misbehaving.
             Some(n) if cursor.is_none_or(|c| n > c) => cursor = Some(n),
             Some(_) => return Err(unexpected("get-owners")),
-            None => return Ok((file, owners)),
+            None => return Ok((file, owners, partial_owners)),
         }
     }
     Err(unexpected("get-owners"))
@@ -508,18 +525,27 @@ async fn search(home: &Home, text: &str, json: bool) -> Result<(), CommandError>
         let arr: Vec<_> = hits
             .iter()
             .map(|h| {
-                json!({ "file_id": h.file.id.to_hex(), "name": h.file.name, "size": h.file.size, "owners": h.live_owners })
+                json!({
+                    "file_id": h.file.id.to_hex(),
+                    "name": h.file.name,
+                    "size": h.file.size,
+                    "owners": h.live_owners,
+                    "partial_owners": h.partial_owners,
+                })
             })
             .collect();
         println!("{}", serde_json::Value::Array(arr));
     } else if hits.is_empty() {
         println!("no file matches {text:?}");
     } else {
-        println!("{:<64}  {:>14}  {:>6}  name", "file id", "size", "owners");
+        println!(
+            "{:<64}  {:>14}  {:>6}  {:>7}  name",
+            "file id", "size", "owners", "partial"
+        );
         for h in &hits {
             println!(
-                "{:<64}  {:>14}  {:>6}  {}",
-                h.file.id, h.file.size, h.live_owners, h.file.name
+                "{:<64}  {:>14}  {:>6}  {:>7}  {}",
+                h.file.id, h.file.size, h.live_owners, h.partial_owners, h.file.name
             );
         }
     }
@@ -556,25 +582,129 @@ fn listen_addr(home: &Home) -> Result<SocketAddr, CommandError> {
         .map_err(|_| CommandError::Listen(home.config.listen.clone()))
 }
 
-async fn get(
-    home: &Home,
-    id_or_name: &str,
+/// The upload limit of a serving command: the flag, else the
+/// configuration, else none.
+fn upload_limit(home: &Home, args: &UploadArgs) -> Option<Arc<UploadLimit>> {
+    args.max_upload_rate
+        .or(home.config.sharing.max_upload_rate)
+        .map(|rate| Arc::new(UploadLimit::new(rate)))
+}
+
+/// How `get` runs, from its flags.
+struct GetOptions {
     output: Option<PathBuf>,
     no_seed: bool,
-    json: bool,
-) -> Result<(), CommandError> {
+    /// Announce this node as a partial owner while downloading, and use
+    /// other partial owners as sources.
+    partial: bool,
+    upload: Option<Arc<UploadLimit>>,
+}
+
+/// How often a downloading node announces what it holds, and asks the
+/// tracker again for owners (to find partial owners that joined later).
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+const REQUERY_EVERY: Duration = Duration::from_millis(1500);
+/// Owners asked for on a re-query (the first page): far more than a
+/// download dials.
+const REQUERY_OWNERS: u32 = 256;
+
+/// While a download runs: announces this node as a partial owner of `id`
+/// once its manifest is known (the store has the file) and then every
+/// [`ANNOUNCE_EVERY`], and sends the owners of every re-query to the
+/// download. Runs until aborted.
+async fn partial_loop(
+    client: Arc<TrackerClient>,
+    store: Arc<Store>,
+    me: PeerId,
+    id: FileId,
+    addrs: Vec<SocketAddr>,
+    tx: tokio::sync::mpsc::Sender<Sources>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut announced: Option<tokio::time::Instant> = None;
+    let mut queried = tokio::time::Instant::now();
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        let due = announced.is_none_or(|t| t.elapsed() >= ANNOUNCE_EVERY);
+        if let (true, Some(f)) = (due, store.get(&id)) {
+            announced = Some(tokio::time::Instant::now());
+            let request = Request::AnnouncePartial {
+                peer_id: me,
+                file_id: id,
+                have: f.have.to_bytes(),
+            };
+            match client.call(request).await {
+                Ok(_) => {}
+                Err(TrackerError::Api(ApiError::UnknownPeer(_))) => {
+                    let again = Request::AnnouncePeer {
+                        peer_id: me,
+                        addrs: addrs.clone(),
+                    };
+                    if let Err(e) = client.call(again).await {
+                        warn!("announce failed: {e}");
+                    }
+                }
+                Err(TrackerError::Stopped) => return,
+                Err(e) if !warned => {
+                    warned = true;
+                    warn!("cannot announce this node as a partial owner ({e}); downloading on");
+                }
+                Err(e) => tracing::debug!("partial announce failed: {e}"),
+            }
+        }
+        if queried.elapsed() >= REQUERY_EVERY {
+            queried = tokio::time::Instant::now();
+            let request = Request::GetOwners {
+                file_id: id,
+                cursor: None,
+                limit: REQUERY_OWNERS,
+            };
+            match client.call(request).await {
+                Ok(Reply::Owners { owners, partial, .. }) => {
+                    let sources = Sources {
+                        owners: owners.into_iter().filter(|o| o.peer_id != me).collect(),
+                        partial: partial.into_iter().filter(|o| o.peer.peer_id != me).collect(),
+                    };
+                    // A download that is busy skips one list: the next one
+                    // comes in a moment.
+                    if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = tx.try_send(sources) {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(TrackerError::Stopped) => return,
+                Err(e) => tracing::debug!("owners re-query failed: {e}"),
+            }
+        }
+    }
+}
+
+async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Result<(), CommandError> {
+    let GetOptions {
+        output,
+        no_seed,
+        partial: use_partial,
+        upload,
+    } = opts;
     let (client, _) = logged_in(home)?;
     let id = resolve(&client, id_or_name).await?;
-    let (file, owners) = all_owners(&client, id).await?;
+    let (file, owners, partial) = all_owners(&client, id).await?;
     let me = home.identity.peer_id;
     if let Some(rec) = home.state()?.files.get(&id.to_hex()) {
         if rec.partial_in.is_none() && rec.path.is_file() {
             // Already owned here: nothing to fetch, register and seed.
-            return owned_already(home, &client, id, &rec.path, no_seed, json).await;
+            return owned_already(home, &client, id, &rec.path, no_seed, upload, json).await;
         }
     }
     let peers: Vec<_> = owners.into_iter().filter(|o| o.peer_id != me).collect();
-    if peers.is_empty() {
+    let partial: Vec<_> = if use_partial {
+        partial.into_iter().filter(|o| o.peer.peer_id != me).collect()
+    } else {
+        Vec::new()
+    };
+    if peers.is_empty() && partial.is_empty() {
         return Err(CommandError::NoOwner(format!("{} ({})", file.name, id)));
     }
     let dir = output.unwrap_or_else(|| home.storage_dir());
@@ -586,7 +716,34 @@ async fn get(
 
     let store = Store::new();
     load_owned(home, &store)?;
-    let server = PeerServer::start(&home.identity, listen_addr(home)?, store.clone())?;
+    let server = PeerServer::start_limited(&home.identity, listen_addr(home)?, store.clone(), upload.clone())?;
+    // Partial owners: the tracker must know where this node listens
+    // before it can hand it out (one replicated write), then the loop
+    // announces what it holds and re-asks for owners while it downloads.
+    let mut sources = None;
+    let mut partial_task = None;
+    if use_partial {
+        let addrs = advertised(home, Some(server.local_addr())).await;
+        if let Err(e) = announce(&client, home, addrs.clone()).await {
+            server.shutdown().await;
+            return Err(e);
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        sources = Some(rx);
+        partial_task = Some(tokio::spawn(partial_loop(
+            client.clone(),
+            store.clone(),
+            me,
+            id,
+            addrs,
+            tx,
+        )));
+    }
+    let stop_partial = move || {
+        if let Some(t) = &partial_task {
+            t.abort();
+        }
+    };
     let bar = progress_bar(
         json,
         file.size,
@@ -598,10 +755,12 @@ async fn get(
             b.set_message(format!("{} peers", p.peers));
         }) as download::ProgressFn
     });
-    info!(file = %id, name = %file.name, owners = peers.len(), "downloading");
+    info!(file = %id, name = %file.name, owners = peers.len(), partial = partial.len(), "downloading");
     let plan = DownloadPlan {
         file_id: id,
         peers,
+        partial,
+        sources,
         dir: dir.clone(),
         identity: home.identity.identity.clone(),
         sharing: home.config.sharing.clone(),
@@ -611,6 +770,7 @@ async fn get(
     let result = tokio::select! {
         r = download::run(plan) => r,
         _ = home.stop.stopped() => {
+            stop_partial();
             let n = file.chunk_count;
             let have = download::load_have(&dir, &id, n);
             if let Some(b) = &bar { b.abandon(); }
@@ -618,6 +778,7 @@ async fn get(
             return Err(CommandError::Interrupted { verified: have.count(), total: n });
         }
     };
+    stop_partial();
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -646,6 +807,7 @@ async fn get(
             "seconds": report.seconds,
             "peers": report.peers_used(),
             "per_peer": report.per_peer,
+            "finished_ms": report.finished_ms,
         }),
         || {
             format!(
@@ -677,12 +839,13 @@ async fn owned_already(
     id: FileId,
     path: &Path,
     no_seed: bool,
+    upload: Option<Arc<UploadLimit>>,
     json: bool,
 ) -> Result<(), CommandError> {
     let store = Store::new();
     load_owned(home, &store)?;
     let size = store.get(&id).map_or(0, |f| f.manifest.size);
-    let server = PeerServer::start(&home.identity, listen_addr(home)?, store.clone())?;
+    let server = PeerServer::start_limited(&home.identity, listen_addr(home)?, store.clone(), upload)?;
     let print = || {
         emit(
             json,
@@ -702,11 +865,11 @@ async fn owned_already(
     serve_until_stopped(home, client, server, &store).await
 }
 
-async fn seed(home: &Home) -> Result<(), CommandError> {
+async fn seed(home: &Home, upload: Option<Arc<UploadLimit>>) -> Result<(), CommandError> {
     let (client, _) = logged_in(home)?;
     let store = Store::new();
     load_owned(home, &store)?;
-    let server = PeerServer::start(&home.identity, listen_addr(home)?, store.clone())?;
+    let server = PeerServer::start_limited(&home.identity, listen_addr(home)?, store.clone(), upload)?;
     info!(files = store.len(), addr = %server.local_addr(), "seeding");
     serve_until_stopped(home, &client, server, &store).await
 }

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod download;
 pub mod home;
 pub mod peer_server;
+pub mod rate;
 pub mod repair;
 pub mod state;
 pub mod store;

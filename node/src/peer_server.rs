@@ -12,6 +12,10 @@
 //! per connection, so a peer that stops reading cannot hold it all; a
 //! chunk the peer does not take in time is abandoned. Chunk buffers are
 //! reused through a small pool.
+//!
+//! Upload rate: with a limit ([`UploadLimit`], one per process) each chunk
+//! waits for its bytes in arrival order before it is read, so the limit
+//! holds over all connections and no peer starves.
 
 use std::{
     net::SocketAddr,
@@ -29,7 +33,10 @@ use protocol::{
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::store::{SharedFile, Store};
+use crate::{
+    rate::UploadLimit,
+    store::{SharedFile, Store},
+};
 
 /// Connections served at once; more are refused.
 const MAX_CONNECTIONS: usize = 128;
@@ -71,11 +78,23 @@ struct Shared {
     guard: Guard,
     memory: Semaphore,
     buffers: Mutex<Vec<Vec<u8>>>,
+    upload: Option<Arc<UploadLimit>>,
 }
 
 impl PeerServer {
     /// Binds `listen` and serves `store` until [`PeerServer::shutdown`].
     pub fn start(identity: &NodeIdentity, listen: SocketAddr, store: Arc<Store>) -> Result<Self, ServeError> {
+        Self::start_limited(identity, listen, store, None)
+    }
+
+    /// As [`PeerServer::start`], sending chunk data at most as fast as
+    /// `upload` allows (shared with whatever else holds it).
+    pub fn start_limited(
+        identity: &NodeIdentity,
+        listen: SocketAddr,
+        store: Arc<Store>,
+        upload: Option<Arc<UploadLimit>>,
+    ) -> Result<Self, ServeError> {
         let crypto = protocol::tls::server_crypto(&identity.identity, &[ALPN], ClientAuth::None)?;
         let mut transport = protocol::quic::bulk_transport();
         transport.max_concurrent_bidi_streams(MAX_STREAMS.into());
@@ -98,9 +117,11 @@ impl PeerServer {
             ),
             memory: Semaphore::new(MEMORY_BUDGET / UNIT),
             buffers: Mutex::new(Vec::new()),
+            upload,
         });
+        let limit = shared.upload.as_ref().map(|u| u.rate());
         let task = tokio::spawn(accept_loop(endpoint.clone(), shared));
-        info!(%addr, "peer server listening");
+        info!(%addr, max_upload_rate = ?limit, "peer server listening");
         Ok(PeerServer { endpoint, addr, task })
     }
 
@@ -220,6 +241,11 @@ async fn send_chunk(
     index: u32,
 ) -> Result<(), codec::CallError> {
     let len = file.manifest.chunk_len(index) as usize;
+    // The rate limit comes first: a chunk waiting for its turn holds no
+    // memory.
+    if let Some(upload) = &shared.upload {
+        upload.acquire(len as u64).await;
+    }
     let units = len.div_ceil(UNIT).max(1) as u32;
     let Ok(_permit) = shared.memory.acquire_many(units).await else {
         return reply(send, &PeerResponse::Error(PeerError::Busy)).await;

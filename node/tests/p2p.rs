@@ -71,6 +71,8 @@ impl Node {
         DownloadPlan {
             file_id: manifest.id(),
             peers: peers.iter().map(|n| n.info()).collect(),
+            partial: Vec::new(),
+            sources: None,
             dir: dir.to_owned(),
             identity: self.identity.identity.clone(),
             sharing: SharingConfig {

@@ -284,6 +284,19 @@ pub struct OwnerLimits {
     /// How often the leader rebuilds its index of files with a recently
     /// live owner, seconds.
     pub live_index_every_secs: u64,
+    /// A partial owner (AnnouncePartial) not heard from again within this
+    /// drops out, ms. Nodes refresh about every second while downloading.
+    pub partial_ttl_ms: u64,
+    /// Files one peer may be a partial owner of at once; past it its
+    /// announcements of further files are refused (`quota`).
+    pub max_partial_files_per_peer: usize,
+    /// Partial owners kept per file: past it the one announced least
+    /// recently is forgotten.
+    pub max_partial_owners_per_file: usize,
+    /// Memory the leader gives partial owners over all files, bytes
+    /// (bit sets plus bookkeeping); past it new ones are refused
+    /// (`overloaded`) until old ones lapse.
+    pub max_partial_bytes: usize,
 }
 
 impl Default for OwnerLimits {
@@ -292,6 +305,10 @@ impl Default for OwnerLimits {
             max_owners_page: 2000,
             dead_file_secs: 3600,
             live_index_every_secs: 30,
+            partial_ttl_ms: 5_000,
+            max_partial_files_per_peer: 16,
+            max_partial_owners_per_file: 32,
+            max_partial_bytes: 64 << 20,
         }
     }
 }
@@ -373,6 +390,14 @@ impl TrackerConfig {
         }
         if self.owners.max_owners_page == 0 || self.owners.live_index_every_secs == 0 {
             return bad("fields `owners.max_owners_page` and `owners.live_index_every_secs` must be at least 1".into());
+        }
+        let o = &self.owners;
+        if o.partial_ttl_ms == 0
+            || o.max_partial_files_per_peer == 0
+            || o.max_partial_owners_per_file == 0
+            || o.max_partial_bytes == 0
+        {
+            return bad("fields `owners.partial_ttl_ms`, `owners.max_partial_files_per_peer`, `owners.max_partial_owners_per_file` and `owners.max_partial_bytes` must be at least 1".into());
         }
         Ok(())
     }
@@ -467,6 +492,63 @@ pub struct SharingConfig {
     pub max_in_flight_per_peer: usize,
     /// Heartbeat interval to the tracker, seconds.
     pub heartbeat_secs: u64,
+    /// Chunk data this node sends to other nodes, bytes per second over all
+    /// its connections; `null` (the default) for no limit. A number, or a
+    /// string such as `"40MB/s"`, `"512KiB/s"` (see [`parse_byte_rate`]).
+    #[serde(deserialize_with = "de_byte_rate")]
+    pub max_upload_rate: Option<u64>,
+}
+
+/// Parses a rate in bytes per second: a whole number (`"40000000"`), or a
+/// number with a unit `B`, `kB`/`KB`, `MB`, `GB` (powers of 1000) or
+/// `KiB`, `MiB`, `GiB` (powers of 1024), optionally followed by `/s`:
+/// `"40MB/s"`, `"1.5 MiB/s"`. Must be at least 1 byte per second.
+pub fn parse_byte_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t).trim_end();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    let factor: f64 = match unit {
+        "" | "B" => 1.0,
+        "kB" | "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use B, kB, MB, GB, KiB, MiB or GiB, e.g. \"40MB/s\")"
+            ))
+        }
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate (e.g. 40000000 or \"40MB/s\")"))?;
+    let rate = n * factor;
+    if !(1.0..=1e15).contains(&rate) {
+        return Err(format!(
+            "{text:?}: a rate must be from 1 B/s to 1 PB/s (leave it out for no limit)"
+        ));
+    }
+    Ok(rate.round() as u64)
+}
+
+fn de_byte_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Rate {
+        Number(u64),
+        Text(String),
+    }
+    match Option::<Rate>::deserialize(d)? {
+        None => Ok(None),
+        Some(Rate::Number(0)) => Err(serde::de::Error::custom(
+            "a rate must be at least 1 byte per second (leave it out or use null for no limit)",
+        )),
+        Some(Rate::Number(n)) => Ok(Some(n)),
+        Some(Rate::Text(t)) => parse_byte_rate(&t).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 impl Default for SharingConfig {
@@ -479,6 +561,7 @@ impl Default for SharingConfig {
             max_peers: 8,
             max_in_flight_per_peer: 8,
             heartbeat_secs: 10,
+            max_upload_rate: None,
         }
     }
 }
@@ -695,5 +778,29 @@ mod tests {
         let x: ProxyConfig = parse(p, r#"{"listen": "p1.example:7400"}"#).unwrap();
         assert!(x.validate(p).unwrap_err().to_string().contains("`listen`"));
         ProxyConfig::default().validate(p).unwrap();
+    }
+
+    #[test]
+    fn upload_rates_parse_numbers_and_units() {
+        assert_eq!(parse_byte_rate("40MB/s"), Ok(40_000_000));
+        assert_eq!(parse_byte_rate(" 1.5 MiB/s "), Ok(1_572_864));
+        assert_eq!(parse_byte_rate("512KiB"), Ok(524_288));
+        assert_eq!(parse_byte_rate("1000"), Ok(1000));
+        assert_eq!(parse_byte_rate("2kB/s"), Ok(2000));
+        for bad in ["", "0", "fast", "40Mb/s", "40 MBps", "-1MB", "1..2MB"] {
+            assert!(parse_byte_rate(bad).is_err(), "{bad}");
+        }
+        let p = Path::new("n.json");
+        let n: NodeConfig = parse(p, r#"{"sharing": {"max_upload_rate": "40MB/s"}}"#).unwrap();
+        assert_eq!(n.sharing.max_upload_rate, Some(40_000_000));
+        let n: NodeConfig = parse(p, r#"{"sharing": {"max_upload_rate": 1234}}"#).unwrap();
+        assert_eq!(n.sharing.max_upload_rate, Some(1234));
+        let n: NodeConfig = parse(p, r#"{"sharing": {"max_upload_rate": null}}"#).unwrap();
+        assert_eq!(n.sharing.max_upload_rate, None);
+        for bad in [r#"0"#, r#""lots""#, r#"-5"#] {
+            let text = format!(r#"{{"sharing": {{"max_upload_rate": {bad}}}}}"#);
+            let e = parse::<NodeConfig>(p, &text).unwrap_err().to_string();
+            assert!(e.contains("sharing.max_upload_rate"), "{bad}: {e}");
+        }
     }
 }

@@ -83,12 +83,25 @@ pub struct PeerInfo {
     pub addrs: Vec<SocketAddr>,
 }
 
+/// A peer that is still downloading a file and serves the chunks it has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialOwner {
+    pub peer: PeerInfo,
+    /// The chunks it held at its last announcement: bit `i` of byte `i / 8`
+    /// (least significant first) is chunk `i`; `chunk_count.div_ceil(8)`
+    /// bytes.
+    pub have: Vec<u8>,
+}
+
 /// One search result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SearchHit {
     pub file: FileMeta,
-    /// Owners heard from within the liveness TTL.
+    /// Complete owners heard from within the liveness TTL.
     pub live_owners: u32,
+    /// Peers downloading the file that announced themselves recently
+    /// (the leader's soft state; 0 when answered by a follower).
+    pub partial_owners: u32,
 }
 
 /// One member of the tracker cluster as seen by the answering member.
@@ -176,6 +189,15 @@ pub enum Request {
         peer_id: PeerId,
         files: Vec<FileMeta>,
     },
+    /// "I am downloading this file and hold these chunks" (`have`: the
+    /// wire bit set of [`PartialOwner::have`]). Answered by the leader
+    /// from its memory, never a Raft entry; it lapses unless repeated
+    /// within a few seconds, and ends with Own or Disown.
+    AnnouncePartial {
+        peer_id: PeerId,
+        file_id: FileId,
+        have: Vec<u8>,
+    },
 }
 
 impl Request {
@@ -209,6 +231,7 @@ impl Request {
             Request::ClusterStatus => "cluster-status",
             Request::WatchLeader { .. } => "watch-leader",
             Request::OwnMany { .. } => "own-many",
+            Request::AnnouncePartial { .. } => "announce-partial",
         }
     }
 }
@@ -231,9 +254,14 @@ pub enum Reply {
     },
     Owners {
         file: FileMeta,
+        /// Complete owners.
         owners: Vec<PeerInfo>,
         /// The `cursor` of the next page; None when this was the last.
         next: Option<PeerId>,
+        /// Peers still downloading the file, most recently announced
+        /// first, with the chunks they hold; only on the first page
+        /// (`cursor` None) and only from the leader.
+        partial: Vec<PartialOwner>,
     },
     Status(ClusterStatus),
     /// The answer to [`Request::OwnMany`]: how many of its files the peer

@@ -18,8 +18,8 @@ use protocol::{
     ids::{check_file_name, FileId, NameError, PeerId},
     peer::{PeerError, PeerRequest, PeerResponse, MAX_FRAME},
     tracker_api::{
-        Answer, ApiError, ClusterStatus, Consistency, Envelope, FileMeta, MemberInfo, PeerInfo, Reply, Request,
-        SearchHit, WriteId,
+        Answer, ApiError, ClusterStatus, Consistency, Envelope, FileMeta, MemberInfo, PartialOwner, PeerInfo, Reply,
+        Request, SearchHit, WriteId,
     },
 };
 use serde::{de::DeserializeOwned, Serialize};
@@ -174,6 +174,11 @@ fn requests() -> Vec<Request> {
             peer_id,
             files: (0..3).map(|i| meta(&format!("synthetic-{i}-film.bin"))).collect(),
         },
+        Request::AnnouncePartial {
+            peer_id,
+            file_id: FileId([4; 32]),
+            have: vec![0b1010_0101, 0xff, 0x03],
+        },
     ]
 }
 
@@ -228,6 +233,7 @@ fn answers() -> Vec<Answer> {
                 .map(|i| SearchHit {
                     file: meta(&format!("file {i}")),
                     live_owners: i,
+                    partial_owners: 2 * i,
                 })
                 .collect(),
             next: Some(3),
@@ -241,6 +247,15 @@ fn answers() -> Vec<Answer> {
                 })
                 .collect(),
             next: Some(PeerId([2; 32])),
+            partial: (0..2)
+                .map(|i| PartialOwner {
+                    peer: PeerInfo {
+                        peer_id: PeerId([9 + i as u8; 32]),
+                        addrs: vec![addr(i)],
+                    },
+                    have: vec![0x5a; 1 + i as usize],
+                })
+                .collect(),
         }),
         Ok(Reply::Status(status)),
         Ok(Reply::Owned { newly_owned: 1024 }),

@@ -19,6 +19,7 @@ use crate::{
     argon_pool::ArgonPool,
     clock::Clock,
     liveness::Liveness,
+    partial::{PartialLimits, Partials},
     proposer::Proposer,
     registry::LiveIndex,
     store::SharedState,
@@ -36,6 +37,9 @@ pub struct App {
     pub clock: Clock,
     /// Owner heartbeats; meaningful only while this member leads.
     pub liveness: Mutex<Liveness>,
+    /// Peers still downloading a file, with the chunks they hold; kept
+    /// only while this member leads (emptied when it starts or stops).
+    pub partials: Mutex<Partials>,
     pub throttle: Mutex<Throttle>,
     /// Register: per-source and global (argon2 work) token buckets.
     pub register: Mutex<RegisterThrottle>,
@@ -133,6 +137,7 @@ impl App {
             proposer,
             clock,
             liveness: Mutex::new(Liveness::keeping(ttl, dead_after)),
+            partials: Mutex::new(Partials::new(PartialLimits::from_config(&config.owners))),
             throttle: Mutex::default(),
             register: Mutex::new(RegisterThrottle::new(config.register.clone(), Instant::now())),
             argon,
@@ -396,9 +401,13 @@ async fn watch_leadership(app: Arc<App>) {
                 .lock()
                 .expect("liveness lock")
                 .on_leader_start(Instant::now());
+            // Partial owners of an earlier term may be long gone: a new
+            // leader starts with none and nodes announce again within a
+            // second or so.
+            app.partials.lock().expect("partials lock").clear();
             tracing::info!(term, "became leader; owners get one TTL of grace");
-        } else if state != ServerState::Leader {
-            leading_term = None;
+        } else if state != ServerState::Leader && leading_term.take().is_some() {
+            app.partials.lock().expect("partials lock").clear();
         }
         if rx.changed().await.is_err() {
             return;

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod cow;
 pub mod liveness;
 pub mod network;
+pub mod partial;
 pub mod proposer;
 pub mod registry;
 pub mod store;

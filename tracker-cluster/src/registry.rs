@@ -515,6 +515,8 @@ impl Registry {
                 SearchHit {
                     file: rec.meta.clone(),
                     live_owners: rec.owners.iter().filter(|p| live(p)).count() as u32,
+                    // Soft state of the leader, filled in by the API.
+                    partial_owners: 0,
                 }
             })
             .collect();
@@ -535,6 +537,16 @@ impl Registry {
             }
         }
         ix
+    }
+
+    /// The metadata of a registered file.
+    pub fn file_meta(&self, file: &FileId) -> Option<&FileMeta> {
+        self.by_id.get(file).map(|&pos| &self.data.files[pos as usize].meta)
+    }
+
+    /// The addresses a peer announced.
+    pub fn peer_addrs(&self, peer: &PeerId) -> Option<&[SocketAddr]> {
+        self.data.peers.get(peer).map(|r| r.addrs.as_slice())
     }
 
     /// The position of a file (for [`LiveIndex::revive`]).
@@ -1374,6 +1386,7 @@ mod tests {
             },
             owners,
             next: Some(PeerId([255; 32])),
+            partial: Vec::new(),
         });
         let len = protocol::codec::encode_body(&reply).unwrap().len();
         assert!(len < limits.max_frame_bytes, "{len} bytes");
@@ -1575,7 +1588,7 @@ mod tests {
         one_by_one.apply(&batch(5000, q, writes));
         let strip = |r: &Registry| {
             let mut c = Registry::from_bytes(&r.to_bytes()).unwrap();
-            c.data.clients.clear();
+            c.data.clients = Default::default();
             c.digest()
         };
         assert_eq!(strip(&reg), strip(&one_by_one));

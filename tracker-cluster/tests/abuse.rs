@@ -264,6 +264,7 @@ async fn five_thousand_owners_listed_page_by_page() {
                 file: got,
                 owners,
                 next,
+                ..
             }) = send(&reader, &c, request).await
             else {
                 panic!("get-owners failed");

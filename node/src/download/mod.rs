@@ -9,6 +9,15 @@
 //! against its BLAKE3 hash, and only then written at its offset and
 //! counted.
 //!
+//! Partial owners: peers that are still downloading the file themselves
+//! (from the tracker, with the bit set they last announced) are sources
+//! like complete owners, for the chunks they hold. The bit set from the
+//! tracker only adds chunks; the peer's own `Have` answer, asked about
+//! every second while it is partial, replaces it. Owner lists that the
+//! caller sends while the download runs (`DownloadPlan::sources`, from
+//! re-asking the tracker) add the peers not known yet and update what
+//! partial peers hold.
+//!
 //! On disk, a download in progress lives in `DIR/.quorrent/`: `ID.part`
 //! (the data, written in place), `ID.have` (the verified-chunk bit set,
 //! saved every few chunks and whenever the download stops, even when its
@@ -38,9 +47,12 @@ use protocol::{
     ids::FileId,
     peer::{PeerError, PeerRequest, PeerResponse, ALPN, MAX_FRAME},
     tls::Identity,
-    tracker_api::PeerInfo,
+    tracker_api::{PartialOwner, PeerInfo},
 };
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::{
+    sync::mpsc,
+    task::{AbortHandle, JoinSet},
+};
 use tracing::{debug, info, warn};
 
 use crate::store::{HaveBits, SharedFile, Store};
@@ -56,10 +68,11 @@ const SAVE_EVERY: u32 = 32;
 /// on loopback more than this only overflows the receiving socket (4 peers
 /// into one endpoint): 8 MiB gave 1.3x the rate of 32 MiB in bench_p2p.
 const IN_FLIGHT_BUDGET: u64 = 8 << 20;
-/// How often and how many times partial peers are asked again for what
-/// they hold when the rest of the file is nowhere.
+/// How often partial peers are asked again for what they hold.
 const HAVE_REFRESH: Duration = Duration::from_secs(1);
-const HAVE_REFRESH_ROUNDS: u32 = 30;
+/// How long a download waits with nothing to fetch while partial peers
+/// may still get further, before it gives up.
+const STUCK_FOR: Duration = Duration::from_secs(30);
 
 /// Called with the state of the download after each verified chunk.
 pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
@@ -69,6 +82,12 @@ pub struct DownloadPlan {
     pub file_id: FileId,
     /// Owners to download from (the node itself excluded).
     pub peers: Vec<PeerInfo>,
+    /// Partial owners to download from too (the node itself excluded),
+    /// with the chunks the tracker says they hold.
+    pub partial: Vec<PartialOwner>,
+    /// Later owner lists (e.g. the tracker asked again every second or
+    /// two): new peers join, partial peers' bit sets are merged.
+    pub sources: Option<mpsc::Receiver<Sources>>,
     /// Folder the file lands in.
     pub dir: PathBuf,
     /// This node's key pair, presented to peers.
@@ -77,6 +96,13 @@ pub struct DownloadPlan {
     /// When given, verified chunks are served from here while downloading.
     pub store: Option<Arc<Store>>,
     pub progress: Option<ProgressFn>,
+}
+
+/// One owner list sent to a running download.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub owners: Vec<PeerInfo>,
+    pub partial: Vec<PartialOwner>,
 }
 
 /// A snapshot of a download's progress.
@@ -100,6 +126,10 @@ pub struct PeerReport {
     pub bytes: u64,
     pub bad_chunks: u32,
     pub dropped: bool,
+    /// The peer was still downloading the file when it joined.
+    pub partial: bool,
+    /// When the first chunk from it was verified (Unix ms).
+    pub first_chunk_ms: Option<u64>,
 }
 
 /// The result of a finished download.
@@ -114,6 +144,8 @@ pub struct DownloadReport {
     pub fetched_chunks: u32,
     pub per_peer: Vec<PeerReport>,
     pub seconds: f64,
+    /// When the last chunk was verified (Unix ms).
+    pub finished_ms: u64,
 }
 
 impl DownloadReport {
@@ -213,6 +245,7 @@ enum TaskOut {
     Have {
         peer: PeerIdx,
         bits: Option<Vec<u8>>,
+        complete: bool,
     },
 }
 
@@ -236,6 +269,11 @@ struct Member {
     /// Still being dialled.
     joining: bool,
     complete: bool,
+    /// Known as a partial owner, or joined saying it is not complete.
+    partial: bool,
+    /// A `Have` request to it is under way.
+    refreshing: bool,
+    first_chunk_ms: Option<u64>,
 }
 
 /// The open output of a download once its manifest is known.
@@ -250,23 +288,35 @@ struct Output {
 }
 
 /// Downloads `plan.file_id` into `plan.dir`; see the module documentation.
-pub async fn run(plan: DownloadPlan) -> Result<DownloadReport, DownloadError> {
-    if plan.peers.is_empty() {
+pub async fn run(mut plan: DownloadPlan) -> Result<DownloadReport, DownloadError> {
+    if plan.peers.is_empty() && plan.partial.is_empty() {
         return Err(DownloadError::NoPeers);
     }
+    let mut sources = plan.sources.take();
     let mut d = Download::start(&plan).await?;
     loop {
         if d.schedule()? {
             return d.finish().await;
         }
-        let Some(done) = d.tasks.join_next().await else {
+        let idle = d.tasks.is_empty();
+        if idle && sources.is_none() {
             // Nothing runs and nothing can be assigned: every peer is gone.
             let (verified, total) = d.out.as_ref().map_or((0, 0), |o| (o.have.count(), o.have.len()));
             return Err(DownloadError::AllPeersFailed { verified, total });
-        };
-        // An error here is a cancelled duplicate request.
-        if let Ok(event) = done {
-            d.on_event(event).await?;
+        }
+        tokio::select! {
+            done = d.tasks.join_next(), if !idle => {
+                // An error here is a cancelled duplicate request.
+                if let Some(Ok(event)) = done {
+                    d.on_event(event).await?;
+                }
+            }
+            got = async { sources.as_mut().expect("checked").recv().await }, if sources.is_some() => match got {
+                Some(s) => d.on_sources(s),
+                None => sources = None,
+            },
+            // Wakes a download that waits for partial peers to get further.
+            _ = tokio::time::sleep(HAVE_REFRESH), if idle => {}
         }
     }
 }
@@ -277,8 +327,11 @@ struct Download<'a> {
     started: Instant,
     endpoint: quinn::Endpoint,
     members: Vec<Member>,
-    /// Owners beyond `max_peers`, standing by to replace peers that fail.
-    reserve: VecDeque<PeerInfo>,
+    /// Owners beyond `max_peers`, standing by to replace peers that fail,
+    /// with the tracker's bit set for partial ones.
+    reserve: VecDeque<(PeerInfo, Option<Vec<u8>>)>,
+    /// Every peer ever seen (members and reserve), by id.
+    known: HashMap<protocol::ids::PeerId, Option<PeerIdx>>,
     tasks: JoinSet<TaskOut>,
     /// The output, once the manifest is known.
     out: Option<Output>,
@@ -288,7 +341,8 @@ struct Download<'a> {
     join_errors: Vec<String>,
     bad_manifests: Vec<String>,
     pending_haves: usize,
-    refresh_rounds: u32,
+    /// Since when nothing could be fetched (partial peers may get further).
+    stuck_since: Option<Instant>,
     running: HashMap<(PeerIdx, u32), AbortHandle>,
     buffers: Vec<Vec<u8>>,
     fetched: u32,
@@ -302,7 +356,12 @@ impl<'a> Download<'a> {
         let local_manifest = std::fs::read(sidecar(&plan.dir, &plan.file_id, "manifest"))
             .ok()
             .and_then(|b| Manifest::decode_checked(&b, plan.file_id).ok());
-        let bind: SocketAddr = if plan.peers.iter().flat_map(|p| &p.addrs).any(|a| a.is_ipv4()) {
+        let all_addrs = plan
+            .peers
+            .iter()
+            .flat_map(|p| &p.addrs)
+            .chain(plan.partial.iter().flat_map(|p| &p.peer.addrs));
+        let bind: SocketAddr = if all_addrs.clone().any(|a| a.is_ipv4()) {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
@@ -312,14 +371,15 @@ impl<'a> Download<'a> {
             started: Instant::now(),
             endpoint: protocol::quic::endpoint(bind, None).map_err(DownloadError::Socket)?,
             members: Vec::new(),
-            reserve: plan.peers.iter().cloned().collect(),
+            reserve: VecDeque::new(),
+            known: HashMap::new(),
             tasks: JoinSet::new(),
             out: None,
             waiting: Vec::new(),
             join_errors: Vec::new(),
             bad_manifests: Vec::new(),
             pending_haves: 0,
-            refresh_rounds: 0,
+            stuck_since: None,
             running: HashMap::new(),
             buffers: Vec::new(),
             fetched: 0,
@@ -328,8 +388,42 @@ impl<'a> Download<'a> {
         if let Some(m) = local_manifest {
             d.out = Some(open_output(plan, m, 0).await?);
         }
+        // Complete owners first: they can serve the whole file.
+        d.on_sources(Sources {
+            owners: plan.peers.clone(),
+            partial: plan.partial.clone(),
+        });
         d.top_up_peers()?;
         Ok(d)
+    }
+
+    /// An owner list: unknown peers go to the reserve; what partial peers
+    /// hold is merged (the tracker's copy only adds chunks).
+    fn on_sources(&mut self, sources: Sources) {
+        let partial = sources.partial.into_iter().map(|p| (p.peer, Some(p.have)));
+        for (info, have) in sources.owners.into_iter().map(|i| (i, None)).chain(partial) {
+            match self.known.get(&info.peer_id) {
+                None => {
+                    self.known.insert(info.peer_id, None);
+                    self.reserve.push_back((info, have));
+                }
+                Some(Some(p)) => {
+                    let p = *p;
+                    let m = &self.members[p];
+                    if let (Some(o), Some(bits), true) = (self.out.as_mut(), &have, m.conn.is_some()) {
+                        o.sched.add_have(p, bits);
+                    }
+                }
+                Some(None) => {
+                    // Still in the reserve: keep the newer bit set.
+                    if let Some(r) = self.reserve.iter_mut().find(|(i, _)| i.peer_id == info.peer_id) {
+                        if have.is_some() {
+                            r.1 = have;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The scheduler's clock: microseconds since the start.
@@ -342,7 +436,9 @@ impl<'a> Download<'a> {
     fn top_up_peers(&mut self) -> Result<(), DownloadError> {
         let max_peers = self.plan.sharing.max_peers.max(1);
         while self.members.iter().filter(|m| m.joining || m.conn.is_some()).count() < max_peers {
-            let Some(info) = self.reserve.pop_front() else { break };
+            let Some((info, tracker_have)) = self.reserve.pop_front() else {
+                break;
+            };
             let cfg = protocol::tls::quic_client(
                 protocol::tls::peer_client_crypto(info.peer_id, &self.plan.identity, ALPN)?,
                 protocol::quic::bulk_transport(),
@@ -355,11 +451,15 @@ impl<'a> Download<'a> {
                 self.plan.file_id,
                 self.out.is_none(),
             ));
+            self.known.insert(info.peer_id, Some(self.members.len()));
             self.members.push(Member {
                 info,
                 conn: None,
                 joining: true,
                 complete: false,
+                partial: tracker_have.is_some(),
+                refreshing: false,
+                first_chunk_ms: None,
             });
             if let Some(o) = self.out.as_mut() {
                 o.sched.add_peer(&[]);
@@ -411,19 +511,22 @@ impl<'a> Download<'a> {
         }
         let missing = match o.sched.progress() {
             SchedProgress::Done => return Ok(true),
-            SchedProgress::Running => return Ok(false),
+            SchedProgress::Running => {
+                self.stuck_since = None;
+                return Ok(false);
+            }
             SchedProgress::Stuck { missing } => missing,
         };
-        if pending_joins > 0 || self.pending_haves > 0 {
+        if pending_joins > 0 {
             return Ok(false);
         }
-        // The rest is nowhere: ask partial peers again, a few times, in
-        // case they got further; else give up.
-        let partial: Vec<PeerIdx> = (0..self.members.len())
-            .filter(|&p| self.members[p].conn.is_some() && !self.members[p].complete && o.sched.is_alive(p))
-            .collect();
+        // The rest is nowhere yet: wait while partial peers (asked again
+        // every second) may get further, up to STUCK_FOR; else give up.
+        let partial = (0..self.members.len())
+            .any(|p| self.members[p].conn.is_some() && !self.members[p].complete && o.sched.is_alive(p));
+        let since = *self.stuck_since.get_or_insert_with(Instant::now);
         let (verified, total) = (o.have.count(), o.have.len());
-        if partial.is_empty() || self.refresh_rounds >= HAVE_REFRESH_ROUNDS {
+        if !(partial || self.pending_haves > 0) || since.elapsed() >= STUCK_FOR {
             return Err(if o.sched.alive_peers() == 0 {
                 DownloadError::AllPeersFailed { verified, total }
             } else {
@@ -434,14 +537,20 @@ impl<'a> Download<'a> {
                 }
             });
         }
-        self.refresh_rounds += 1;
-        for p in partial {
-            if let Some(conn) = self.members[p].conn.clone() {
-                self.pending_haves += 1;
-                self.tasks.spawn(refresh_have(conn, self.plan.file_id, p));
-            }
-        }
         Ok(false)
+    }
+
+    /// Asks a partial peer again, in a second, what it holds (one request
+    /// at a time per peer, for as long as it is partial).
+    fn refresh_later(&mut self, p: PeerIdx) {
+        let m = &mut self.members[p];
+        if m.refreshing || m.complete {
+            return;
+        }
+        let Some(conn) = m.conn.clone() else { return };
+        m.refreshing = true;
+        self.pending_haves += 1;
+        self.tasks.spawn(refresh_have(conn, self.plan.file_id, p));
     }
 
     async fn on_event(&mut self, event: TaskOut) -> Result<(), DownloadError> {
@@ -458,10 +567,14 @@ impl<'a> Download<'a> {
                 m.joining = false;
                 m.conn = Some(conn);
                 m.complete = complete;
+                m.partial |= !complete;
                 if let (None, Some(manifest)) = (&self.out, manifest) {
                     self.out = Some(open_output(self.plan, manifest, self.members.len()).await?);
                 }
                 self.waiting.push((peer, Some(have)));
+                if !complete {
+                    self.refresh_later(peer);
+                }
             }
             TaskOut::JoinFailed {
                 peer,
@@ -479,10 +592,15 @@ impl<'a> Download<'a> {
                 }
                 self.waiting.push((peer, None));
             }
-            TaskOut::Have { peer, bits } => {
+            TaskOut::Have { peer, bits, complete } => {
                 self.pending_haves -= 1;
+                self.members[peer].refreshing = false;
                 if let (Some(o), Some(bits)) = (self.out.as_mut(), bits) {
                     o.sched.update_have(peer, &bits);
+                    self.members[peer].complete = complete;
+                }
+                if self.out.as_ref().is_some_and(|o| o.sched.is_alive(peer)) {
+                    self.refresh_later(peer);
                 }
             }
             TaskOut::Fetched {
@@ -513,6 +631,9 @@ impl<'a> Download<'a> {
                     }
                 }
                 if o.have.set(chunk) {
+                    if member.first_chunk_ms.is_none() {
+                        member.first_chunk_ms = Some(protocol::unix_ms());
+                    }
                     self.fetched += 1;
                     self.since_save += 1;
                     if self.since_save >= SAVE_EVERY {
@@ -562,6 +683,7 @@ impl<'a> Download<'a> {
         let Some(mut o) = self.out.take() else {
             unreachable!("a download completes only once its manifest is known")
         };
+        let finished_ms = protocol::unix_ms();
         self.tasks.abort_all();
         let file = o.file.clone();
         tokio::task::spawn_blocking(move || file.sync_data())
@@ -587,6 +709,8 @@ impl<'a> Download<'a> {
                     bytes: s.bytes,
                     bad_chunks: s.strikes,
                     dropped: s.dropped,
+                    partial: m.partial,
+                    first_chunk_ms: m.first_chunk_ms,
                 }
             })
             .collect();
@@ -600,6 +724,7 @@ impl<'a> Download<'a> {
             fetched_chunks: self.fetched,
             per_peer,
             seconds: self.started.elapsed().as_secs_f64(),
+            finished_ms,
         })
     }
 }
@@ -673,7 +798,10 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
     let max_depth = plan.sharing.max_in_flight_per_peer.max(2);
     let budget = (IN_FLIGHT_BUDGET / manifest.chunk_size as u64).max(4) as usize;
     let max_total = budget.min(max_depth * plan.sharing.max_peers.max(1));
-    let mut sched = Scheduler::new(n, SchedConfig::new(max_depth, max_total), |c| have.get(c));
+    let mut cfg = SchedConfig::new(max_depth, max_total);
+    // Downloaders that start together ask for different chunks first.
+    cfg.seed = rand::random::<u64>() | 1;
+    let mut sched = Scheduler::new(n, cfg, |c| have.get(c));
     // Every peer has a slot from the start, empty until it says what it holds.
     for _ in 0..peers {
         sched.add_peer(&[]);
@@ -841,11 +969,11 @@ async fn request(conn: &quinn::Connection, req: &PeerRequest) -> Result<PeerResp
 
 async fn refresh_have(conn: quinn::Connection, id: FileId, peer: PeerIdx) -> TaskOut {
     tokio::time::sleep(HAVE_REFRESH).await;
-    let bits = match request(&conn, &PeerRequest::Have { file: id }).await {
-        Ok(PeerResponse::Have { bits, .. }) => Some(bits),
-        _ => None,
+    let (bits, complete) = match request(&conn, &PeerRequest::Have { file: id }).await {
+        Ok(PeerResponse::Have { bits, complete }) => (Some(bits), complete),
+        _ => (None, false),
     };
-    TaskOut::Have { peer, bits }
+    TaskOut::Have { peer, bits, complete }
 }
 
 /// Fetches one chunk into `buf`, verifies it and writes it at its offset.

@@ -6,7 +6,13 @@
 //!
 //! Policy:
 //! - Rarest first: unrequested chunks are kept ordered by how many live
-//!   peers hold them, and a peer takes the rarest one it holds.
+//!   peers hold them (complete and partial peers alike), and a peer takes
+//!   the rarest one it holds. Ties are broken in an order drawn from
+//!   `seed`, so that downloaders starting together from one seeder ask it
+//!   for different chunks and then have something to give each other.
+//! - Partial peers: what a peer holds can grow (`add_have`, e.g. from the
+//!   tracker's copy of its bit set) or be replaced (`update_have`, its own
+//!   answer); a chunk a peer once sent bad is never counted for it again.
 //! - Depth per peer: between `min_depth` and `max_depth` requests in
 //!   flight, in proportion to the peer's measured throughput relative to
 //!   the fastest peer, so faster peers get more of the work.
@@ -38,6 +44,9 @@ pub struct SchedConfig {
     pub max_failures: u32,
     /// Copies of one request in flight at most during the endgame.
     pub max_dup: u8,
+    /// Order among equally rare chunks: 0 for index order, else a
+    /// permutation drawn from this seed.
+    pub seed: u64,
 }
 
 impl SchedConfig {
@@ -51,6 +60,7 @@ impl SchedConfig {
             max_strikes: 3,
             max_failures: 5,
             max_dup: 2,
+            seed: 0,
         }
     }
 }
@@ -78,6 +88,8 @@ pub struct PeerStats {
 #[derive(Debug)]
 struct Peer {
     have: Vec<u64>,
+    /// Chunks this peer sent bad: never counted for it again.
+    bad: Vec<u32>,
     alive: bool,
     /// Outstanding requests: chunk and the time it was sent.
     in_flight: Vec<(u32, u64)>,
@@ -126,8 +138,12 @@ pub struct Scheduler {
     avail: Vec<u16>,
     /// Requests in flight for each chunk.
     outstanding: Vec<u8>,
-    /// Missing chunks with no request in flight, rarest first.
+    /// Missing chunks with no request in flight, rarest first, as
+    /// (holders, rank); `order[rank]` is the chunk.
     pool: BTreeSet<(u16, u32)>,
+    /// Rank of each chunk among equally rare ones, and its inverse.
+    rank: Vec<u32>,
+    order: Vec<u32>,
     /// Missing chunks with at least one request in flight.
     requested: BTreeSet<u32>,
     peers: Vec<Peer>,
@@ -140,8 +156,18 @@ impl Scheduler {
     pub fn new(chunks: u32, cfg: SchedConfig, have: impl Fn(u32) -> bool) -> Self {
         let done: Vec<bool> = (0..chunks).map(have).collect();
         let remaining = done.iter().filter(|d| !**d).count() as u32;
-        let pool = (0..chunks).filter(|&c| !done[c as usize]).map(|c| (0, c)).collect();
+        let order = permutation(chunks, cfg.seed);
+        let mut rank = vec![0; chunks as usize];
+        for (r, &c) in order.iter().enumerate() {
+            rank[c as usize] = r as u32;
+        }
+        let pool = (0..chunks)
+            .filter(|&c| !done[c as usize])
+            .map(|c| (0, rank[c as usize]))
+            .collect();
         Scheduler {
+            rank,
+            order,
             cfg,
             done,
             remaining,
@@ -166,6 +192,7 @@ impl Scheduler {
         let idx = self.peers.len();
         self.peers.push(Peer {
             have: words,
+            bad: Vec::new(),
             alive: true,
             in_flight: Vec::new(),
             failures: 0,
@@ -182,14 +209,29 @@ impl Scheduler {
         idx
     }
 
-    /// Replaces what a live peer holds (a partial peer that got further).
+    /// Replaces what a live peer holds (a partial peer that got further,
+    /// in its own answer).
     pub fn update_have(&mut self, p: PeerIdx, have: &[u8]) {
+        self.merge_have(p, have, true);
+    }
+
+    /// Adds to what a live peer holds (e.g. the tracker's copy of a
+    /// partial peer's bit set, which may be older than the peer's own
+    /// answer, so it never takes a chunk away).
+    pub fn add_have(&mut self, p: PeerIdx, have: &[u8]) {
+        self.merge_have(p, have, false);
+    }
+
+    fn merge_have(&mut self, p: PeerIdx, have: &[u8], replace: bool) {
         if !self.peers[p].alive {
             return;
         }
         for c in 0..self.done.len() as u32 {
-            let now = have.get(c as usize / 8).is_some_and(|b| b & (1 << (c % 8)) != 0);
             let peer = &mut self.peers[p];
+            let now = have.get(c as usize / 8).is_some_and(|b| b & (1 << (c % 8)) != 0) && !peer.bad.contains(&c);
+            if !now && !replace {
+                continue;
+            }
             match (peer.has(c), now) {
                 (false, true) => {
                     peer.have[c as usize / 64] |= 1 << (c % 64);
@@ -209,8 +251,9 @@ impl Scheduler {
         let old = self.avail[i];
         let new = (old as i32 + by).clamp(0, u16::MAX as i32) as u16;
         self.avail[i] = new;
-        if self.pool.remove(&(old, c)) {
-            self.pool.insert((new, c));
+        let r = self.rank[i];
+        if self.pool.remove(&(old, r)) {
+            self.pool.insert((new, r));
         }
     }
 
@@ -264,9 +307,9 @@ impl Scheduler {
 
     fn pick(&mut self, p: PeerIdx) -> Option<u32> {
         let peer = &self.peers[p];
-        if let Some(&key) = self.pool.iter().find(|&&(_, c)| peer.has(c)) {
+        if let Some(&key) = self.pool.iter().find(|&&(_, r)| peer.has(self.order[r as usize])) {
             self.pool.remove(&key);
-            return Some(key.1);
+            return Some(self.order[key.1 as usize]);
         }
         // Endgame: duplicate the least duplicated outstanding request.
         self.requested
@@ -287,7 +330,7 @@ impl Scheduler {
         if self.outstanding[i] == 0 {
             self.requested.remove(&c);
             if !self.done[i] {
-                self.pool.insert((self.avail[i], c));
+                self.pool.insert((self.avail[i], self.rank[i]));
             }
         }
         Some(sent)
@@ -313,7 +356,7 @@ impl Scheduler {
         }
         self.done[i] = true;
         self.remaining -= 1;
-        self.pool.remove(&(self.avail[i], c));
+        self.pool.remove(&(self.avail[i], self.rank[i]));
         self.peers[p].stats.chunks += 1;
         self.peers[p].stats.bytes += bytes;
         let mut cancel = Vec::new();
@@ -335,6 +378,7 @@ impl Scheduler {
         if self.peers[p].clear(c) {
             self.shift_avail(c, -1);
         }
+        self.peers[p].bad.push(c);
         self.peers[p].stats.strikes += 1;
         if self.peers[p].stats.strikes >= self.cfg.max_strikes {
             self.peer_gone(p);
@@ -388,7 +432,7 @@ impl Scheduler {
         }
         let assignable = self.peers.iter().any(|peer| {
             peer.alive
-                && (self.pool.iter().any(|&(_, c)| peer.has(c))
+                && (self.pool.iter().any(|&(_, r)| peer.has(self.order[r as usize]))
                     || self.requested.iter().any(|&c| peer.has(c) && !peer.requested(c)))
         });
         if assignable {
@@ -423,6 +467,28 @@ impl Scheduler {
     pub fn in_flight(&self) -> usize {
         self.total_in_flight
     }
+}
+
+/// 0..n in index order for seed 0, else shuffled (Fisher-Yates with a
+/// splitmix64 stream from `seed`).
+fn permutation(n: u32, seed: u64) -> Vec<u32> {
+    let mut v: Vec<u32> = (0..n).collect();
+    if seed == 0 {
+        return v;
+    }
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    for i in (1..v.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v
 }
 
 #[cfg(test)]
@@ -598,6 +664,68 @@ mod tests {
         // A late answer of the cancelled copy changes nothing.
         assert!(s.chunk_ok(a, 0, 10, 6).is_empty());
         assert_eq!(s.stats(a).chunks, 0);
+    }
+
+    #[test]
+    fn partial_peers_grow_and_count_for_rarity() {
+        let mut s = Scheduler::new(16, SchedConfig::new(2, 64), |_| false);
+        let seeder = s.add_peer(&all(16));
+        let part = s.add_peer(&[0, 0]);
+        // The partial peer has nothing yet: only the seeder is asked.
+        let sent = s.assign(0);
+        assert!(sent.iter().all(|&(p, _)| p == seeder), "{sent:?}");
+        for &(p, c) in &sent {
+            s.request_failed(p, c, false);
+        }
+        // The tracker says it now holds chunks 0..8; they become less rare,
+        // so the seeder is asked for the others first.
+        s.add_have(part, &[0xff, 0]);
+        let sent = s.assign(1);
+        let from_seeder: Vec<u32> = sent.iter().filter(|&&(p, _)| p == seeder).map(|&(_, c)| c).collect();
+        let from_part: Vec<u32> = sent.iter().filter(|&&(p, _)| p == part).map(|&(_, c)| c).collect();
+        assert!(from_seeder.iter().all(|&c| c >= 8), "{from_seeder:?}");
+        assert!(
+            !from_part.is_empty() && from_part.iter().all(|&c| c < 8),
+            "{from_part:?}"
+        );
+        // An older copy from the tracker never takes a chunk away; the
+        // peer's own answer does.
+        s.add_have(part, &[0x0f, 0]);
+        assert!(s.peers[part].has(7));
+        s.update_have(part, &[0x0f, 0]);
+        assert!(!s.peers[part].has(7) && s.peers[part].has(3));
+    }
+
+    #[test]
+    fn a_bad_chunk_is_never_counted_again_for_that_peer() {
+        let mut s = Scheduler::new(8, SchedConfig::new(2, 64), |_| false);
+        let p = s.add_peer(&[0b11]);
+        let sent = s.assign(0);
+        let (_, c) = sent[0];
+        assert!(!s.chunk_bad(p, c));
+        s.add_have(p, &[0b11]);
+        s.update_have(p, &[0b11]);
+        assert!(!s.peers[p].has(c));
+        assert_eq!(s.avail[c as usize], 0);
+    }
+
+    #[test]
+    fn seeded_order_spreads_equally_rare_chunks() {
+        let first = |seed| {
+            let mut cfg = SchedConfig::new(4, 64);
+            cfg.seed = seed;
+            let mut s = Scheduler::new(1000, cfg, |_| false);
+            s.add_peer(&all(1000));
+            let mut got: Vec<u32> = s.assign(0).into_iter().map(|(_, c)| c).collect();
+            got.sort();
+            got
+        };
+        assert_eq!(first(0), vec![0, 1, 2], "seed 0 keeps index order");
+        assert_ne!(first(1), first(2), "two downloaders ask for different chunks");
+        assert_eq!(first(7), first(7));
+        let mut p = permutation(1000, 5);
+        p.sort();
+        assert_eq!(p, (0..1000).collect::<Vec<_>>());
     }
 
     #[test]

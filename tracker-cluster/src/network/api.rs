@@ -15,7 +15,7 @@ use std::{
 use protocol::{
     codec::{self, CodecError},
     ids::{check_query, check_user},
-    tracker_api::{Answer, ApiError, Consistency, Envelope, Reply, Request, MAX_OWN_MANY},
+    tracker_api::{Answer, ApiError, Consistency, Envelope, PartialOwner, PeerInfo, Reply, Request, MAX_OWN_MANY},
 };
 
 use crate::{
@@ -171,6 +171,8 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
             };
             let answer = propose_from_peer(app, write_id, peer_id, op).await;
             if answer.is_ok() {
+                // A complete owner now, no longer a partial one.
+                app.partials.lock().expect("partials lock").remove(&file_id, &peer_id);
                 // A file the live index left out has a live owner again.
                 let pos = app.state.read().registry.position(&file_id);
                 if let (Some(pos), Some(ix)) = (pos, app.live_index.lock().expect("live index lock").as_mut()) {
@@ -199,6 +201,11 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
             };
             let answer = propose_from_peer(app, write_id, peer_id, op).await;
             if answer.is_ok() {
+                let mut partials = app.partials.lock().expect("partials lock");
+                for id in &ids {
+                    partials.remove(id, &peer_id);
+                }
+                drop(partials);
                 let st = app.state.read();
                 if let Some(ix) = app.live_index.lock().expect("live index lock").as_mut() {
                     for pos in ids.iter().filter_map(|id| st.registry.position(id)) {
@@ -211,7 +218,8 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
         Request::Disown { peer_id, file_id } => {
             app.leader_check()?;
             let token = token.ok_or(ApiError::NotLoggedIn)?;
-            app.proposer
+            let answer = app
+                .proposer
                 .propose(Write {
                     id: write_id,
                     op: Op::Disown {
@@ -220,7 +228,32 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
                         file: file_id,
                     },
                 })
-                .await
+                .await;
+            if answer.is_ok() {
+                app.partials.lock().expect("partials lock").remove(&file_id, &peer_id);
+            }
+            answer
+        }
+        Request::AnnouncePartial { peer_id, file_id, have } => {
+            app.leader_check()?;
+            let token = token.ok_or(ApiError::NotLoggedIn)?;
+            let file = {
+                let st = app.state.read();
+                let now = st.registry.now_ms(app.clock.now_ms());
+                st.registry.check_peer_session(&token, &peer_id, now)?;
+                st.registry
+                    .file_meta(&file_id)
+                    .cloned()
+                    .ok_or(ApiError::UnknownFile(file_id))?
+            };
+            let now = Instant::now();
+            app.partials
+                .lock()
+                .expect("partials lock")
+                .announce(peer_id, &file, have, now)?;
+            // A sign of life like a heartbeat.
+            app.liveness.lock().expect("liveness lock").touch(peer_id, now);
+            Ok(Reply::Done)
         }
         Request::Heartbeat { peer_id } => {
             app.leader_check()?;
@@ -241,27 +274,63 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
             read_barrier(app, consistency).await?;
             let limit = limit.clamp(1, app.config.limits.max_search_page);
             let leading = app.leader_check().is_ok();
-            let live = app.live_fn();
-            let st = app.state.read();
-            st.registry
-                .session_user(&token, st.registry.now_ms(app.clock.now_ms()))?;
-            // On the leader, files whose owners are all long gone are
-            // skipped via the live index (see `App::live_index`).
-            let index = app.live_index.lock().expect("live index lock");
-            let index = index.as_ref().filter(|_| leading);
-            let (hits, next) = st.registry.search_with(&text, cursor, limit, live, index);
+            let (mut hits, next) = {
+                let live = app.live_fn();
+                let st = app.state.read();
+                st.registry
+                    .session_user(&token, st.registry.now_ms(app.clock.now_ms()))?;
+                // On the leader, files whose owners are all long gone are
+                // skipped via the live index (see `App::live_index`).
+                let index = app.live_index.lock().expect("live index lock");
+                let index = index.as_ref().filter(|_| leading);
+                st.registry.search_with(&text, cursor, limit, live, index)
+            };
+            if leading {
+                let now = Instant::now();
+                let partials = app.partials.lock().expect("partials lock");
+                for h in &mut hits {
+                    h.partial_owners = partials.count(&h.file.id, now);
+                }
+            }
             Ok(Reply::Files { hits, next })
         }
         Request::GetOwners { file_id, cursor, limit } => {
             let token = token.ok_or(ApiError::NotLoggedIn)?;
             read_barrier(app, consistency).await?;
             let limit = limit.clamp(1, app.config.owners.max_owners_page);
+            // Partial owners come with the first page, from the leader.
+            let partial: Vec<_> = if cursor.is_none() && app.leader_check().is_ok() {
+                let now = Instant::now();
+                let partials = app.partials.lock().expect("partials lock");
+                partials
+                    .owners(&file_id, now)
+                    .into_iter()
+                    .map(|(p, have)| (p, have.to_vec()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let live = app.live_fn();
             let st = app.state.read();
             st.registry
                 .session_user(&token, st.registry.now_ms(app.clock.now_ms()))?;
             let (file, owners, next) = st.registry.owners_page(&file_id, cursor, limit, live)?;
-            Ok(Reply::Owners { file, owners, next })
+            let partial = partial
+                .into_iter()
+                .filter_map(|(peer_id, have)| {
+                    let addrs = st.registry.peer_addrs(&peer_id)?.to_vec();
+                    Some(PartialOwner {
+                        peer: PeerInfo { peer_id, addrs },
+                        have,
+                    })
+                })
+                .collect();
+            Ok(Reply::Owners {
+                file,
+                owners,
+                next,
+                partial,
+            })
         }
     }
 }
