@@ -15,6 +15,7 @@
 //! records this module writes and reads, see [`Frozen`]).
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 
 use crate::cow::{CowMap, Segments};
@@ -160,7 +161,7 @@ struct Data {
 pub struct Registry {
     data: Data,
     /// File id -> position in `data.files` (derived).
-    by_id: HashMap<FileId, u32>,
+    by_id: ById,
     /// Lower-case names for substring search (derived).
     names: NameIndex,
     /// User -> peers announced (derived; quota).
@@ -277,8 +278,8 @@ impl Registry {
             Op::Own { token, peer, file } => {
                 let user = self.check_peer(token, peer, now)?.to_owned();
                 check_meta(file)?;
-                let slot = match self.by_id.get(&file.id) {
-                    Some(&pos) => {
+                let slot = match self.by_id.get(&self.data.files, &file.id) {
+                    Some(pos) => {
                         let rec = &self.data.files[pos as usize];
                         if rec.meta != *file {
                             return Err(ApiError::FileConflict(file.id));
@@ -300,21 +301,16 @@ impl Registry {
                 *owned += 1;
                 match slot {
                     Some((pos, at)) => self.file_mut(pos).owners.insert(at, *peer),
-                    None => {
-                        let pos = self.data.files.len() as u32;
-                        self.names.push(&file.name);
-                        self.by_id.insert(file.id, pos);
-                        self.data.files.push(FileRecord {
-                            meta: file.clone(),
-                            owners: vec![*peer],
-                        });
-                    }
+                    None => self.push_file(file.clone(), *peer),
                 }
                 Ok(Reply::Done)
             }
             Op::Disown { token, peer, file } => {
                 let user = self.check_peer(token, peer, now)?.to_owned();
-                let pos = *self.by_id.get(file).ok_or(ApiError::UnknownFile(*file))?;
+                let pos = self
+                    .by_id
+                    .get(&self.data.files, file)
+                    .ok_or(ApiError::UnknownFile(*file))?;
                 if let Ok(at) = self.data.files[pos as usize].owners.binary_search(peer) {
                     self.file_mut(pos).owners.remove(at);
                     if let Some(n) = self.user_owned.get_mut(&user) {
@@ -351,8 +347,8 @@ impl Registry {
                 }
                 continue;
             }
-            match self.by_id.get(&f.id) {
-                Some(&pos) => {
+            match self.by_id.get(&self.data.files, &f.id) {
+                Some(pos) => {
                     let rec = &self.data.files[pos as usize];
                     if rec.meta != *f {
                         return Err(ApiError::FileConflict(f.id));
@@ -371,21 +367,13 @@ impl Registry {
         }
         *owned += new;
         for f in files {
-            match self.by_id.get(&f.id) {
-                Some(&pos) => {
+            match self.by_id.get(&self.data.files, &f.id) {
+                Some(pos) => {
                     if let Err(at) = self.data.files[pos as usize].owners.binary_search(peer) {
                         self.file_mut(pos).owners.insert(at, *peer);
                     }
                 }
-                None => {
-                    let pos = self.data.files.len() as u32;
-                    self.names.push(&f.name);
-                    self.by_id.insert(f.id, pos);
-                    self.data.files.push(FileRecord {
-                        meta: f.clone(),
-                        owners: vec![*peer],
-                    });
-                }
+                None => self.push_file(f.clone(), *peer),
             }
         }
         Ok(Reply::Owned {
@@ -409,6 +397,18 @@ impl Registry {
             .clients
             .retain(|_, c| now.saturating_sub(c.at_ms) < CLIENT_TTL_MS);
         self.data.last_prune_ms = now;
+    }
+
+    /// Registers a file not known yet, owned by `peer`.
+    fn push_file(&mut self, meta: FileMeta, peer: PeerId) {
+        let pos = self.data.files.len() as u32;
+        self.names.push(&meta.name);
+        self.data.files.push(FileRecord {
+            meta,
+            owners: vec![peer],
+        });
+        let added = self.by_id.insert(&self.data.files, pos);
+        debug_assert!(added, "push_file of a known file");
     }
 
     fn file_mut(&mut self, pos: u32) -> &mut FileRecord {
@@ -541,7 +541,9 @@ impl Registry {
 
     /// The metadata of a registered file.
     pub fn file_meta(&self, file: &FileId) -> Option<&FileMeta> {
-        self.by_id.get(file).map(|&pos| &self.data.files[pos as usize].meta)
+        self.by_id
+            .get(&self.data.files, file)
+            .map(|pos| &self.data.files[pos as usize].meta)
     }
 
     /// The addresses a peer announced.
@@ -551,7 +553,7 @@ impl Registry {
 
     /// The position of a file (for [`LiveIndex::revive`]).
     pub fn position(&self, file: &FileId) -> Option<u32> {
-        self.by_id.get(file).copied()
+        self.by_id.get(&self.data.files, file)
     }
 
     /// All owners of a file, with addresses.
@@ -572,7 +574,10 @@ impl Registry {
         limit: u32,
         live: impl Fn(&PeerId) -> bool,
     ) -> Result<(FileMeta, Vec<PeerInfo>, Option<PeerId>), ApiError> {
-        let pos = *self.by_id.get(file).ok_or(ApiError::UnknownFile(*file))?;
+        let pos = self
+            .by_id
+            .get(&self.data.files, file)
+            .ok_or(ApiError::UnknownFile(*file))?;
         let rec = &self.data.files[pos as usize];
         let from = match after {
             None => 0,
@@ -705,7 +710,7 @@ impl Registry {
                     f.meta.id
                 )));
             }
-            if reg.by_id.insert(f.meta.id, i as u32).is_some() {
+            if !reg.by_id.insert(&reg.data.files, i as u32) {
                 return Err(SnapshotError::Invalid(format!("file {} registered twice", f.meta.id)));
             }
             reg.names.push(&f.meta.name);
@@ -914,6 +919,37 @@ fn merge_sorted(a: Vec<usize>, b: Vec<usize>) -> Vec<usize> {
         }
     }
     out
+}
+
+/// File id -> position in the files, holding the positions alone (4 bytes
+/// and a control byte a slot, where a map keyed by the 32-byte id would
+/// take 37): the id is read from the file record when a slot is compared.
+/// Keyed hashing, as file ids are chosen by nodes.
+#[derive(Debug, Default)]
+struct ById {
+    table: hashbrown::HashTable<u32>,
+    hasher: std::hash::RandomState,
+}
+
+impl ById {
+    fn get(&self, files: &Segments<FileRecord>, id: &FileId) -> Option<u32> {
+        self.table
+            .find(self.hasher.hash_one(id), |&p| files[p as usize].meta.id == *id)
+            .copied()
+    }
+
+    /// Indexes the file at `pos`; false if its id is indexed already.
+    fn insert(&mut self, files: &Segments<FileRecord>, pos: u32) -> bool {
+        let id = &files[pos as usize].meta.id;
+        if self.get(files, id).is_some() {
+            return false;
+        }
+        let hasher = &self.hasher;
+        self.table.insert_unique(hasher.hash_one(id), pos, |&p| {
+            hasher.hash_one(&files[p as usize].meta.id)
+        });
+        true
+    }
 }
 
 /// The leader's search index of files with a recently live owner (soft

@@ -30,9 +30,18 @@ pub struct LogStore {
     db: Db,
 }
 
+/// redb's page cache for the log.
+const LOG_CACHE_BYTES: usize = 64 << 20;
+
 impl LogStore {
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = redb::Database::create(path).map_err(write_err)?;
+        // redb caches up to 1 GiB by default; the log is read back only
+        // while entries are replicated or re-applied, soon after they are
+        // written, and the registry needs the memory more.
+        let db = redb::Builder::new()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create(path)
+            .map_err(write_err)?;
         let txn = db.begin_write().map_err(write_err)?;
         txn.open_table(LOGS).map_err(write_err)?;
         txn.open_table(META).map_err(write_err)?;
