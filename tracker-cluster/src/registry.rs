@@ -747,7 +747,6 @@ impl Registry {
         peers.sort_by_key(|(k, _)| **k);
         feed(enc(&peers));
         feed(enc(&self.data.files.iter().collect::<Vec<_>>()));
-        feed(enc(&self.data.clock_ms));
         let mut clients: Vec<_> = self.data.clients.iter().collect();
         clients.sort_by_key(|(k, _)| **k);
         feed(enc(&clients));
