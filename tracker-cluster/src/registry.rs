@@ -945,7 +945,7 @@ impl ById {
         }
         let hasher = &self.hasher;
         self.table.insert_unique(hasher.hash_one(id), pos, |&p| {
-            hasher.hash_one(&files[p as usize].meta.id)
+            hasher.hash_one(files[p as usize].meta.id)
         });
         true
     }
