@@ -16,9 +16,8 @@
 #     time until it has applied what the leader has, and its peak RSS
 #     (VmHWM) against its RSS once settled.
 # Usage: scripts/bench-registry.sh [--files N] [--members M] [--clients K]
-# Defaults: 10,000,000 files, 3 members, 8 loader clients. Until the
-# snapshot format streams, above ~2.5M files a snapshot cannot be read
-# back (bincode's 256 MiB cap): use --files 1000000 (or 200000 to try).
+# Defaults: 10,000,000 files, 3 members, 8 loader clients (--files
+# 200000 for a quick try).
 # Environment: BENCH_MAX_BATCH (the members' max_batch, default 1024),
 # BENCH_STEADY_RATE (writes/s of the steady load, default 200).
 # Files live in run/bench-registry (data removed at the end unless
@@ -37,7 +36,7 @@ while [ $# -gt 0 ]; do
     --files) FILES="$2"; shift 2 ;;
     --members) MEMBERS="$2"; shift 2 ;;
     --clients) CLIENTS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-registry.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -92,11 +92,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
+        let purged: Option<LogId> = self.get_meta(PURGED)?;
         let txn = self.db.begin_read().map_err(read_err)?;
         let table = txn.open_table(LOGS).map_err(read_err)?;
         let mut out = Vec::new();
         for item in table.range(range).map_err(read_err)? {
-            let (_, v) = item.map_err(read_err)?;
+            let (k, v) = item.map_err(read_err)?;
+            // Purged, not yet deleted (see `purge`).
+            if purged.is_some_and(|p| k.value() <= p.index) {
+                continue;
+            }
             out.push(decode_entry(v.value()).map_err(read_err)?);
         }
         Ok(out)
@@ -108,7 +113,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let purged: Option<LogId> = self.get_meta(PURGED)?;
-        let last = self.last_entry()?.or(purged);
+        // Entries at or below the purge mark may linger while `purge`
+        // deletes them in the background: the mark wins.
+        let last = self.last_entry()?.max(purged);
         Ok(LogState {
             last_purged_log_id: purged,
             last_log_id: last,
@@ -190,21 +197,55 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .map_err(write_err)
     }
 
+    /// Records the purge mark durably and returns; the entries up to it
+    /// are deleted afterwards on the blocking pool, a few per short
+    /// transaction, and reads skip them meanwhile (`try_get_log_entries`,
+    /// `get_log_state`). openraft awaits `purge` on its core task: deleting
+    /// a log of gigabytes there (every snapshot at ten million files)
+    /// stopped the leader's heartbeats for half a second and a follower
+    /// stood for election. A crash part way leaves entries at or below the
+    /// mark, which nothing reads and the next purge deletes.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let bytes = protocol::codec::encode_body(&log_id).map_err(write_err)?;
+        self.put_meta(PURGED, &log_id).await?;
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
-            let txn = db.begin_write()?;
-            txn.open_table(META)?.insert(PURGED, bytes.as_slice())?;
-            txn.open_table(LOGS)?.retain_in(..=log_id.index, |_, _| false)?;
-            txn.commit()?;
-            Ok(())
-        })
-        .await
-        .map_err(write_err)?
-        .map_err(write_err)
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = delete_up_to(&db, log_id.index) {
+                tracing::warn!(error = %e, upto = log_id.index, "deleting purged log entries failed; the next purge retries");
+            }
+        });
+        Ok(())
     }
 }
+
+/// Deletes the log entries at or below `index`, [`PURGE_STEP`] per
+/// transaction, so appends are never held up for long.
+fn delete_up_to(db: &redb::Database, index: u64) -> Result<(), redb::Error> {
+    loop {
+        let mut txn = db.begin_write()?;
+        // Durable with the next durable commit (an append); losing them in
+        // a crash only leaves entries behind the mark.
+        txn.set_durability(redb::Durability::None);
+        let more = {
+            let mut logs = txn.open_table(LOGS)?;
+            let keys: Vec<u64> = logs
+                .range(..=index)?
+                .take(PURGE_STEP)
+                .map(|r| r.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()?;
+            for k in &keys {
+                logs.remove(k)?;
+            }
+            keys.len() == PURGE_STEP
+        };
+        txn.commit()?;
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+/// Log entries deleted per transaction when purging.
+const PURGE_STEP: usize = 64;
 
 /// Decodes a stored log entry. An entry written before batches carried
 /// quotas (the first release) decodes as such and is applied as it was
