@@ -1001,7 +1001,9 @@ struct NameIndex {
     text: Vec<u8>,
     /// Start offset of each name in `text`.
     starts: Vec<usize>,
-    /// One trigram filter per block of names.
+    /// One trigram filter per block of names (boxed: the vector grows by
+    /// pointers, not by copying kilobytes with twice the room).
+    #[allow(clippy::vec_box)]
     filters: Vec<Box<[u64; FILTER_BITS / 64]>>,
 }
 
