@@ -13,6 +13,8 @@
 //! (the tracker's answers, files appearing), never on fixed sleeps, and
 //! everything is bounded by a timeout.
 
+mod common;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -20,19 +22,18 @@ use std::{
     time::Duration,
 };
 
+use common::*;
 use node::tracker::TrackerClient;
 use protocol::{
-    config::{NodeConfig, ProxyConfig, SharingConfig},
+    config::NodeConfig,
     ids::FileId,
     tracker_api::{ApiError, PeerInfo, Reply, Request, SearchHit},
 };
-use proxy::Proxy;
 use rand::{RngCore, SeedableRng};
 use tracker_cluster::testing::{free_port, ApiClient, TestCluster};
 
 /// Bound on one command, and on waiting for the cluster.
 const LIMIT: Duration = Duration::from_secs(60);
-const PASSWORD: &str = "pw-secret";
 
 /// A started cluster of three members, `owner_ttl` seconds of owner
 /// liveness when given (the default is 30 s).
@@ -51,75 +52,8 @@ async fn cluster(owner_ttl: Option<u64>) -> TestCluster {
     c
 }
 
-/// A real proxy in front of `c`, named `name` (its certificate), on `port`
-/// (0: ephemeral).
-async fn start_proxy(c: &TestCluster, name: &str, port: u16) -> Proxy {
-    let cfg = ProxyConfig {
-        name: name.into(),
-        listen: format!("127.0.0.1:{port}"),
-        trackers: c.members.clone(),
-        log_dir: c.dir.path().join("logs"),
-        certs_dir: c.certs(),
-        ..Default::default()
-    };
-    Proxy::start(cfg).await.expect("proxy starts")
-}
-
-/// A node home with a configuration listing `proxies` in order.
-struct Home {
-    dir: PathBuf,
-    config: PathBuf,
-}
-
-fn home(root: &Path, name: &str, proxies: &[SocketAddr], c: &TestCluster) -> Home {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = NodeConfig {
-        proxies: proxies.iter().map(|p| p.to_string()).collect(),
-        ca_cert: c.certs().join("ca.pem"),
-        log_dir: root.join("logs"),
-        sharing: SharingConfig {
-            chunk_size: 256 << 10,
-            heartbeat_secs: 1,
-            ..SharingConfig::default()
-        },
-        ..NodeConfig::default()
-    };
-    let config = dir.join("node.json");
-    std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
-    Home { dir, config }
-}
-
-fn quorrent_with(h: &Home, args: &[&str], password: &str) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_quorrent"));
-    c.arg("--home")
-        .arg(&h.dir)
-        .arg("--config")
-        .arg(&h.config)
-        .args(args)
-        .env("QUORRENT_PASSWORD", password)
-        .env_remove("QUORRENT_HOME")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    c
-}
-
-fn quorrent(h: &Home, args: &[&str]) -> tokio::process::Command {
-    quorrent_with(h, args, PASSWORD)
-}
-
-/// Runs a command to its end: (success, stdout, stderr).
-async fn output(mut cmd: tokio::process::Command) -> (bool, String, String) {
-    let out = tokio::time::timeout(LIMIT, cmd.output())
-        .await
-        .expect("command timed out")
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+async fn output(cmd: tokio::process::Command) -> (bool, String, String) {
+    output_within(cmd, LIMIT).await
 }
 
 async fn run(h: &Home, args: &[&str]) -> (bool, String, String) {

@@ -15,6 +15,8 @@
 //! Synchronisation is on observable state (the tracker's answers), never
 //! on fixed sleeps, and every wait is bounded.
 
+mod common;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -22,17 +24,15 @@ use std::{
     time::Duration,
 };
 
+use common::*;
 use protocol::{
-    config::{NodeConfig, ProxyConfig, SharingConfig},
     ids::FileId,
     tracker_api::{PartialOwner, Reply, Request, SearchHit},
 };
-use proxy::Proxy;
 use rand::{RngCore, SeedableRng};
 use tracker_cluster::testing::{ApiClient, TestCluster};
 
 const LIMIT: Duration = Duration::from_secs(90);
-const PASSWORD: &str = "pw-secret";
 
 async fn cluster() -> TestCluster {
     let mut c = TestCluster::new(3);
@@ -41,72 +41,17 @@ async fn cluster() -> TestCluster {
     c
 }
 
-async fn start_proxy(c: &TestCluster) -> Proxy {
-    let cfg = ProxyConfig {
-        name: "proxy-1".into(),
-        listen: "127.0.0.1:0".into(),
-        trackers: c.members.clone(),
-        log_dir: c.dir.path().join("logs"),
-        certs_dir: c.certs(),
-        ..Default::default()
-    };
-    Proxy::start(cfg).await.expect("proxy starts")
-}
-
-struct Home {
-    dir: PathBuf,
-    config: PathBuf,
-}
-
 fn home(root: &Path, name: &str, proxy: SocketAddr, c: &TestCluster, upload: Option<&str>) -> Home {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = NodeConfig {
-        proxies: vec![proxy.to_string()],
-        ca_cert: c.certs().join("ca.pem"),
-        log_dir: root.join("logs"),
-        sharing: SharingConfig {
-            chunk_size: 256 << 10,
-            heartbeat_secs: 1,
-            ..SharingConfig::default()
-        },
-        ..NodeConfig::default()
-    };
-    let mut json = serde_json::to_value(&cfg).unwrap();
-    if let Some(rate) = upload {
-        // As a person writes it: a string with a unit.
-        json["sharing"]["max_upload_rate"] = rate.into();
-    }
-    let config = dir.join("node.json");
-    std::fs::write(&config, json.to_string()).unwrap();
-    Home { dir, config }
+    home_with(root, name, &[proxy], c, |json| {
+        if let Some(rate) = upload {
+            // As a person writes it: a string with a unit.
+            json["sharing"]["max_upload_rate"] = rate.into();
+        }
+    })
 }
 
-fn quorrent(h: &Home, args: &[&str]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_quorrent"));
-    c.arg("--home")
-        .arg(&h.dir)
-        .arg("--config")
-        .arg(&h.config)
-        .args(args)
-        .env("QUORRENT_PASSWORD", PASSWORD)
-        .env_remove("QUORRENT_HOME")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    c
-}
-
-async fn output(mut cmd: tokio::process::Command) -> (bool, String, String) {
-    let out = tokio::time::timeout(LIMIT, cmd.output())
-        .await
-        .expect("command timed out")
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+async fn output(cmd: tokio::process::Command) -> (bool, String, String) {
+    output_within(cmd, LIMIT).await
 }
 
 fn parse_json(what: &str, (ok, out, err): (bool, String, String)) -> serde_json::Value {
@@ -250,7 +195,7 @@ fn entry_of<'a>(report: &'a serde_json::Value, peer: &str) -> Option<&'a serde_j
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_owner_serves_a_second_downloader_before_it_has_finished() {
     let c = cluster().await;
-    let p = start_proxy(&c).await;
+    let p = start_proxy(&c, "proxy-1", 0).await;
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
     let [alice, dave, bob] = ["alice", "dave", "bob"].map(|n| home(r, n, p.addr, &c, None));
@@ -329,7 +274,7 @@ async fn a_partial_owner_serves_a_second_downloader_before_it_has_finished() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upload_cap_holds() {
     let c = cluster().await;
-    let p = start_proxy(&c).await;
+    let p = start_proxy(&c, "proxy-1", 0).await;
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
     // The cap from the configuration this time.
