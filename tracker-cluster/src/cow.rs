@@ -69,11 +69,6 @@ impl<T: Clone> Segments<T> {
     pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
         self.segs.iter().flat_map(|s| s.iter())
     }
-
-    /// Each record, mutably (copying every shared piece).
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
-        self.segs.iter_mut().flat_map(|s| Arc::make_mut(s).iter_mut())
-    }
 }
 
 impl<T: Clone> std::ops::Index<usize> for Segments<T> {

@@ -871,10 +871,6 @@ impl Frozen {
         }
         w.write(&RecordRef::End)
     }
-
-    pub fn file_count(&self) -> usize {
-        self.0.files.len()
-    }
 }
 
 /// Checks file metadata proposed by a node.

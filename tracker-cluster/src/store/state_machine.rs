@@ -194,8 +194,8 @@ impl StateMachine {
         (meta, st.registry.freeze())
     }
 
-    /// The path of the snapshot file in place (tests).
-    pub fn snapshot_path(&self) -> PathBuf {
+    #[cfg(test)]
+    fn snapshot_path(&self) -> PathBuf {
         self.files.path.clone()
     }
 }
