@@ -405,7 +405,9 @@ async fn share(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), Command
                 other?;
             }
         }
-        home.record_owned(&m, path)?;
+        // The state lock may be held by another command of this home (up
+        // to its bound): wait off the async workers.
+        tokio::task::block_in_place(|| home.record_owned(&m, path))?;
         info!(file = %m.id(), name = %m.name, "shared");
         emit(
             json,
@@ -712,7 +714,7 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
         path: dir.clone(),
         source,
     })?;
-    home.record_partial(&id, &file.name, file.size, &dir)?;
+    tokio::task::block_in_place(|| home.record_partial(&id, &file.name, file.size, &dir))?;
 
     let store = Store::new();
     load_owned(home, &store)?;
@@ -789,7 +791,7 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
             return Err(e.into());
         }
     };
-    home.record_owned(&report.manifest, &report.path)?;
+    tokio::task::block_in_place(|| home.record_owned(&report.manifest, &report.path))?;
     announce(&client, home, advertised(home, Some(server.local_addr())).await).await?;
     client
         .call(Request::Own {

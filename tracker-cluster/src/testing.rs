@@ -127,7 +127,10 @@ impl TestCluster {
                 .build()
                 .expect("runtime");
             let mut last = None;
-            for _ in 0..100 {
+            // Up to 20 s: a killed member's blocking-pool tasks (a log
+            // append, a purge deleting entries) outlive its runtime and
+            // hold redb's lock until they end; a loaded machine slows them.
+            for _ in 0..400 {
                 match rt.block_on(Tracker::start(cfg.clone())) {
                     Ok(t) => return Running { rt, tracker: Some(t) },
                     Err(e) => last = Some(e.to_string()),
