@@ -212,6 +212,10 @@ pub struct TrackerConfig {
     pub quotas: Quotas,
     /// GetOwners pages and skipping long-dead files in search.
     pub owners: OwnerLimits,
+    /// The HTTP server (metrics, health, status): `IP:port`, or
+    /// `"off"`. Default: 127.0.0.1:(7480 + id), or an ephemeral port
+    /// on 127.0.0.1 when that is taken.
+    pub http_addr: Option<String>,
 }
 
 /// How much Register may cost the leader. Everything here is leader-only
@@ -336,6 +340,7 @@ impl Default for TrackerConfig {
             register: RegisterLimits::default(),
             quotas: Quotas::default(),
             owners: OwnerLimits::default(),
+            http_addr: None,
         }
     }
 }
@@ -382,6 +387,7 @@ impl TrackerConfig {
                 "field `limits.max_raft_frame_bytes` must be at least twice `raft.snapshot_chunk_bytes`".into(),
             );
         }
+        self.http_bind().map(|_| ()).or_else(bad)?;
         if self.register.argon_threads == 0 || self.register.argon_queue == 0 {
             return bad("fields `register.argon_threads` and `register.argon_queue` must be at least 1".into());
         }
@@ -423,6 +429,12 @@ impl TrackerConfig {
         ))
     }
 
+    /// Where the HTTP server binds.
+    pub fn http_bind(&self) -> Result<crate::http::Bind, String> {
+        let port = 7480u16.saturating_add(self.id.min(u64::from(u16::MAX)) as u16);
+        crate::http::Bind::from_config(&self.http_addr, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
@@ -446,6 +458,10 @@ pub struct ProxyConfig {
     /// How long a request may wait for a leader, ms.
     pub deadline_ms: u64,
     pub limits: Limits,
+    /// The HTTP server (metrics, health, status, the cluster dashboard): `IP:port`, or
+    /// `"off"`. Default: 127.0.0.1:7480, or an ephemeral port
+    /// on 127.0.0.1 when that is taken.
+    pub http_addr: Option<String>,
 }
 
 impl Default for ProxyConfig {
@@ -459,11 +475,17 @@ impl Default for ProxyConfig {
             certs_dir: "certs".into(),
             deadline_ms: 5_000,
             limits: Limits::default(),
+            http_addr: None,
         }
     }
 }
 
 impl ProxyConfig {
+    /// Where the HTTP server (and dashboard) binds.
+    pub fn http_bind(&self) -> Result<crate::http::Bind, String> {
+        crate::http::Bind::from_config(&self.http_addr, SocketAddr::from(([127, 0, 0, 1], 7480)))
+    }
+
     /// Checks the addresses; `path` names the file in the error.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let bad = |message: String| ConfigError::Invalid {
@@ -471,6 +493,7 @@ impl ProxyConfig {
             message,
         };
         crate::net::check_bind("listen", &self.listen).map_err(bad)?;
+        self.http_bind().map_err(bad)?;
         for m in &self.trackers {
             for (f, a) in [("api", &m.api), ("raft", &m.raft)] {
                 crate::net::check_host_port(&format!("trackers[id={}].{f}", m.id), a).map_err(bad)?;
@@ -587,6 +610,14 @@ pub struct NodeConfig {
     pub advertise: Vec<String>,
     pub sharing: SharingConfig,
     pub limits: Limits,
+    /// The HTTP server (metrics, health, status, the daemon's API and web page; the API needs the home's token
+    /// unless it is on loopback): `IP:port`, or
+    /// `"off"`. Default: 127.0.0.1:7490, or an ephemeral port
+    /// on 127.0.0.1 when that is taken.
+    pub http_addr: Option<String>,
+    /// Folders the daemon may share from when asked over HTTP (besides
+    /// the storage folder). Default: none.
+    pub share_roots: Vec<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -601,11 +632,18 @@ impl Default for NodeConfig {
             advertise: Vec::new(),
             sharing: SharingConfig::default(),
             limits: Limits::default(),
+            http_addr: None,
+            share_roots: Vec::new(),
         }
     }
 }
 
 impl NodeConfig {
+    /// Where the daemon's HTTP API and page bind.
+    pub fn http_bind(&self) -> Result<crate::http::Bind, String> {
+        crate::http::Bind::from_config(&self.http_addr, SocketAddr::from(([127, 0, 0, 1], 7490)))
+    }
+
     /// Checks the addresses; `path` names the file in the error.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let bad = |message: String| ConfigError::Invalid {
@@ -613,6 +651,7 @@ impl NodeConfig {
             message,
         };
         crate::net::check_bind("listen", &self.listen).map_err(bad)?;
+        self.http_bind().map_err(bad)?;
         for (i, a) in self.advertise.iter().enumerate() {
             // Peers are announced as socket addresses: no DNS names here.
             a.parse::<SocketAddr>()

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod config;
 pub mod content;
 pub mod durable;
+pub mod http;
 pub mod ids;
 pub mod listen;
 pub mod logging;
