@@ -397,6 +397,88 @@ where
     Arc::new(move |r| Box::pin(f(r)))
 }
 
+/// A client for the processes' own endpoints (tools, tests, the CLI
+/// talking to its daemon): one request per connection, `Connection:
+/// close`, the answer read whole up to `max` bytes, everything within
+/// `timeout`. Returns the status and the body.
+pub async fn fetch(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+    max: usize,
+) -> std::io::Result<(u16, Bytes)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let run = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).await?;
+        // A server may answer (413) and close before taking the whole
+        // body: its answer is still there to read.
+        if let Err(e) = s.write_all(body).await {
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) {
+                return Err(e);
+            }
+        }
+        let mut buf = Vec::new();
+        (&mut s).take(max as u64 + 1).read_to_end(&mut buf).await?;
+        if buf.len() > max {
+            return Err(bad(format!("the answer is larger than {max} bytes")));
+        }
+        let end = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| bad("no end of headers".into()))?;
+        let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("headers are not UTF-8".into()))?;
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or_else(|| bad(format!("bad status line: {}", head.lines().next().unwrap_or(""))))?;
+        let chunked = head
+            .lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"));
+        let mut body = buf.split_off(end + 4);
+        if chunked {
+            body = dechunk(&body).ok_or_else(|| bad("bad chunked body".into()))?;
+        }
+        Ok((status, Bytes::from(body)))
+    };
+    tokio::time::timeout(timeout, run).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{method} http://{addr}{path}: no answer within {timeout:?}"),
+        )
+    })?
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line = b.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..line]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        b = &b[line + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

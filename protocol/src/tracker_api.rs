@@ -129,6 +129,58 @@ pub struct ClusterStatus {
     pub removed: bool,
 }
 
+/// One member's own figures: what its `/status` shows, what the proxy's
+/// dashboard and `scripts/cluster.sh status` read (through
+/// [`Request::MemberStatus`]), and what its `/metrics` exports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReport {
+    pub id: u64,
+    pub api_addr: String,
+    /// "leader", "follower", "candidate", "learner", "shutdown" or
+    /// "removed".
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_log_index: Option<u64>,
+    /// The highest index this member knows committed (durable on a
+    /// majority).
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    /// The leader's view of each other member: the last index known
+    /// replicated there, and how many entries it is behind the leader's
+    /// log. Empty on a follower.
+    pub followers: Vec<FollowerLag>,
+    /// Terms this member has seen begin since it started.
+    pub elections_seen: u64,
+    /// Milliseconds since the leader last heard from a quorum (leader
+    /// only).
+    pub quorum_ack_ms: Option<u64>,
+    pub registry: RegistryCounts,
+    pub uptime_ms: u64,
+    pub version: String,
+}
+
+/// A follower as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowerLag {
+    pub id: u64,
+    pub matched: Option<u64>,
+    pub lag: u64,
+}
+
+/// The replicated registry's sizes on one member (`live_peers`: peers
+/// heard from within the owner TTL, known only on the leader).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryCounts {
+    pub users: u64,
+    pub sessions: u64,
+    pub files: u64,
+    pub owners: u64,
+    pub peers: u64,
+    pub live_peers: Option<u64>,
+}
+
 /// The requests. Discriminants are part of the protocol: new requests go
 /// at the end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +250,9 @@ pub enum Request {
         file_id: FileId,
         have: Vec<u8>,
     },
+    /// The answering member's own figures ([`MemberReport`]); any member
+    /// answers, and the proxy sends it to a member of its choice.
+    MemberStatus,
 }
 
 impl Request {
@@ -232,6 +287,7 @@ impl Request {
             Request::WatchLeader { .. } => "watch-leader",
             Request::OwnMany { .. } => "own-many",
             Request::AnnouncePartial { .. } => "announce-partial",
+            Request::MemberStatus => "member-status",
         }
     }
 }
@@ -269,6 +325,7 @@ pub enum Reply {
     Owned {
         newly_owned: u32,
     },
+    Member(Box<MemberReport>),
 }
 
 /// Errors that cross the wire. Bad input is answered precisely; internal

@@ -18,8 +18,8 @@ use protocol::{
     ids::{check_file_name, FileId, NameError, PeerId},
     peer::{PeerError, PeerRequest, PeerResponse, MAX_FRAME},
     tracker_api::{
-        Answer, ApiError, ClusterStatus, Consistency, Envelope, FileMeta, MemberInfo, PartialOwner, PeerInfo, Reply,
-        Request, SearchHit, WriteId,
+        Answer, ApiError, ClusterStatus, Consistency, Envelope, FileMeta, FollowerLag, MemberInfo, MemberReport,
+        PartialOwner, PeerInfo, RegistryCounts, Reply, Request, SearchHit, WriteId,
     },
 };
 use serde::{de::DeserializeOwned, Serialize};
@@ -165,6 +165,7 @@ fn requests() -> Vec<Request> {
         },
         Request::Heartbeat { peer_id },
         Request::ClusterStatus,
+        Request::MemberStatus,
         Request::WatchLeader {
             leader: Some(2),
             term: 77,
@@ -259,6 +260,34 @@ fn answers() -> Vec<Answer> {
         }),
         Ok(Reply::Status(status)),
         Ok(Reply::Owned { newly_owned: 1024 }),
+        Ok(Reply::Member(Box::new(MemberReport {
+            id: 2,
+            api_addr: "127.0.0.1:7402".into(),
+            role: "leader".into(),
+            term: 9,
+            leader: Some(2),
+            last_log_index: Some(1000),
+            commit_index: Some(999),
+            applied_index: Some(998),
+            snapshot_index: None,
+            followers: vec![FollowerLag {
+                id: 1,
+                matched: Some(990),
+                lag: 10,
+            }],
+            elections_seen: 3,
+            quorum_ack_ms: Some(12),
+            registry: RegistryCounts {
+                users: 1,
+                sessions: 2,
+                files: 3,
+                owners: 4,
+                peers: 5,
+                live_peers: Some(1),
+            },
+            uptime_ms: 1,
+            version: "0.1.0".into(),
+        }))),
         Err(ApiError::NotLeader {
             leader: Some(3),
             addr: Some("127.0.0.1:7403".into()),

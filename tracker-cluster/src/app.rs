@@ -56,6 +56,8 @@ pub struct App {
     pub api_guard: protocol::listen::Guard,
     /// Set once this member learns it was removed from the membership.
     pub removal: Arc<Removal>,
+    /// Metrics (see `telemetry.rs`).
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// How a member learns that it was removed from the membership.
@@ -101,6 +103,11 @@ impl Removal {
         *self.last_append.lock().expect("removal lock")
     }
 
+    /// Whether a leader's AppendEntries arrived within `window`.
+    pub fn heard_leader_within(&self, window: Duration) -> bool {
+        self.last_append().is_some_and(|t| t.elapsed() <= window)
+    }
+
     /// Why this member is out of the cluster, once it is.
     pub fn reason(&self) -> Option<&str> {
         self.removed.get().map(String::as_str)
@@ -116,6 +123,7 @@ impl App {
         removal: Arc<Removal>,
     ) -> std::io::Result<Arc<Self>> {
         let clock = Clock::default();
+        let telemetry = crate::telemetry::Telemetry::new(state.metrics.clone());
         let proposer = Proposer::start(
             raft.clone(),
             config.limits.max_pending,
@@ -123,6 +131,7 @@ impl App {
             config.max_batches_in_flight,
             config.quotas,
             clock.clone(),
+            telemetry.batch_writes.clone(),
         );
         let ttl = Duration::from_secs(config.owner_ttl_secs);
         let dead_after = Duration::from_secs(config.owners.dead_file_secs);
@@ -146,7 +155,9 @@ impl App {
             api_guard,
             removal,
             config,
+            telemetry,
         });
+        tokio::spawn(crate::telemetry::watch_elections(Arc::downgrade(&app)));
         tokio::spawn(watch_leadership(app.clone()));
         tokio::spawn(watch_removal(app.clone()));
         tokio::spawn(maintain_live_index(Arc::downgrade(&app)));

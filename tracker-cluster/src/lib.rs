@@ -17,6 +17,7 @@ pub mod partial;
 pub mod proposer;
 pub mod registry;
 pub mod store;
+pub mod telemetry;
 pub mod testing;
 pub mod throttle;
 pub mod typ;
@@ -56,6 +57,10 @@ pub enum StartError {
     NoAddress,
     #[error("starting the argon2 threads: {0}")]
     Threads(std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
 }
 
 /// A running member.
@@ -63,8 +68,12 @@ pub struct Tracker {
     pub app: Arc<App>,
     pub api_addr: SocketAddr,
     pub raft_addr: SocketAddr,
+    /// Where `/metrics`, `/livez`, `/readyz` and `/status` are served
+    /// (None when `http_addr` is "off").
+    pub http_addr: Option<SocketAddr>,
     api_ep: quinn::Endpoint,
     raft_ep: quinn::Endpoint,
+    http: Option<protocol::http::Server>,
 }
 
 /// The socket address to bind for `a`: an IP:port as it is, a DNS name
@@ -139,6 +148,7 @@ impl Tracker {
             tls::server_crypto(&identity, &[tracker_api::ALPN], ClientAuth::Optional(roots.clone()))?,
             api_transport,
         )?;
+        let http_bind = config.http_bind().map_err(StartError::Config)?;
         let api_ep = bind(api_bind, api_server)?;
         let api_addr = api_ep
             .local_addr()
@@ -195,13 +205,24 @@ impl Tracker {
         let app = App::new(config.id, raft, shared, config, removal).map_err(StartError::Threads)?;
         tokio::spawn(network::api::serve(app.clone(), api_ep.clone()));
         tokio::spawn(network::raft::serve(app.clone(), raft_ep.clone()));
-        tracing::info!(id = app.id, %api_addr, %raft_addr, "tracker member started");
+        let http = protocol::http::serve(
+            http_bind,
+            protocol::http::Options::default(),
+            telemetry::handler(Arc::downgrade(&app)),
+            &protocol::stop::Stop::new(),
+        )
+        .await
+        .map_err(StartError::Http)?;
+        let http_addr = http.as_ref().map(|h| h.addr);
+        tracing::info!(id = app.id, %api_addr, %raft_addr, ?http_addr, "tracker member started");
         Ok(Tracker {
             app,
             api_addr,
             raft_addr,
+            http_addr,
             api_ep,
             raft_ep,
+            http,
         })
     }
 
@@ -210,6 +231,9 @@ impl Tracker {
     /// own bound. Nothing durable depends on these waits (every log write
     /// is committed before openraft hears of it).
     pub async fn shutdown(self) {
+        if let Some(h) = self.http {
+            h.shutdown().await;
+        }
         // openraft's shutdown waits for its core, which may be in the
         // middle of RPCs to unreachable members.
         match tokio::time::timeout(Duration::from_millis(400), self.app.raft.shutdown()).await {

@@ -84,6 +84,15 @@ impl Liveness {
         }
     }
 
+    /// Peers heard from within the TTL (the grace after a take-over
+    /// aside: only peers actually heard from count).
+    pub fn live_count(&self, now: Instant) -> usize {
+        self.last_seen
+            .values()
+            .filter(|t| now.saturating_duration_since(**t) <= self.ttl)
+            .count()
+    }
+
     pub fn is_live(&self, peer: &PeerId, now: Instant) -> bool {
         if self.grace_until.is_some_and(|g| now < g) {
             return true;

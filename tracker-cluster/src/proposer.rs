@@ -52,9 +52,18 @@ impl Proposer {
         max_in_flight: usize,
         quotas: Quotas,
         clock: Clock,
+        batch_writes: prometheus_client::metrics::histogram::Histogram,
     ) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        tokio::spawn(run(raft, rx, max_batch.max(1), max_in_flight.max(1), quotas, clock));
+        tokio::spawn(run(
+            raft,
+            rx,
+            max_batch.max(1),
+            max_in_flight.max(1),
+            quotas,
+            clock,
+            batch_writes,
+        ));
         Proposer { tx }
     }
 
@@ -86,6 +95,7 @@ async fn run(
     max_in_flight: usize,
     quotas: Quotas,
     clock: Clock,
+    batch_writes: prometheus_client::metrics::histogram::Histogram,
 ) {
     let permits = Arc::new(Semaphore::new(max_in_flight));
     // A job taken from the queue that did not fit in the last entry.
@@ -116,6 +126,7 @@ async fn run(
                 Err(_) => break,
             }
         }
+        batch_writes.observe(load as f64);
         let raft = raft.clone();
         let term = raft.metrics().borrow().current_term;
         let now_ms = clock.now_ms();

@@ -605,6 +605,20 @@ impl Registry {
         Ok((rec.meta.clone(), owners, next))
     }
 
+    /// The sizes shown in status and metrics (`live_peers` is the
+    /// leader's to fill in). Owners are summed over users: a few
+    /// thousand additions, not a walk over the files.
+    pub fn counts(&self) -> protocol::tracker_api::RegistryCounts {
+        protocol::tracker_api::RegistryCounts {
+            users: self.data.users.len() as u64,
+            sessions: self.data.sessions.len() as u64,
+            files: self.data.files.len() as u64,
+            owners: self.user_owned.values().sum(),
+            peers: self.data.peers.len() as u64,
+            live_peers: None,
+        }
+    }
+
     pub fn file_count(&self) -> usize {
         self.data.files.len()
     }

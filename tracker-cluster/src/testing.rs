@@ -93,6 +93,8 @@ impl TestCluster {
                 hash_burst: 1_000_000,
                 ..Default::default()
             },
+            // Side by side with other tests: an ephemeral port.
+            http_addr: Some("127.0.0.1:0".into()),
             ..Default::default()
         };
         if let Some((api, raft)) = addrs {

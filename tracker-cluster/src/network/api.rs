@@ -98,6 +98,7 @@ pub async fn handle(app: &App, env: Envelope, origin: IpAddr) -> Answer {
     let kind = env.request.kind();
     let started = Instant::now();
     let answer = dispatch(app, env, origin).await;
+    app.telemetry.request(kind, &answer, started.elapsed());
     match &answer {
         Err(ApiError::Internal) => tracing::error!(kind, "request failed internally"),
         Err(e) => tracing::debug!(kind, error = %e, "request refused"),
@@ -117,6 +118,7 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
     let token = token.as_deref().map(token_hash);
     match request {
         Request::ClusterStatus => Ok(Reply::Status(app.status())),
+        Request::MemberStatus => Ok(Reply::Member(Box::new(crate::telemetry::report(app)))),
         Request::WatchLeader { leader, term, wait_ms } => watch_leader(app, leader, term, wait_ms).await,
         Request::Register { user, password } => {
             app.leader_check()?;

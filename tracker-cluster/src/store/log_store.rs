@@ -28,13 +28,14 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
+    metrics: Arc<crate::telemetry::StoreMetrics>,
 }
 
 /// redb's page cache for the log.
 const LOG_CACHE_BYTES: usize = 64 << 20;
 
 impl LogStore {
-    pub fn open(path: &Path) -> Result<Self, StorageError> {
+    pub fn open(path: &Path, metrics: Arc<crate::telemetry::StoreMetrics>) -> Result<Self, StorageError> {
         // redb caches up to 1 GiB by default; the log is read back only
         // while entries are replicated or re-applied, soon after they are
         // written, and the registry needs the memory more.
@@ -46,7 +47,10 @@ impl LogStore {
         txn.open_table(LOGS).map_err(write_err)?;
         txn.open_table(META).map_err(write_err)?;
         txn.commit().map_err(write_err)?;
-        Ok(LogStore { db: Arc::new(db) })
+        Ok(LogStore {
+            db: Arc::new(db),
+            metrics,
+        })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
@@ -137,11 +141,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_meta(COMMITTED, &committed).await
+        self.put_meta(COMMITTED, &committed).await?;
+        self.metrics.set_committed(committed.map(|c| c.index));
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
+        let committed = self.get_meta::<Option<LogId>>(COMMITTED)?.flatten();
+        self.metrics.set_committed(committed.map(|c| c.index));
+        Ok(committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -159,6 +167,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
         let db = self.db.clone();
+        let fsync = self.metrics.fsync.clone();
         let res = tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             {
@@ -167,7 +176,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     table.insert(*index, bytes.as_slice())?;
                 }
             }
+            let started = std::time::Instant::now();
             txn.commit()?;
+            fsync.observe(started.elapsed().as_secs_f64());
             Ok(())
         })
         .await

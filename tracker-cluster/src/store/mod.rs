@@ -27,8 +27,8 @@ use crate::typ::StorageError;
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), StorageError> {
     std::fs::create_dir_all(dir).map_err(|e| openraft::StorageIOError::write(&e))?;
     restrict(dir);
-    let log = LogStore::open(&dir.join("raft.redb"))?;
     let sm = StateMachine::open(dir.to_owned())?;
+    let log = LogStore::open(&dir.join("raft.redb"), sm.shared.metrics.clone())?;
     Ok((log, sm))
 }
 

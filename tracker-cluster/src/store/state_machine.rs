@@ -48,6 +48,9 @@ pub struct Applied {
 #[derive(Default)]
 pub struct SharedState {
     pub state: RwLock<Applied>,
+    /// Fsync, snapshot and commit figures (the log store records into
+    /// the same).
+    pub metrics: Arc<crate::telemetry::StoreMetrics>,
 }
 
 impl SharedState {
@@ -221,6 +224,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             ms = started.elapsed().as_millis() as u64,
             "snapshot built"
         );
+        self.shared
+            .metrics
+            .snapshot_build
+            .observe(started.elapsed().as_secs_f64());
         Ok(Snapshot {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),
@@ -332,6 +339,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(sm_err)??;
         tracing::info!(files, ms = started.elapsed().as_millis() as u64, "snapshot installed");
+        self.shared
+            .metrics
+            .snapshot_install
+            .observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 
