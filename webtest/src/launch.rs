@@ -13,7 +13,7 @@ use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{mpsc, Arc, Mutex},
+    sync::{mpsc, Arc, Mutex, OnceLock},
     thread,
     time::{Duration, Instant},
 };
@@ -266,29 +266,40 @@ fn port_of(address: &str) -> Option<u16> {
     host_port.rsplit(':').next()?.parse().ok()
 }
 
-/// The Chromium binary: on PATH, or installed by the project's script (once
-/// per process, under a lock shared by all processes).
+/// The Chromium binary: on PATH, or installed by the project's script (at
+/// most once per process, under a lock shared by all processes).
 fn chromium() -> Result<PathBuf, Error> {
-    static INSTALLED: Mutex<()> = Mutex::new(());
+    // The outcome of this process's one install attempt: a failed install
+    // fails every later launch at once instead of running apt again.
+    static INSTALL: OnceLock<Result<(), String>> = OnceLock::new();
     if let Some(found) = on_path() {
         return Ok(found);
     }
-    let _one_thread = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(found) = on_path() {
-        return Ok(found);
-    }
-    let _lock = install_lock()?;
-    // Another process may have installed it while this one waited.
-    if let Some(found) = on_path() {
-        return Ok(found);
-    }
-    run_install_script()?;
+    INSTALL
+        .get_or_init(|| {
+            install().map_err(|e| match e {
+                Error::Launch(problem) => problem,
+                e => e.to_string(),
+            })
+        })
+        .clone()
+        .map_err(Error::Launch)?;
     on_path().ok_or_else(|| {
         Error::Launch(format!(
             "the install script ran but none of {NAMES:?} is on PATH ({})",
             std::env::var("PATH").unwrap_or_default()
         ))
     })
+}
+
+/// Runs the install script under the lock, unless another process
+/// installed Chromium while this one waited for the lock.
+fn install() -> Result<(), Error> {
+    let _lock = install_lock()?;
+    if on_path().is_some() {
+        return Ok(());
+    }
+    run_install_script()
 }
 
 /// The first of `NAMES` found in a folder of PATH.
@@ -336,42 +347,34 @@ fn install_lock() -> Result<File, Error> {
 /// Runs `scripts/install-chromium.sh`, bounded by `INSTALL_WAIT`; its output
 /// goes to the test's output.
 fn run_install_script() -> Result<(), Error> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-chromium.sh");
+    // webtest/ sits in the workspace root, beside scripts/.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
+    let script = root.join("scripts/install-chromium.sh");
+    // Its stderr joins its stdout, so the output keeps its order.
     let mut child = Command::new("bash")
+        .args(["-c", "exec bash \"$0\" 2>&1"])
         .arg(&script)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
         .map_err(|e| Error::io(&format!("running {}", script.display()), e))?;
-    // Both pipes drained on threads (apt prints a lot); the output is
-    // quoted if the script fails.
-    let output = Arc::new(Mutex::new(Vec::new()));
-    let readers: Vec<_> = [
-        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|mut pipe| {
-        let output = output.clone();
+    // Drained on a thread (apt prints a lot) while the wait below is bounded;
+    // the output is quoted if the script fails.
+    let reader = child.stdout.take().map(|mut pipe| {
         thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            output.lock().unwrap_or_else(|e| e.into_inner()).extend(buf);
+            let mut output = Vec::new();
+            let _ = pipe.read_to_end(&mut output);
+            output
         })
-    })
-    .collect();
+    });
     let deadline = Instant::now() + INSTALL_WAIT;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(200)),
             Ok(None) => {
-                if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
-                    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-                }
+                kill_group(child.id());
                 let _ = child.wait();
                 return Err(Error::Launch(format!(
                     "{} did not finish within {INSTALL_WAIT:?}",
@@ -381,12 +384,10 @@ fn run_install_script() -> Result<(), Error> {
             Err(e) => return Err(Error::io(&format!("waiting for {}", script.display()), e)),
         }
     };
-    for reader in readers {
-        let _ = reader.join();
-    }
-    let output = String::from_utf8_lossy(&output.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
-    // Shown in the test's output (captured unless it fails).
-    let _ = std::io::stderr().write_all(output.as_bytes());
+    let output = reader.and_then(|r| r.join().ok()).unwrap_or_default();
+    let output = String::from_utf8_lossy(&output);
+    // In the test's output (eprint! is captured, shown if the test fails).
+    eprint!("{output}");
     if status.success() {
         Ok(())
     } else {
