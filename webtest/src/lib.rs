@@ -33,6 +33,11 @@
 //!
 //! Not here: several tabs, frames, file uploads, network interception,
 //! events. Selectors are CSS selectors for `document.querySelector`.
+//!
+//! The kill happens in `Drop`, so it covers a returned error and a panic
+//! (unwinding), not a test process killed outright (SIGKILL, a harness
+//! timeout): then Chromium outlives it, with its profile in the temporary
+//! folder.
 
 mod cdp;
 mod launch;
@@ -381,10 +386,10 @@ impl Browser {
     /// Chromium's last stderr lines, the likely explanation.
     fn command(&mut self, method: &str, params: Value) -> Result<Value> {
         self.connection.call(method, params, self.timeout).map_err(|e| match e {
-            Error::Timeout { what, after, .. } => Error::Timeout {
-                what,
+            Error::Timeout { what, after, page } => Error::Timeout {
+                what: format!("{what} (chromium's last stderr lines:\n{})", self.process.stderr_tail()),
                 after,
-                page: format!("(chromium's last stderr lines: {})", self.process.stderr_tail()),
+                page,
             },
             e => e,
         })
