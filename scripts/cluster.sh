@@ -7,7 +7,8 @@
 #   scripts/cluster.sh stop [--wipe] stop everything (--wipe: drop data)
 # Configs and pid files live in run/, data in data/, logs in logs/.
 # QUORRENT_BASE_PORT (default 7400) moves every port: proxy BASE,
-# tracker API BASE+i, tracker Raft BASE+10+i.
+# tracker API BASE+i, tracker Raft BASE+10+i, HTTP (metrics, health,
+# status): proxy and dashboard BASE+80, tracker i BASE+80+i.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=run
@@ -36,11 +37,13 @@ write_configs() {
   echo "$n" > "$RUN/size"
   for i in $(seq 1 "$n"); do
     cat > "$RUN/tracker-$i.json" <<JSON
-{ "id": $i, "members": $members, "data_dir": "data/tracker-$i", "log_dir": "logs", "certs_dir": "certs" }
+{ "id": $i, "members": $members, "data_dir": "data/tracker-$i", "log_dir": "logs", "certs_dir": "certs",
+  "http_addr": "127.0.0.1:$((BASE + 80 + i))" }
 JSON
   done
   cat > "$RUN/proxy-1.json" <<JSON
-{ "name": "proxy-1", "listen": "127.0.0.1:$BASE", "trackers": $members, "log_dir": "logs", "certs_dir": "certs" }
+{ "name": "proxy-1", "listen": "127.0.0.1:$BASE", "trackers": $members, "log_dir": "logs", "certs_dir": "certs",
+  "http_addr": "127.0.0.1:$((BASE + 80))" }
 JSON
 }
 
@@ -82,12 +85,19 @@ case "$cmd" in
     start_proxy
     leader="$(wait_leader)" || die "no leader elected within 20 s (see logs/tracker-*.log)"
     echo "proxy: 127.0.0.1:$BASE"
+    echo "dashboard: http://127.0.0.1:$((BASE + 80))/"
     echo "leader: tracker $leader"
     ;;
   status)
     [ -f "$RUN/size" ] || die "no cluster started here"
     admin members
-    if alive "$RUN/proxy-1.pid"; then echo "proxy-1  127.0.0.1:$BASE  up"; else echo "proxy-1  127.0.0.1:$BASE  down"; fi
+    if alive "$RUN/proxy-1.pid"; then
+      ready="$(command -v curl >/dev/null && curl -s --max-time 2 "http://127.0.0.1:$((BASE + 80))/readyz" || true)"
+      case "$ready" in *'"ok":true'*) r="ready" ;; *) r="not ready" ;; esac
+      echo "proxy-1  127.0.0.1:$BASE  up, $r  dashboard http://127.0.0.1:$((BASE + 80))/"
+    else
+      echo "proxy-1  127.0.0.1:$BASE  down"
+    fi
     ;;
   kill-leader)
     leader="$(admin leader)" || die "no leader to kill"

@@ -36,10 +36,12 @@ pub struct Forwarder {
     /// Client id for writes that come without a write id.
     client: u128,
     seq: std::sync::atomic::AtomicU64,
+    max_pending: usize,
+    pub metrics: Arc<crate::telemetry::ProxyMetrics>,
 }
 
 impl Forwarder {
-    pub fn new(up: Arc<Upstreams>, config: &ProxyConfig) -> Self {
+    pub fn new(up: Arc<Upstreams>, config: &ProxyConfig, metrics: Arc<crate::telemetry::ProxyMetrics>) -> Self {
         Forwarder {
             up,
             deadline: Duration::from_millis(config.deadline_ms),
@@ -48,7 +50,14 @@ impl Forwarder {
             guard: Guard::new("proxy", Bounds::from_limits(&config.limits)),
             client: rand::random(),
             seq: Default::default(),
+            max_pending: config.limits.max_pending,
+            metrics,
         }
+    }
+
+    /// Requests in progress now.
+    pub fn pending_in_use(&self) -> usize {
+        self.max_pending.saturating_sub(self.pending.available_permits())
     }
 
     /// Pending-request permits free now.
@@ -111,6 +120,7 @@ impl Forwarder {
     /// Forwards one request body; returns the encoded answer frame. The
     /// caller holds a pending permit for it.
     pub async fn handle(&self, body: &[u8], remote: std::net::SocketAddr) -> Vec<u8> {
+        let started = Instant::now();
         let mut env: Envelope = match codec::decode(body, self.limit) {
             Ok(e) => e,
             Err(e) => return encode_answer(&Err(ApiError::BadFrame(e.to_string()))),
@@ -127,25 +137,38 @@ impl Forwarder {
             Ok(f) => f,
             Err(e) => return encode_answer(&Err(ApiError::BadFrame(e.to_string()))),
         };
-        match self.forward(&frame, env.request.kind()).await {
-            Ok(answer_body) => {
+        let kind = env.request.kind();
+        let write = env.request.is_write();
+        match self.forward(&frame, kind).await {
+            Ok((answer_body, outcome, upstream)) => {
+                self.metrics.answered(kind, write, outcome, started.elapsed(), upstream);
                 let mut out = Vec::with_capacity(answer_body.len() + 4);
                 out.extend_from_slice(&(answer_body.len() as u32).to_le_bytes());
                 out.extend_from_slice(&answer_body);
                 out
             }
-            Err(e) => encode_answer(&Err(e)),
+            Err(e) => {
+                if self.metrics.on() {
+                    self.metrics.unavailable.inc();
+                }
+                self.metrics
+                    .answered(kind, write, e.code(), started.elapsed(), Duration::ZERO);
+                encode_answer(&Err(e))
+            }
         }
     }
 
     /// Sends `frame` to the leader until it answers something other than
-    /// "not leader", or the deadline passes.
-    async fn forward(&self, frame: &[u8], kind: &str) -> Result<Vec<u8>, ApiError> {
+    /// "not leader", or the deadline passes. Returns the answer body, its
+    /// outcome (ok or the error code) and how long the answering member
+    /// took on that last attempt.
+    async fn forward(&self, frame: &[u8], kind: &str) -> Result<(Vec<u8>, &'static str, Duration), ApiError> {
         let started = Instant::now();
         let until = tokio::time::Instant::now() + self.deadline;
         let mut views = self.up.subscribe();
         let mut rotate = 0usize;
         let mut last = String::from("no leader known");
+        let mut attempts = 0u32;
         loop {
             let view = *views.borrow_and_update();
             let target = match view.leader {
@@ -170,6 +193,11 @@ impl Forwarder {
             // connection to time out; as soon as the watchers learn of a
             // new leader, send it there instead (the write id makes the
             // duplicate harmless).
+            attempts += 1;
+            if attempts > 1 && self.metrics.on() {
+                self.metrics.retries.inc();
+            }
+            let sent = Instant::now();
             let attempt = tokio::select! {
                 res = tokio::time::timeout(left.min(ATTEMPT), self.up.call_raw(target, frame)) => res,
                 _ = moved_away(&mut views, target) => {
@@ -183,6 +211,10 @@ impl Forwarder {
                 Ok(Ok(body)) => match (codec::leading_variant(&body) != Some(0))
                     .then(|| codec::decode::<Answer>(&body, self.limit))
                 {
+                    // An error answer the node should see as it is.
+                    Some(Ok(Err(e))) if !matches!(e, ApiError::NotLeader { .. } | ApiError::Unavailable(_)) => {
+                        return Ok((body, e.code(), sent.elapsed()));
+                    }
                     Some(Ok(Err(ApiError::NotLeader { leader, .. }))) => {
                         last = format!("member {target} is not the leader");
                         if let Some(l) = leader {
@@ -202,7 +234,7 @@ impl Forwarder {
                         if waited > Duration::from_millis(200) {
                             tracing::info!(kind, ms = waited.as_millis() as u64, "request served after a pause");
                         }
-                        return Ok(body);
+                        return Ok((body, "ok", sent.elapsed()));
                     }
                 },
                 Ok(Err(e)) => {

@@ -10,8 +10,10 @@
 //! state that must agree with another proxy's, so several can run side by
 //! side.
 
+pub mod dashboard;
 pub mod forward;
 pub mod leader;
+pub mod telemetry;
 pub mod upstream;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -32,6 +34,10 @@ pub enum StartError {
     Addr(String),
     #[error("binding {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
 }
 
 /// A running proxy.
@@ -41,6 +47,12 @@ pub struct Proxy {
     upstream: Arc<upstream::Upstreams>,
     fwd: Arc<forward::Forwarder>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Where the dashboard, `/metrics` and health are served (None when
+    /// `http_addr` is "off").
+    pub http_addr: Option<SocketAddr>,
+    http: Option<protocol::http::Server>,
+    /// Kept alive for the HTTP handler.
+    _dashboard: Arc<dashboard::Dashboard>,
 }
 
 impl Proxy {
@@ -90,15 +102,30 @@ impl Proxy {
         ));
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         leader::spawn_watchers(upstream.clone(), stop_rx.clone());
-        let fwd = Arc::new(forward::Forwarder::new(upstream.clone(), &config));
+        let http_bind = config.http_bind().map_err(StartError::Config)?;
+        let metrics = Arc::new(telemetry::ProxyMetrics::new(http_bind != protocol::http::Bind::Off));
+        let fwd = Arc::new(forward::Forwarder::new(upstream.clone(), &config, metrics));
         tokio::spawn(forward::serve(fwd.clone(), endpoint.clone()));
-        tracing::info!(%addr, name = %config.name, "proxy started");
+        let dash = dashboard::Dashboard::start(upstream.clone(), fwd.clone(), config.name.clone(), stop_rx.clone());
+        let http = protocol::http::serve(
+            http_bind,
+            protocol::http::Options::default(),
+            dashboard::handler(Arc::downgrade(&dash)),
+            &protocol::stop::Stop::new(),
+        )
+        .await
+        .map_err(StartError::Http)?;
+        let http_addr = http.as_ref().map(|h| h.addr);
+        tracing::info!(%addr, ?http_addr, name = %config.name, "proxy started");
         Ok(Proxy {
             addr,
             endpoint,
             upstream,
             fwd,
             stop,
+            http_addr,
+            http,
+            _dashboard: dash,
         })
     }
 
@@ -129,6 +156,9 @@ impl Proxy {
     /// one to exit within a second of a signal.
     pub async fn shutdown_within(self, drain: Duration) {
         let _ = self.stop.send(true);
+        if let Some(h) = self.http {
+            h.shutdown().await;
+        }
         self.endpoint.close(0u32.into(), b"shutdown");
         let _ = tokio::time::timeout(drain, self.endpoint.wait_idle()).await;
         tracing::info!("proxy stopped");

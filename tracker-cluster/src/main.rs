@@ -218,7 +218,15 @@ async fn admin(config: TrackerConfig, action: AdminAction) -> anyhow::Result<()>
             return Ok(());
         }
         AdminAction::Members => {
-            print_members(&net, &config).await;
+            let api_client = tls::quic_client(
+                tls::client_crypto(
+                    tls::load_ca(&config.certs_dir)?,
+                    Some(&identity),
+                    protocol::tracker_api::ALPN,
+                )?,
+                quic::control_transport(Duration::from_secs(5)),
+            )?;
+            print_members(&config, &api_client, &ep).await;
             ep.close(0u32.into(), b"done");
             return Ok(());
         }
@@ -277,35 +285,75 @@ async fn find_leader(net: &Network, config: &TrackerConfig) -> Option<u64> {
 }
 
 /// One row per configured member, each from that member's own view.
-async fn print_members(net: &Network, config: &TrackerConfig) {
+/// One line per member from its own [`MemberReport`] (`MemberStatus` on
+/// the tracker API: the figures `/status` and the dashboard show).
+async fn print_members(config: &TrackerConfig, client: &quinn::ClientConfig, ep: &quinn::Endpoint) {
     println!(
-        "{:<4} {:<22} {:<22} {:<5} {:<9} {:>6} {:>12}",
-        "id", "api", "raft", "up", "role", "term", "last-applied"
+        "{:<4} {:<22} {:<5} {:<9} {:>6} {:>12} {:>12} {:>8}",
+        "id", "api", "up", "role", "term", "commit", "last-applied", "lag"
     );
+    let mut rows = Vec::new();
     for m in &config.members {
-        let row = management::status_of_member(net, m.id, &m.raft, Duration::from_millis(1500)).await;
-        let (up, role, term, applied) = match row {
-            Ok(s) => {
-                let me = s.members.iter().find(|x| x.id == m.id);
-                let role = match (s.leader, me) {
-                    _ if s.removed => "removed",
-                    (Some(l), _) if l == m.id => "leader",
-                    (_, Some(x)) if !x.voter => "learner",
-                    (_, Some(_)) => "follower",
-                    (_, None) => "removed",
-                };
-                (
+        rows.push((
+            m,
+            member_report(ep, client, m.id, &m.api, config.limits.max_frame_bytes).await,
+        ));
+    }
+    let leader_last = rows.iter().find_map(|(_, r)| match r {
+        Ok(r) if r.role == "leader" => r.last_log_index,
+        _ => None,
+    });
+    let dash = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    for (m, r) in rows {
+        match r {
+            Ok(r) => {
+                let lag = leader_last.map(|l| l.saturating_sub(r.applied_index.unwrap_or(0)));
+                println!(
+                    "{:<4} {:<22} {:<5} {:<9} {:>6} {:>12} {:>12} {:>8}",
+                    m.id,
+                    m.api,
                     "up",
-                    role,
-                    s.term.to_string(),
-                    s.last_applied.map_or("-".into(), |a| a.to_string()),
+                    r.role,
+                    r.term,
+                    dash(r.commit_index),
+                    dash(r.applied_index),
+                    dash(lag)
                 )
             }
-            Err(_) => ("down", "-", "-".into(), "-".into()),
-        };
-        println!(
-            "{:<4} {:<22} {:<22} {:<5} {:<9} {:>6} {:>12}",
-            m.id, m.api, m.raft, up, role, term, applied
-        );
+            Err(_) => println!(
+                "{:<4} {:<22} {:<5} {:<9} {:>6} {:>12} {:>12} {:>8}",
+                m.id, m.api, "down", "-", "-", "-", "-", "-"
+            ),
+        }
     }
+}
+
+async fn member_report(
+    ep: &quinn::Endpoint,
+    client: &quinn::ClientConfig,
+    id: u64,
+    api: &str,
+    limit: usize,
+) -> anyhow::Result<protocol::tracker_api::MemberReport> {
+    use protocol::tracker_api::{Answer, Consistency, Envelope, Reply, Request};
+    let ask = async {
+        let addr = protocol::net::resolve(api).await?;
+        let conn = ep.connect_with(client.clone(), addr, &format!("tracker-{id}"))?.await?;
+        let env = Envelope {
+            token: None,
+            write_id: None,
+            origin: None,
+            consistency: Consistency::Stale,
+            request: Request::MemberStatus,
+        };
+        let answer: Answer = protocol::codec::call(&conn, &env, limit).await?;
+        conn.close(0u32.into(), b"done");
+        match answer {
+            Ok(Reply::Member(r)) => Ok(*r),
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(1500), ask)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer"))?
 }
