@@ -89,12 +89,15 @@
     ]);
   }
 
-  // Seconds of the last five minutes, missing ones as zero.
+  // The seconds since the first one with traffic (at least the last
+  // minute, at most five), missing ones as zero.
   function seconds(st) {
     const byT = new Map(st.proxy.series.map((s) => [s.t, s]));
     const end = Math.floor(st.now_ms / 1000);
+    const first = st.proxy.series.length ? st.proxy.series[0].t : end;
+    const span = Math.min(300, Math.max(60, end - first + 1));
     const out = [];
-    for (let t = end - 299; t <= end; t++) out.push(byT.get(t) || { t, writes: 0, write_us_sum: 0, write_us_max: 0 });
+    for (let t = end - span + 1; t <= end; t++) out.push(byT.get(t) || { t, writes: 0, write_us_sum: 0, write_us_max: 0 });
     return out;
   }
 
