@@ -1062,6 +1062,12 @@ async fn status(home: &Home, json: bool) -> Result<(), CommandError> {
     let session = live_session(home)?;
     let client = tracker_client(home, session.as_ref().map(|s| s.token.clone()))?;
     let reply = client.call(Request::ClusterStatus).await?;
+    // The leader's own figures, the ones its /status, the dashboard and
+    // `cluster.sh status` show (the proxy sends it to the leader).
+    let report = match client.call(Request::MemberStatus).await {
+        Ok(Reply::Member(r)) => Some(*r),
+        _ => None,
+    };
     client.close().await;
     let Reply::Status(st) = reply else {
         return Err(unexpected("cluster-status"));
@@ -1075,18 +1081,37 @@ async fn status(home: &Home, json: bool) -> Result<(), CommandError> {
             "leader": st.leader,
             "term": st.term,
             "members": st.members,
+            "leader_report": report,
         }),
         || {
             let mut s = format!(
-                "peer id  {}\nuser     {}\nleader   {}\nterm     {}\nmembers",
+                "peer id  {}\nuser     {}\nleader   {}\nterm     {}",
                 home.identity.peer_id,
                 user.as_deref().unwrap_or("(not logged in)"),
                 st.leader.map_or("none".into(), |l| l.to_string()),
                 st.term
             );
-            for m in &st.members {
+            let dash = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+            if let Some(r) = &report {
                 s.push_str(&format!(
-                    "\n  {}  api {}  raft {}{}",
+                    "\ncommit   {}\napplied  {}\nregistry {} users, {} files, {} owners, {} peers",
+                    dash(r.commit_index),
+                    dash(r.applied_index),
+                    r.registry.users,
+                    r.registry.files,
+                    r.registry.owners,
+                    r.registry.peers
+                ));
+            }
+            s.push_str("\nmembers");
+            for m in &st.members {
+                let lag = report
+                    .as_ref()
+                    .and_then(|r| r.followers.iter().find(|f| f.id == m.id))
+                    .map(|f| format!("  lag {}", f.lag))
+                    .unwrap_or_default();
+                s.push_str(&format!(
+                    "\n  {}  api {}  raft {}{}{lag}",
                     m.id,
                     m.api_addr,
                     m.raft_addr,
