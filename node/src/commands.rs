@@ -355,11 +355,9 @@ async fn share(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), Command
             Ok(entry) => {
                 let (id, name, size) = (&entry["id"], &entry["name"], &entry["size"]);
                 let (id, name) = (id.as_str().unwrap_or(""), name.as_str().unwrap_or(""));
-                emit(
-                    json,
-                    json!({ "file_id": id, "name": name, "size": size }),
-                    || format!("{id}  {name}  {size} bytes"),
-                );
+                emit(json, json!({ "file_id": id, "name": name, "size": size }), || {
+                    format!("{id}  {name}  {size} bytes")
+                });
             }
             Err(CommandError::Daemon {
                 code: "outside_roots", ..

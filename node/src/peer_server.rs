@@ -24,13 +24,13 @@ use std::{
     time::Duration,
 };
 
+use prometheus_client::metrics::counter::Counter;
 use protocol::{
     codec,
     listen::{self, Bounds, Guard},
     peer::{PeerError, PeerRequest, PeerResponse, ALPN, MAX_REQUEST},
     tls::{ClientAuth, NodeIdentity},
 };
-use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
@@ -219,9 +219,7 @@ async fn serve_stream(
         },
         PeerRequest::Chunk { file, index } => match shared.store.get_counted(&file) {
             None => reply(&mut send, &PeerResponse::Error(PeerError::UnknownFile)).await,
-            Some((f, _)) if !f.have.get(index) => {
-                reply(&mut send, &PeerResponse::Error(PeerError::MissingChunk)).await
-            }
+            Some((f, _)) if !f.have.get(index) => reply(&mut send, &PeerResponse::Error(PeerError::MissingChunk)).await,
             Some((f, traffic)) => {
                 let Ok(_slot) = chunks.acquire().await else { return };
                 let len = f.manifest.chunk_len(index) as u64;
@@ -285,7 +283,9 @@ async fn send_chunk(
         Ok(()) => write_chunk(send, &buf).await.map(|()| true),
         Err(e) => {
             warn!(index, "cannot read chunk: {e}");
-            reply(send, &PeerResponse::Error(PeerError::Internal)).await.map(|()| false)
+            reply(send, &PeerResponse::Error(PeerError::Internal))
+                .await
+                .map(|()| false)
         }
     };
     let mut pool = shared.buffers.lock().unwrap_or_else(|e| e.into_inner());

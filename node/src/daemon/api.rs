@@ -91,7 +91,10 @@ async fn readyz(d: &Daemon) -> Response {
         Err(_) => http::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            format!("the tracker did not answer through the proxy within {} s", READY_WAIT.as_secs()),
+            format!(
+                "the tracker did not answer through the proxy within {} s",
+                READY_WAIT.as_secs()
+            ),
         ),
     }
 }

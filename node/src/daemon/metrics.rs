@@ -193,12 +193,18 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(!text.contains("peer=\"p0\""), "{text}");
         assert!(text.contains(&format!("peer=\"p{MAX_PEER_SERIES}\"")), "{text}");
-        assert_eq!(text.matches("quorrent_node_peer_bytes_down_total{").count(), MAX_PEER_SERIES);
+        assert_eq!(
+            text.matches("quorrent_node_peer_bytes_down_total{").count(),
+            MAX_PEER_SERIES
+        );
         m.chunks_verified.inc();
         m.file("ab").down.inc_by(3);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains("quorrent_node_chunks_verified_total 1"), "{text}");
-        assert!(text.contains("quorrent_node_file_bytes_down_total{file=\"ab\"} 3"), "{text}");
+        assert!(
+            text.contains("quorrent_node_file_bytes_down_total{file=\"ab\"} 3"),
+            "{text}"
+        );
     }
 }

@@ -221,7 +221,10 @@ pub async fn run(home: &Home, upload: Option<Arc<UploadLimit>>) -> Result<(), Co
     let peer_addr = server.local_addr();
     info!(files = store.len(), addr = %peer_addr, "seeding");
     let token = ensure_token(&home.dir)?;
-    let bind = home.config.http_bind().map_err(|m| CommandError::Http(std::io::Error::other(m)))?;
+    let bind = home
+        .config
+        .http_bind()
+        .map_err(|m| CommandError::Http(std::io::Error::other(m)))?;
     let daemon = Arc::new(Daemon {
         home: Home {
             dir: home.dir.clone(),
@@ -254,7 +257,8 @@ pub async fn run(home: &Home, upload: Option<Arc<UploadLimit>>) -> Result<(), Co
     if let Some(h) = &http {
         let _ = daemon.http_addr.set(h.addr);
         let info = json!({ "pid": std::process::id(), "http": h.addr.to_string() });
-        protocol::durable::write(&info_path, info.to_string().as_bytes(), 0o600).map_err(crate::home::io(&info_path))?;
+        protocol::durable::write(&info_path, info.to_string().as_bytes(), 0o600)
+            .map_err(crate::home::io(&info_path))?;
         info!(addr = %h.addr, "node daemon: web page at http://{}/", h.addr);
     }
     let sampler = tokio::spawn(sample_loop(daemon.clone()));
@@ -644,7 +648,11 @@ impl Daemon {
     pub fn pause(&self, id: &FileId) -> Result<(), Refusal> {
         let mut jobs = self.lock_jobs();
         let Some(job) = jobs.get_mut(id) else {
-            return Err(Refusal::new(409, "not_downloading", format!("{id} is not being downloaded here")));
+            return Err(Refusal::new(
+                409,
+                "not_downloading",
+                format!("{id} is not being downloaded here"),
+            ));
         };
         match job.state {
             JobState::Downloading => {
@@ -657,7 +665,11 @@ impl Daemon {
                 Ok(())
             }
             JobState::Paused => Ok(()),
-            _ => Err(Refusal::new(409, "not_downloading", format!("{id} is not being downloaded here"))),
+            _ => Err(Refusal::new(
+                409,
+                "not_downloading",
+                format!("{id} is not being downloaded here"),
+            )),
         }
     }
 
@@ -678,7 +690,8 @@ impl Daemon {
     /// Shares `path` (canonical, inside the roots): hashes, registers,
     /// records and serves it.
     pub async fn share(&self, path: &Path) -> Result<FileEntry, Refusal> {
-        let md = std::fs::metadata(path).map_err(|e| Refusal::new(404, "not_found", format!("{}: {e}", path.display())))?;
+        let md =
+            std::fs::metadata(path).map_err(|e| Refusal::new(404, "not_found", format!("{}: {e}", path.display())))?;
         if !md.is_file() {
             return Err(Refusal::new(
                 400,
@@ -721,7 +734,14 @@ impl Daemon {
         self.store.remove(id);
         self.rates.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         let me = self.home.identity.peer_id;
-        match self.client.call(Request::Disown { peer_id: me, file_id: *id }).await {
+        match self
+            .client
+            .call(Request::Disown {
+                peer_id: me,
+                file_id: *id,
+            })
+            .await
+        {
             Ok(_) => {}
             Err(e) => warn!(file = %id.short(), "disown: {e}"),
         }
