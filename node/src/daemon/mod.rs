@@ -349,23 +349,7 @@ impl Daemon {
 
     /// `path` made canonical, if it lies inside one of [`Daemon::roots`].
     pub fn inside_roots(&self, path: &Path) -> Result<PathBuf, Refusal> {
-        let roots = self.roots();
-        let canonical = std::fs::canonicalize(path)
-            .map_err(|e| Refusal::new(404, "not_found", format!("{}: {e}", path.display())))?;
-        if roots.iter().any(|r| canonical.starts_with(r)) {
-            return Ok(canonical);
-        }
-        let list: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
-        Err(Refusal::new(
-            403,
-            "outside_roots",
-            format!(
-                "{} is outside the folders this daemon may read; it may read only: {} \
-                 (the storage folder and `share_roots` of the node's configuration)",
-                path.display(),
-                list.join(", ")
-            ),
-        ))
+        inside(&self.roots(), path)
     }
 
     /// Every file owned, downloading, paused or partial.
@@ -479,29 +463,17 @@ impl Daemon {
             })
             .collect();
         let connected = peers.iter().filter(|p| p["connected"] == true).count();
-        json!({ "peers": peers, "peers_connected": connected, "chunk_map": self.chunk_map(id) })
+        json!({ "peers": peers, "peers_connected": connected, "chunk_map": self.chunk_map_json(id) })
     }
 
     /// The have bits in at most [`MAP_CELLS`] cells, each a digit: 0 none
     /// of its chunks, 9 all of them.
-    fn chunk_map(&self, id: &FileId) -> serde_json::Value {
+    fn chunk_map_json(&self, id: &FileId) -> serde_json::Value {
         let Some(f) = self.store.get(id) else {
             return json!({ "cells": 0, "chunks": 0, "map": "" });
         };
-        let n = f.have.len();
-        let cells = n.min(MAP_CELLS);
-        let mut map = String::with_capacity(cells as usize);
-        for c in 0..cells {
-            let (from, to) = (
-                (c as u64 * n as u64 / cells as u64) as u32,
-                ((c as u64 + 1) * n as u64 / cells as u64) as u32,
-            );
-            let have = (from..to).filter(|&i| f.have.get(i)).count() as u32;
-            let span = (to - from).max(1);
-            let digit = if have == span { 9 } else { have * 9 / span };
-            map.push(char::from(b'0' + digit as u8));
-        }
-        json!({ "cells": cells, "chunks": n, "map": map })
+        let map = chunk_map(&f.have);
+        json!({ "cells": map.len(), "chunks": f.have.len(), "map": map })
     }
 
     /// Starts (or resumes) downloading `id` into the storage folder.
@@ -799,11 +771,97 @@ impl Daemon {
     }
 }
 
+/// `path` made canonical (links and `..` resolved), if it lies inside one
+/// of `roots` (canonical); a 404 or a 403 naming the roots otherwise.
+pub fn inside(roots: &[PathBuf], path: &Path) -> Result<PathBuf, Refusal> {
+    let canonical =
+        std::fs::canonicalize(path).map_err(|e| Refusal::new(404, "not_found", format!("{}: {e}", path.display())))?;
+    if roots.iter().any(|r| canonical.starts_with(r)) {
+        return Ok(canonical);
+    }
+    let list: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+    Err(Refusal::new(
+        403,
+        "outside_roots",
+        format!(
+            "{} is outside the folders this daemon may read; it may read only: {} \
+             (the storage folder and `share_roots` of the node's configuration)",
+            path.display(),
+            list.join(", ")
+        ),
+    ))
+}
+
+/// The have bits in at most [`MAP_CELLS`] cells, each a digit: `0` none
+/// of its chunks, `9` all of them, in between by proportion (rounded
+/// down, so only a whole cell shows 9).
+pub fn chunk_map(have: &crate::store::HaveBits) -> String {
+    let n = have.len() as u64;
+    let cells = n.min(MAP_CELLS as u64);
+    let mut map = String::with_capacity(cells as usize);
+    for c in 0..cells {
+        let (from, to) = ((c * n / cells) as u32, ((c + 1) * n / cells) as u32);
+        let got = (from..to).filter(|&i| have.get(i)).count() as u32;
+        let span = (to - from).max(1);
+        let digit = if got == span { 9 } else { got * 9 / span };
+        map.push(char::from(b'0' + digit as u8));
+    }
+    map
+}
+
 /// Runs a closure when dropped.
 struct Finally<F: FnMut()>(F);
 
 impl<F: FnMut()> Drop for Finally<F> {
     fn drop(&mut self) {
         (self.0)()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::HaveBits;
+
+    #[test]
+    fn chunk_maps_are_downsampled_to_512_cells() {
+        let small = HaveBits::new(3);
+        small.set(1);
+        assert_eq!(chunk_map(&small), "090");
+        let huge = HaveBits::new(65_536);
+        for i in 0..128 {
+            huge.set(i);
+        }
+        huge.set(200);
+        let map = chunk_map(&huge);
+        assert_eq!(map.len(), MAP_CELLS as usize);
+        assert!(map.starts_with("9") && map[1..].starts_with('0'), "{}", &map[..4]);
+        assert_eq!(&map[1..2], "0");
+        assert_eq!(chunk_map(&HaveBits::new(0)), "");
+        assert!(chunk_map(&HaveBits::full(1000)).chars().all(|c| c == '9'));
+    }
+
+    #[test]
+    fn only_canonical_paths_inside_the_roots_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(root.join("sub/a"), b"a").unwrap();
+        std::fs::write(out.join("b"), b"b").unwrap();
+        std::os::unix::fs::symlink(out.join("b"), root.join("link")).unwrap();
+        let roots = vec![root.canonicalize().unwrap()];
+        assert!(inside(&roots, &root.join("sub/../sub/a")).is_ok());
+        for bad in [out.join("b"), root.join("../out/b"), root.join("link")] {
+            let r = inside(&roots, &bad).unwrap_err();
+            assert_eq!((r.status, r.code), (403, "outside_roots"), "{bad:?}");
+            assert!(r.message.contains(roots[0].to_str().unwrap()), "{}", r.message);
+        }
+        // A root's sibling with the root's name as prefix is outside too.
+        std::fs::create_dir_all(dir.path().join("root2")).unwrap();
+        std::fs::write(dir.path().join("root2/c"), b"c").unwrap();
+        assert_eq!(inside(&roots, &dir.path().join("root2/c")).unwrap_err().status, 403);
+        assert_eq!(inside(&roots, &root.join("missing")).unwrap_err().status, 404);
     }
 }
