@@ -17,7 +17,8 @@
   const token = sessionStorage.getItem("quorrent-token");
 
   const $ = (id) => document.getElementById(id);
-  let selected = null;
+  // The selected file: its detail is shown; kept in the address as #file=ID.
+  let selected = location.hash.startsWith("#file=") ? location.hash.slice(6) : null;
   const history_ = new Map(); // id -> [{down, up}]
 
   function showError(msg) {
@@ -109,7 +110,11 @@
         if (confirm("Stop sharing " + f.name + "? Its data stays on disk.")) act(api("DELETE", "/api/files/" + f.id));
       }));
       tr.appendChild(actions);
-      tr.addEventListener("click", () => { selected = f.id; $("detail").hidden = false; pollDetail(); });
+      tr.addEventListener("click", () => {
+        selected = f.id;
+        history.replaceState(null, "", "#file=" + f.id);
+        pollDetail();
+      });
       body.appendChild(tr);
 
       const h = history_.get(f.id) || [];
@@ -166,6 +171,7 @@
     if (!selected) return;
     try {
       const f = await api("GET", "/api/files/" + selected);
+      $("detail").hidden = false;
       $("detail-name").textContent = f.name;
       $("detail-id").textContent = f.id + " · " + human(f.size) + " · " + f.have + "/" + f.chunks + " chunks";
       drawChunkMap(f.chunk_map || { cells: 0, map: "" });
@@ -182,9 +188,14 @@
         body.appendChild(tr);
       }
     } catch (e) {
-      selected = null;
-      $("detail").hidden = true;
+      closeDetail();
     }
+  }
+
+  function closeDetail() {
+    selected = null;
+    $("detail").hidden = true;
+    history.replaceState(null, "", location.pathname);
   }
 
   async function poll() {
@@ -248,7 +259,7 @@
     }
   });
 
-  $("detail-close").addEventListener("click", () => { selected = null; $("detail").hidden = true; });
+  $("detail-close").addEventListener("click", closeDetail);
 
   status();
   poll();

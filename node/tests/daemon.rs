@@ -400,6 +400,10 @@ async fn daemon_api_share_download_pause_remove_and_refusals() {
     let entry2 = b.await_file(&id2, "listed", |e| e["state"] == "seeding").await;
     assert_eq!(entry2["result"]["per_peer"], got2["per_peer"], "{entry2}");
 
+    // The page, in a real browser when the machine has one: its script
+    // polls the API and lists the files.
+    page_in_browser(&b, &id).await;
+
     // Remove, with the data.
     let (status, removed) = b
         .call("DELETE", &format!("/api/files/{id2}?delete_data=true"), None)
@@ -440,4 +444,49 @@ async fn daemon_api_share_download_pause_remove_and_refusals() {
     b.stop().await;
     a.stop().await;
     p.shutdown().await;
+}
+
+/// A headless Chromium (if installed) loads the daemon's page, runs its
+/// script, and the DOM lists `id` as seeding at 100 %. With
+/// `QUORRENT_PAGE_SHOTS=DIR` it also saves phone- and desktop-sized
+/// screenshots there.
+async fn page_in_browser(d: &Daemon, id: &str) {
+    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|b| {
+        std::process::Command::new("which")
+            .arg(b)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        eprintln!("no headless browser here: page check skipped");
+        return;
+    };
+    // The file's detail open (its chunk map drawn) as well.
+    let url = format!("http://{}/#file={id}", d.http);
+    let profile = tempfile::tempdir().unwrap();
+    let chrome = |extra: &[String]| {
+        let mut c = tokio::process::Command::new(browser);
+        c.args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("--virtual-time-budget=4000")
+            .args(extra)
+            .arg(&url)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        c
+    };
+    let (ok, dom, err) = output_within(chrome(&["--dump-dom".into()]), LIMIT).await;
+    assert!(ok, "{browser}: {err}");
+    let row = format!("data-id=\"{id}\"");
+    assert!(dom.contains(&row), "no row for {id} in the page:\n{dom}");
+    assert!(dom.contains("data-state=\"seeding\""), "{dom}");
+    assert!(dom.contains(">100%<"), "{dom}");
+    assert!(dom.contains("data-cells=\"12\""), "the chunk map of 12 chunks:\n{dom}");
+    assert!(dom.contains("<rect"), "{dom}");
+    if let Ok(dir) = std::env::var("QUORRENT_PAGE_SHOTS") {
+        for (name, size) in [("phone", "390,1400"), ("desktop", "1280,1000")] {
+            let shot = format!("--screenshot={dir}/{name}.png");
+            let (ok, _, err) = output_within(chrome(&[shot, format!("--window-size={size}")]), LIMIT).await;
+            assert!(ok, "{err}");
+        }
+    }
 }
