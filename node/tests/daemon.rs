@@ -148,9 +148,12 @@ async fn http_raw(
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -327,6 +330,30 @@ async fn daemon_api_share_download_pause_remove_and_refusals() {
         "",
     );
     assert_error("search without q", a.get("/api/search").await, 400, "bad_input", "`q`");
+    // Another web page, through the user's browser: a rebound name, a
+    // change from another origin.
+    let body = json!({ "path": data }).to_string();
+    assert_error(
+        "rebinding",
+        http(a.http, "GET", "/api/files", &[("Host", "evil.example")], b"").await,
+        403,
+        "bad_host",
+        "evil.example",
+    );
+    assert_error(
+        "cross origin",
+        http(
+            a.http,
+            "POST",
+            "/api/shares",
+            &[("Origin", "http://evil.example")],
+            body.as_bytes(),
+        )
+        .await,
+        403,
+        "cross_origin",
+        "evil.example",
+    );
 
     // Bob's daemon downloads it; paused half way, resumed, done.
     let b = start_daemon(&bob).await;

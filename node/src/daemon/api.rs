@@ -51,6 +51,11 @@ async fn route(d: Arc<Daemon>, req: Request) -> Response {
             return r;
         }
     }
+    if path.starts_with("/api/") {
+        if let Err(r) = browser_guard(&d, &req) {
+            return r;
+        }
+    }
     let get = req.method == Method::GET;
     let post = req.method == Method::POST;
     match path.as_str() {
@@ -78,6 +83,52 @@ async fn route(d: Arc<Daemon>, req: Request) -> Response {
             None => http::not_found(&req),
         },
     }
+}
+
+/// What a web page elsewhere must not do through the user's browser: on
+/// loopback no token guards the API, so a request whose `Host` is not a
+/// loopback name (a DNS-rebinding page) is refused, and so is a change
+/// (any method but GET) sent by a page of another origin (`Origin`, which
+/// browsers add, differs from `Host`). Programs (the CLI, curl) send no
+/// `Origin`.
+#[allow(clippy::result_large_err)]
+fn browser_guard(d: &Daemon, req: &Request) -> Result<(), Response> {
+    let header = |name: hyper::header::HeaderName| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    let host = header(hyper::header::HOST);
+    if !d.token_required() && !is_loopback_host(&host) {
+        return Err(http::error(
+            StatusCode::FORBIDDEN,
+            "bad_host",
+            format!(
+                "Host {:?} is not a loopback name; use http://127.0.0.1:PORT/ or http://localhost:PORT/",
+                truncate(&host)
+            ),
+        ));
+    }
+    let origin = header(hyper::header::ORIGIN);
+    if req.method != Method::GET && !origin.is_empty() && origin != format!("http://{host}") {
+        return Err(http::error(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            format!("a page of {:?} may not change this node", truncate(&origin)),
+        ));
+    }
+    Ok(())
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn readyz(d: &Daemon) -> Response {
@@ -245,5 +296,32 @@ async fn file_route(d: &Arc<Daemon>, req: &Request, rest: &str) -> Response {
             Err(r) => refused(r),
         },
         Some(_) => http::not_found(req),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "127.0.0.1:7490",
+            "localhost:7490",
+            "localhost",
+            "[::1]:7490",
+            "127.0.0.2",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.example:7490",
+            "",
+            "10.0.0.1:7490",
+            "localhost.evil.example",
+            "[::2]:1",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
     }
 }
