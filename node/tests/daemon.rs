@@ -330,6 +330,13 @@ async fn daemon_api_share_download_pause_remove_and_refusals() {
         "",
     );
     assert_error("search without q", a.get("/api/search").await, 400, "bad_input", "`q`");
+    assert_error(
+        "unregistered file",
+        a.post("/api/downloads", &json!({ "id": "ab".repeat(32) })).await,
+        404,
+        "not_found",
+        "unknown file",
+    );
     // Another web page, through the user's browser: a rebound name, a
     // change from another origin.
     let body = json!({ "path": data }).to_string();
@@ -417,7 +424,8 @@ async fn daemon_api_share_download_pause_remove_and_refusals() {
     let id2 = out["file_id"].as_str().unwrap().to_owned();
     a.await_file(&id2, "served", |e| e["state"] == "seeding" && e["chunks"] == 4)
         .await;
-    let got2 = ok_json(&bob, &["get", &id2]).await;
+    // By name: the command resolves it, the daemon downloads.
+    let got2 = ok_json(&bob, &["get", "second.bin"]).await;
     assert_eq!(got2["file_id"], id2.as_str());
     assert_eq!(got2["size"], 1 << 20);
     let path2 = PathBuf::from(got2["path"].as_str().unwrap());
