@@ -368,6 +368,9 @@ async fn daemon_api_share_download_pause_remove_and_refusals() {
     assert_eq!(status, 202, "{entry}");
     assert_eq!(entry["name"], "movie.bin");
     b.await_file(&id, "started", |e| e["have"].as_u64() > Some(0)).await;
+    // Asked again while it runs: the same download.
+    let (status, again) = b.post("/api/downloads", &json!({ "id": id })).await;
+    assert_eq!(status, 202, "{again}");
     let (status, paused) = b.call("POST", &format!("/api/files/{id}/pause"), None).await;
     assert_eq!(status, 200, "{paused}");
     assert_eq!(paused["state"], "paused");

@@ -478,10 +478,13 @@ impl Daemon {
 
     /// Starts (or resumes) downloading `id` into the storage folder.
     pub async fn download(self: &Arc<Self>, id: FileId) -> Result<FileEntry, Refusal> {
-        if let Some(j) = self.lock_jobs().get(&id) {
-            if j.state == JobState::Downloading {
-                return self.file(&id)?.ok_or_else(|| Refusal::new(404, "not_found", "gone"));
-            }
+        // (The jobs' lock is released before `file` takes it again.)
+        let running = self
+            .lock_jobs()
+            .get(&id)
+            .is_some_and(|j| j.state == JobState::Downloading);
+        if running {
+            return self.file(&id)?.ok_or_else(|| Refusal::new(404, "not_found", "gone"));
         }
         let home = &self.home;
         if let Some(rec) = home.state()?.files.get(&id.to_hex()) {
