@@ -254,11 +254,18 @@ pub async fn run(home: &Home, upload: Option<Arc<UploadLimit>>) -> Result<(), Co
         }
     };
     let info_path = home.dir.join("daemon.json");
-    if let Some(h) = &http {
+    let info = http
+        .as_ref()
+        .map(|h| json!({ "pid": std::process::id(), "http": h.addr.to_string() }).to_string());
+    if let (Some(h), Some(info)) = (&http, &info) {
         let _ = daemon.http_addr.set(h.addr);
-        let info = json!({ "pid": std::process::id(), "http": h.addr.to_string() });
-        protocol::durable::write(&info_path, info.to_string().as_bytes(), 0o600)
-            .map_err(crate::home::io(&info_path))?;
+        if let Err(e) = protocol::durable::write(&info_path, info.as_bytes(), 0o600) {
+            server.shutdown().await;
+            if let Some(h) = http {
+                h.shutdown().await;
+            }
+            return Err(crate::home::io(&info_path)(e).into());
+        }
         info!(addr = %h.addr, "node daemon: web page at http://{}/", h.addr);
     }
     let sampler = tokio::spawn(sample_loop(daemon.clone()));
@@ -267,7 +274,10 @@ pub async fn run(home: &Home, upload: Option<Arc<UploadLimit>>) -> Result<(), Co
     daemon.stop_jobs();
     if let Some(h) = http {
         h.shutdown().await;
-        let _ = std::fs::remove_file(&info_path);
+        // Only ours: a second daemon of the home may have replaced it.
+        if std::fs::read_to_string(&info_path).ok() == info {
+            let _ = std::fs::remove_file(&info_path);
+        }
     }
     result
 }
@@ -282,6 +292,11 @@ pub fn ensure_token(dir: &Path) -> Result<String, HomeError> {
         }
     }
     let token = hex::encode(rand::random::<[u8; 32]>());
+    if path.exists() {
+        // Empty (a crash while it was made): made again.
+        protocol::tls::write_private(&path, token.as_bytes())?;
+        return Ok(token);
+    }
     let made = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -825,6 +840,21 @@ impl<F: FnMut()> Drop for Finally<F> {
 mod tests {
     use super::*;
     use crate::store::HaveBits;
+
+    #[test]
+    fn the_token_is_made_once_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let t = ensure_token(dir.path()).unwrap();
+        assert_eq!(t.len(), 64);
+        assert_eq!(ensure_token(dir.path()).unwrap(), t);
+        let path = dir.path().join("http-token");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o077, 0);
+        std::fs::write(&path, b"").unwrap();
+        let again = ensure_token(dir.path()).unwrap();
+        assert!(again.len() == 64 && again != t);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), again);
+    }
 
     #[test]
     fn chunk_maps_are_downsampled_to_512_cells() {
