@@ -927,7 +927,7 @@ async fn get_via_daemon(
         }
         tokio::select! {
             _ = tokio::time::sleep(DAEMON_POLL) => {}
-            _ = home.stop.stopped() => return Err(CommandError::Stopped("the daemon finished the download (it goes on)")),
+            _ = home.stop.stopped() => return Err(CommandError::Stopped("the download in the daemon")),
         }
     }
 }
