@@ -94,6 +94,7 @@ async fn main() {
                 *f = Some(started.elapsed());
             }
         })),
+        live: None,
     })
     .await
     .expect("download");

@@ -66,7 +66,10 @@ pub enum Command {
         #[command(flatten)]
         upload: UploadArgs,
     },
-    /// Serve every file owned or partly downloaded, until stopped.
+    /// The daemon: serve every file owned or partly downloaded, and the
+    /// HTTP API and web page (`http_addr`, default 127.0.0.1:7490), until
+    /// stopped.
+    #[command(alias = "daemon")]
     Seed {
         #[command(flatten)]
         upload: UploadArgs,

@@ -72,6 +72,12 @@ pub enum CommandError {
     /// tracker (the password, hashing).
     #[error("stopped before {0} finished")]
     Stopped(&'static str),
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+    /// The running daemon of this home refused or failed the work handed
+    /// to it; `code` is its error code.
+    #[error("the node daemon: {message}")]
+    Daemon { code: &'static str, message: String },
 }
 
 impl CommandError {
@@ -111,6 +117,8 @@ impl CommandError {
             CommandError::Listen(_) => "config",
             CommandError::Interrupted { .. } => "interrupted",
             CommandError::Stopped(_) => "stopped",
+            CommandError::Http(_) => "io",
+            CommandError::Daemon { code, .. } => code,
         }
     }
 
@@ -157,7 +165,7 @@ pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), Comman
 }
 
 /// Prints `value` as JSON, or `text` for people.
-fn emit(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
+pub(crate) fn emit(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
     if json {
         println!("{value}");
     } else {
@@ -200,7 +208,7 @@ fn live_session(home: &Home) -> Result<Option<Session>, CommandError> {
 }
 
 /// A tracker client carrying the session token, or "not logged in".
-fn logged_in(home: &Home) -> Result<(Arc<TrackerClient>, Session), CommandError> {
+pub(crate) fn logged_in(home: &Home) -> Result<(Arc<TrackerClient>, Session), CommandError> {
     let session = live_session(home)?.ok_or(CommandError::NotLoggedIn)?;
     let client = tracker_client(home, Some(session.token.clone()))?;
     Ok((client, session))
@@ -299,7 +307,7 @@ fn progress_bar(json: bool, len: u64, template: &str) -> Option<ProgressBar> {
 /// address when its port is fixed). A wildcard IP (0.0.0.0, ::) is
 /// replaced by the local IP this host uses to reach its first proxy, so
 /// that a node listening on every interface announces one others reach.
-async fn advertised(home: &Home, bound: Option<SocketAddr>) -> Vec<SocketAddr> {
+pub(crate) async fn advertised(home: &Home, bound: Option<SocketAddr>) -> Vec<SocketAddr> {
     let config = &home.config;
     if !config.advertise.is_empty() {
         // Checked when the configuration was loaded.
@@ -332,82 +340,46 @@ async fn advertised(home: &Home, bound: Option<SocketAddr>) -> Vec<SocketAddr> {
 }
 
 async fn share(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), CommandError> {
+    let Some(link) = crate::daemon::client::running(home).await else {
+        return share_here(home, paths, json).await;
+    };
+    // The daemon shares only from its folders; the rest is done here
+    // (the daemon serves it from its next heartbeat on).
+    let mut here = Vec::new();
+    for path in paths {
+        let Ok(abs) = std::fs::canonicalize(path) else {
+            here.push(path.clone());
+            continue;
+        };
+        match link.post("/api/shares", &json!({ "path": abs })).await {
+            Ok(entry) => {
+                let (id, name, size) = (&entry["id"], &entry["name"], &entry["size"]);
+                let (id, name) = (id.as_str().unwrap_or(""), name.as_str().unwrap_or(""));
+                emit(json, json!({ "file_id": id, "name": name, "size": size }), || {
+                    format!("{id}  {name}  {size} bytes")
+                });
+            }
+            Err(CommandError::Daemon {
+                code: "outside_roots", ..
+            }) => here.push(path.clone()),
+            Err(e) => return Err(e),
+        }
+    }
+    if here.is_empty() {
+        return Ok(());
+    }
+    share_here(home, &here, json).await
+}
+
+/// `share` done by this process.
+async fn share_here(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), CommandError> {
     let (client, _) = logged_in(home)?;
     let mut manifests = Vec::new();
     for path in paths {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| CommandError::Share {
-                path: path.clone(),
-                source: ManifestError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")),
-            })?
-            .to_owned();
-        let size = std::fs::metadata(path)
-            .map_err(|e| CommandError::Share {
-                path: path.clone(),
-                source: e.into(),
-            })?
-            .len();
-        let bar = progress_bar(
-            json,
-            size,
-            "hashing {msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
-        );
-        if let Some(b) = &bar {
-            b.set_message(name.clone());
-        }
-        let chunk_size = chunk_size_for(size, home.config.sharing.chunk_size);
-        let (p, b) = (path.clone(), bar.clone());
-        let hashing = tokio::task::spawn_blocking(move || {
-            hash_file(&p, name, chunk_size, |done| {
-                if let Some(b) = &b {
-                    b.set_position(done);
-                }
-            })
-        });
-        let hashed = tokio::select! {
-            h = hashing => h,
-            _ = home.stop.stopped() => {
-                if let Some(b) = bar { b.abandon(); }
-                return Err(CommandError::Stopped("the files were hashed"));
-            }
-        };
-        let manifest = hashed
-            .map_err(|e| CommandError::Share {
-                path: path.clone(),
-                source: ManifestError::Io(std::io::Error::other(e)),
-            })?
-            .map_err(|source| CommandError::Share {
-                path: path.clone(),
-                source,
-            })?;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        manifests.push((path, manifest));
+        manifests.push((path, hash_one(home, path, json).await?));
     }
     for (path, m) in manifests {
-        // Announcing here would replace the addresses of a `seed` of this
-        // node that may be running: announce only a peer the tracker lacks.
-        let own = || {
-            client.call(Request::Own {
-                peer_id: home.identity.peer_id,
-                file: m.meta(),
-            })
-        };
-        match own().await {
-            Err(TrackerError::Api(ApiError::UnknownPeer(_))) => {
-                announce(&client, home, advertised(home, None).await).await?;
-                own().await?;
-            }
-            other => {
-                other?;
-            }
-        }
-        // The state lock may be held by another command of this home (up
-        // to its bound): wait off the async workers.
-        tokio::task::block_in_place(|| home.record_owned(&m, path))?;
+        own_one(home, &client, &m, path).await?;
         info!(file = %m.id(), name = %m.name, "shared");
         emit(
             json,
@@ -422,9 +394,96 @@ async fn share(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), Command
     Ok(())
 }
 
+/// Chunks and hashes one file (a bar on a terminal), on the blocking
+/// pool; ends on the stop signal.
+pub(crate) async fn hash_one(home: &Home, path: &Path, json: bool) -> Result<Manifest, CommandError> {
+    let path = &path.to_path_buf();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| CommandError::Share {
+            path: path.clone(),
+            source: ManifestError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")),
+        })?
+        .to_owned();
+    let size = std::fs::metadata(path)
+        .map_err(|e| CommandError::Share {
+            path: path.clone(),
+            source: e.into(),
+        })?
+        .len();
+    let bar = progress_bar(
+        json,
+        size,
+        "hashing {msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+    );
+    if let Some(b) = &bar {
+        b.set_message(name.clone());
+    }
+    let chunk_size = chunk_size_for(size, home.config.sharing.chunk_size);
+    let (p, b) = (path.clone(), bar.clone());
+    let hashing = tokio::task::spawn_blocking(move || {
+        hash_file(&p, name, chunk_size, |done| {
+            if let Some(b) = &b {
+                b.set_position(done);
+            }
+        })
+    });
+    let hashed = tokio::select! {
+        h = hashing => h,
+        _ = home.stop.stopped() => {
+            if let Some(b) = bar { b.abandon(); }
+            return Err(CommandError::Stopped("the files were hashed"));
+        }
+    };
+    let manifest = hashed
+        .map_err(|e| CommandError::Share {
+            path: path.clone(),
+            source: ManifestError::Io(std::io::Error::other(e)),
+        })?
+        .map_err(|source| CommandError::Share {
+            path: path.clone(),
+            source,
+        })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(manifest)
+}
+
+/// Registers `m` (at `path`) as owned by this node and records it.
+pub(crate) async fn own_one(
+    home: &Home,
+    client: &TrackerClient,
+    m: &Manifest,
+    path: &Path,
+) -> Result<(), CommandError> {
+    // Announcing here would replace the addresses of a `seed` of this
+    // node that may be running: announce only a peer the tracker lacks.
+    let own = || {
+        client.call(Request::Own {
+            peer_id: home.identity.peer_id,
+            file: m.meta(),
+        })
+    };
+    match own().await {
+        Err(TrackerError::Api(ApiError::UnknownPeer(_))) => {
+            announce(client, home, advertised(home, None).await).await?;
+            own().await?;
+        }
+        other => {
+            other?;
+        }
+    }
+    // The state lock may be held by another command of this home (up
+    // to its bound): wait off the async workers.
+    tokio::task::block_in_place(|| home.record_owned(m, path))?;
+    Ok(())
+}
+
 /// The configured chunk size, doubled as needed to keep the manifest of a
 /// very large file at most 65,536 chunks (2 MiB) long.
-fn chunk_size_for(size: u64, configured: u32) -> u32 {
+pub(crate) fn chunk_size_for(size: u64, configured: u32) -> u32 {
     let mut c = configured.clamp(MIN_CHUNK, MAX_CHUNK);
     while size.div_ceil(c as u64) > 65_536 && c < MAX_CHUNK {
         c = (c * 2).min(MAX_CHUNK);
@@ -432,7 +491,7 @@ fn chunk_size_for(size: u64, configured: u32) -> u32 {
     c
 }
 
-async fn announce(client: &TrackerClient, home: &Home, addrs: Vec<SocketAddr>) -> Result<(), CommandError> {
+pub(crate) async fn announce(client: &TrackerClient, home: &Home, addrs: Vec<SocketAddr>) -> Result<(), CommandError> {
     client
         .call(Request::AnnouncePeer {
             peer_id: home.identity.peer_id,
@@ -453,7 +512,7 @@ const MAX_OWNERS_KEPT: usize = 4096;
 
 /// A file's metadata, its live complete owners, page by page, up to
 /// [`MAX_OWNERS_KEPT`], and its partial owners (from the first page).
-async fn all_owners(
+pub(crate) async fn all_owners(
     client: &TrackerClient,
     file_id: FileId,
 ) -> Result<(FileMeta, Vec<PeerInfo>, Vec<PartialOwner>), CommandError> {
@@ -495,7 +554,7 @@ async fn all_owners(
 }
 
 /// Every search hit for `text`, page by page.
-async fn search_all(client: &TrackerClient, text: &str) -> Result<Vec<SearchHit>, CommandError> {
+pub(crate) async fn search_all(client: &TrackerClient, text: &str) -> Result<Vec<SearchHit>, CommandError> {
     protocol::ids::check_query(text)?;
     let mut hits = Vec::new();
     let mut cursor = 0;
@@ -524,19 +583,7 @@ async fn search(home: &Home, text: &str, json: bool) -> Result<(), CommandError>
     let hits = search_all(&client, text).await?;
     client.close().await;
     if json {
-        let arr: Vec<_> = hits
-            .iter()
-            .map(|h| {
-                json!({
-                    "file_id": h.file.id.to_hex(),
-                    "name": h.file.name,
-                    "size": h.file.size,
-                    "owners": h.live_owners,
-                    "partial_owners": h.partial_owners,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(arr));
+        println!("{}", hits_json(&hits));
     } else if hits.is_empty() {
         println!("no file matches {text:?}");
     } else {
@@ -554,8 +601,25 @@ async fn search(home: &Home, text: &str, json: bool) -> Result<(), CommandError>
     Ok(())
 }
 
+/// Search hits as `search --json` prints them.
+pub(crate) fn hits_json(hits: &[SearchHit]) -> serde_json::Value {
+    let arr: Vec<_> = hits
+        .iter()
+        .map(|h| {
+            json!({
+                "file_id": h.file.id.to_hex(),
+                "name": h.file.name,
+                "size": h.file.size,
+                "owners": h.live_owners,
+                "partial_owners": h.partial_owners,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(arr)
+}
+
 /// A file id, or the id of the one file registered under exactly `name`.
-async fn resolve(client: &TrackerClient, id_or_name: &str) -> Result<FileId, CommandError> {
+pub(crate) async fn resolve(client: &TrackerClient, id_or_name: &str) -> Result<FileId, CommandError> {
     if id_or_name.len() == 64 {
         if let Ok(id) = id_or_name.parse::<FileId>() {
             return Ok(id);
@@ -577,7 +641,7 @@ async fn resolve(client: &TrackerClient, id_or_name: &str) -> Result<FileId, Com
     }
 }
 
-fn listen_addr(home: &Home) -> Result<SocketAddr, CommandError> {
+pub(crate) fn listen_addr(home: &Home) -> Result<SocketAddr, CommandError> {
     home.config
         .listen
         .parse()
@@ -614,7 +678,7 @@ const REQUERY_OWNERS: u32 = 256;
 /// once its manifest is known (the store has the file) and then every
 /// [`ANNOUNCE_EVERY`], and sends the owners of every re-query to the
 /// download. Runs until aborted.
-async fn partial_loop(
+pub(crate) async fn partial_loop(
     client: Arc<TrackerClient>,
     store: Arc<Store>,
     me: PeerId,
@@ -684,6 +748,13 @@ async fn partial_loop(
 }
 
 async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Result<(), CommandError> {
+    // A running daemon of this home downloads into its storage folder with
+    // partial owners: the usual case is handed to it.
+    if opts.output.is_none() && opts.partial {
+        if let Some(link) = crate::daemon::client::running(home).await {
+            return get_via_daemon(home, &link, id_or_name, json).await;
+        }
+    }
     let GetOptions {
         output,
         no_seed,
@@ -768,6 +839,7 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
         sharing: home.config.sharing.clone(),
         store: Some(store.clone()),
         progress,
+        live: None,
     };
     let result = tokio::select! {
         r = download::run(plan) => r,
@@ -799,29 +871,8 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
             file: report.manifest.meta(),
         })
         .await?;
-    let path = std::fs::canonicalize(&report.path).unwrap_or(report.path.clone());
-    emit(
-        json,
-        json!({
-            "file_id": id.to_hex(),
-            "path": path,
-            "size": report.manifest.size,
-            "seconds": report.seconds,
-            "peers": report.peers_used(),
-            "per_peer": report.per_peer,
-            "finished_ms": report.finished_ms,
-        }),
-        || {
-            format!(
-                "{} ({} bytes) in {:.2} s from {} peers -> {}",
-                report.manifest.name,
-                report.manifest.size,
-                report.seconds,
-                report.peers_used(),
-                path.display()
-            )
-        },
-    );
+    let (value, text) = get_output(&report);
+    emit(json, value, || text);
     if no_seed {
         server.shutdown().await;
         client.close().await;
@@ -831,6 +882,85 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
         eprintln!("seeding; press Ctrl-C to stop");
     }
     serve_until_stopped(home, &client, server, &store).await
+}
+
+/// How often `get` asks a daemon how its download goes.
+const DAEMON_POLL: Duration = Duration::from_millis(200);
+
+/// `get` handed to the running daemon: it downloads and seeds; this
+/// process waits for the end and prints what `get` prints.
+async fn get_via_daemon(
+    home: &Home,
+    link: &crate::daemon::client::Link,
+    id_or_name: &str,
+    json: bool,
+) -> Result<(), CommandError> {
+    let id = match id_or_name.parse::<FileId>() {
+        Ok(id) if id_or_name.len() == 64 => id,
+        _ => {
+            let (client, _) = logged_in(home)?;
+            let id = resolve(&client, id_or_name).await;
+            client.close().await;
+            id?
+        }
+    };
+    info!(file = %id, "handing the download to the running daemon");
+    link.post("/api/downloads", &json!({ "id": id.to_hex() })).await?;
+    let path = format!("/api/files/{}", id.to_hex());
+    loop {
+        let entry = link.get(&path).await?;
+        match entry["state"].as_str() {
+            Some("failed") => {
+                let code = crate::daemon::client::known_code(entry["error"]["code"].as_str().unwrap_or(""));
+                let message = entry["error"]["message"].as_str().unwrap_or("the download failed");
+                return Err(CommandError::Daemon {
+                    code,
+                    message: message.to_owned(),
+                });
+            }
+            Some("seeding") if entry["result"].is_object() => {
+                let text = entry["result_text"].as_str().unwrap_or("").to_owned();
+                emit(json, entry["result"].clone(), || text);
+                return Ok(());
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DAEMON_POLL) => {}
+            _ = home.stop.stopped() => return Err(CommandError::Stopped("the download in the daemon")),
+        }
+    }
+}
+
+/// What `get` prints for a finished download: JSON and text.
+pub(crate) fn get_output(report: &download::DownloadReport) -> (serde_json::Value, String) {
+    let path = std::fs::canonicalize(&report.path).unwrap_or(report.path.clone());
+    let value = json!({
+        "file_id": report.file_id.to_hex(),
+        "path": path,
+        "size": report.manifest.size,
+        "seconds": report.seconds,
+        "peers": report.peers_used(),
+        "per_peer": report.per_peer,
+        "finished_ms": report.finished_ms,
+    });
+    let text = format!(
+        "{} ({} bytes) in {:.2} s from {} peers -> {}",
+        report.manifest.name,
+        report.manifest.size,
+        report.seconds,
+        report.peers_used(),
+        path.display()
+    );
+    (value, text)
+}
+
+/// What `get` prints for a file already here.
+pub(crate) fn already_output(id: &FileId, path: &Path, size: u64) -> (serde_json::Value, String) {
+    (
+        json!({ "file_id": id.to_hex(), "path": path, "size": size, "seconds": 0.0, "peers": 0 }),
+        format!("already here: {}", path.display()),
+    )
 }
 
 /// `get` of a file this node already owns: report it, make sure the
@@ -849,11 +979,8 @@ async fn owned_already(
     let size = store.get(&id).map_or(0, |f| f.manifest.size);
     let server = PeerServer::start_limited(&home.identity, listen_addr(home)?, store.clone(), upload)?;
     let print = || {
-        emit(
-            json,
-            json!({ "file_id": id.to_hex(), "path": path, "size": size, "seconds": 0.0, "peers": 0 }),
-            || format!("already here: {}", path.display()),
-        )
+        let (value, text) = already_output(&id, path, size);
+        emit(json, value, || text)
     };
     if no_seed {
         let registered = register_owned(home, client, server.local_addr(), &store).await;
@@ -868,17 +995,13 @@ async fn owned_already(
 }
 
 async fn seed(home: &Home, upload: Option<Arc<UploadLimit>>) -> Result<(), CommandError> {
-    let (client, _) = logged_in(home)?;
-    let store = Store::new();
-    load_owned(home, &store)?;
-    let server = PeerServer::start_limited(&home.identity, listen_addr(home)?, store.clone(), upload)?;
-    info!(files = store.len(), addr = %server.local_addr(), "seeding");
-    serve_until_stopped(home, &client, server, &store).await
+    crate::daemon::run(home, upload).await
 }
 
 /// Announces the server, registers every complete owned file, then
-/// heartbeats until SIGINT or SIGTERM.
-async fn serve_until_stopped(
+/// heartbeats until SIGINT or SIGTERM; files another command of the home
+/// added to the state meanwhile are served from the next heartbeat on.
+pub(crate) async fn serve_until_stopped(
     home: &Home,
     client: &TrackerClient,
     server: PeerServer,
@@ -897,6 +1020,9 @@ async fn serve_until_stopped(
         tokio::select! {
             _ = home.stop.stopped() => break,
             _ = tick.tick() => {
+                if let Err(e) = load_new(home, store) {
+                    warn!("cannot read the state: {e}");
+                }
                 match client.call(Request::Heartbeat { peer_id: home.identity.peer_id }).await {
                     Ok(_) => {}
                     Err(TrackerError::Api(ApiError::UnknownPeer(_))) => {
@@ -920,7 +1046,7 @@ async fn serve_until_stopped(
     Ok(())
 }
 
-async fn register_owned(
+pub(crate) async fn register_owned(
     home: &Home,
     client: &TrackerClient,
     addr: SocketAddr,
@@ -944,7 +1070,7 @@ async fn register_owned(
 
 /// Puts every file of the state that is still on disk into the store:
 /// complete files whole, partial downloads with their verified chunks.
-fn load_owned(home: &Home, store: &Store) -> Result<(), CommandError> {
+pub(crate) fn load_owned(home: &Home, store: &Store) -> Result<(), CommandError> {
     for (hex, rec) in home.state()?.files {
         let Ok(id) = hex.parse::<FileId>() else { continue };
         let manifest_path = match &rec.partial_in {
@@ -963,7 +1089,26 @@ fn load_owned(home: &Home, store: &Store) -> Result<(), CommandError> {
     Ok(())
 }
 
-fn load_one(
+/// Puts into the store the files of the state it does not serve yet.
+pub(crate) fn load_new(home: &Home, store: &Store) -> Result<(), CommandError> {
+    for (hex, rec) in home.state()?.files {
+        let Ok(id) = hex.parse::<FileId>() else { continue };
+        if store.get(&id).is_some() {
+            continue;
+        }
+        let manifest_path = match &rec.partial_in {
+            Some(dir) => download::sidecar(dir, &id, "manifest"),
+            None => home.manifest_path(&id),
+        };
+        if let Ok(Some(shared)) = load_one(&id, &manifest_path, &rec.path, rec.partial_in.as_deref()) {
+            info!(file = %id.short(), name = %rec.name, "serving a file another command added");
+            store.insert(shared);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn load_one(
     id: &FileId,
     manifest_path: &Path,
     data: &Path,

@@ -1,9 +1,11 @@
 //! The quorrent node: its home (identity, session, the locked state file
 //! and its repair), the tracker client, the peer server, the multi-peer
-//! downloader and the commands of the `quorrent` command line.
+//! downloader, the daemon (HTTP API, web page, metrics) and the commands
+//! of the `quorrent` command line.
 
 pub mod cli;
 pub mod commands;
+pub mod daemon;
 pub mod download;
 pub mod home;
 pub mod peer_server;

@@ -24,6 +24,7 @@ use std::{
     time::Duration,
 };
 
+use prometheus_client::metrics::counter::Counter;
 use protocol::{
     codec,
     listen::{self, Bounds, Guard},
@@ -34,6 +35,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::{
+    daemon::metrics::Direction,
     rate::UploadLimit,
     store::{SharedFile, Store},
 };
@@ -154,10 +156,16 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let remote = conn.remote_address();
     debug!(%remote, "peer connected");
     let chunks = Arc::new(Semaphore::new(CHUNKS_PER_CONNECTION));
+    // Looked up once per connection; a chunk sent is one atomic add.
+    let sent = shared
+        .store
+        .metrics()
+        .map(|m| m.peer(Direction::Up, remote.to_string()))
+        .unwrap_or_default();
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(serve_stream(send, recv, shared.clone(), chunks.clone()));
+                tokio::spawn(serve_stream(send, recv, shared.clone(), chunks.clone(), sent.clone()));
             }
             Err(e) => {
                 debug!(%remote, "peer connection ended: {e}");
@@ -172,6 +180,7 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     shared: Arc<Shared>,
     chunks: Arc<Semaphore>,
+    sent: Counter,
 ) {
     let req = match shared.guard.read_body(&mut recv, MAX_REQUEST).await {
         Ok(body) => codec::decode::<PeerRequest>(&body, MAX_REQUEST),
@@ -208,13 +217,20 @@ async fn serve_stream(
             }
             None => reply(&mut send, &PeerResponse::Error(PeerError::UnknownFile)).await,
         },
-        PeerRequest::Chunk { file, index } => match shared.store.get(&file) {
+        PeerRequest::Chunk { file, index } => match shared.store.get_counted(&file) {
             None => reply(&mut send, &PeerResponse::Error(PeerError::UnknownFile)).await,
-            Some(f) if !f.have.get(index) => reply(&mut send, &PeerResponse::Error(PeerError::MissingChunk)).await,
-            Some(f) => {
+            Some((f, _)) if !f.have.get(index) => reply(&mut send, &PeerResponse::Error(PeerError::MissingChunk)).await,
+            Some((f, traffic)) => {
                 let Ok(_slot) = chunks.acquire().await else { return };
+                let len = f.manifest.chunk_len(index) as u64;
                 match tokio::time::timeout(SEND_TIMEOUT, send_chunk(&mut send, &shared, f, index)).await {
-                    Ok(r) => r,
+                    Ok(Ok(true)) => {
+                        traffic.up.inc_by(len);
+                        sent.inc_by(len);
+                        Ok(())
+                    }
+                    Ok(Ok(false)) => Ok(()),
+                    Ok(Err(e)) => Err(e),
                     Err(_) => {
                         let _ = send.reset(1u32.into());
                         Err(codec::CallError::Timeout)
@@ -239,7 +255,7 @@ async fn send_chunk(
     shared: &Arc<Shared>,
     file: Arc<SharedFile>,
     index: u32,
-) -> Result<(), codec::CallError> {
+) -> Result<bool, codec::CallError> {
     let len = file.manifest.chunk_len(index) as usize;
     // The rate limit comes first: a chunk waiting for its turn holds no
     // memory.
@@ -248,7 +264,7 @@ async fn send_chunk(
     }
     let units = len.div_ceil(UNIT).max(1) as u32;
     let Ok(_permit) = shared.memory.acquire_many(units).await else {
-        return reply(send, &PeerResponse::Error(PeerError::Busy)).await;
+        return reply(send, &PeerResponse::Error(PeerError::Busy)).await.map(|()| false);
     };
     let mut buf = shared
         .buffers
@@ -264,10 +280,12 @@ async fn send_chunk(
     // change in the downloader: 516 vs 459 MB/s, 1.85 vs 1.99 CPU s/GiB).
     let read = file.file.read_exact_at(&mut buf, offset);
     let result = match read {
-        Ok(()) => write_chunk(send, &buf).await,
+        Ok(()) => write_chunk(send, &buf).await.map(|()| true),
         Err(e) => {
             warn!(index, "cannot read chunk: {e}");
-            reply(send, &PeerResponse::Error(PeerError::Internal)).await
+            reply(send, &PeerResponse::Error(PeerError::Internal))
+                .await
+                .map(|()| false)
         }
     };
     let mut pool = shared.buffers.lock().unwrap_or_else(|e| e.into_inner());

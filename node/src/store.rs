@@ -14,6 +14,8 @@ use std::{
 
 use protocol::{content::Manifest, ids::FileId};
 
+use crate::daemon::metrics::{FileTraffic, NodeMetrics};
+
 /// A bit set of verified chunks, shared without locks between the
 /// downloader (which sets bits) and the peer server (which reads them).
 #[derive(Debug)]
@@ -111,10 +113,12 @@ pub struct SharedFile {
     pub have: Arc<HaveBits>,
 }
 
-/// The files served, by id.
+/// The files served, by id, each with its byte counters.
 #[derive(Debug, Default)]
 pub struct Store {
-    files: RwLock<HashMap<FileId, Arc<SharedFile>>>,
+    files: RwLock<HashMap<FileId, (Arc<SharedFile>, FileTraffic)>>,
+    /// Where a file's counters come from; without it they count unseen.
+    metrics: Option<Arc<NodeMetrics>>,
 }
 
 impl Store {
@@ -122,19 +126,61 @@ impl Store {
         Arc::new(Store::default())
     }
 
-    /// Adds or replaces a file.
+    /// A store whose files count their bytes in `metrics`.
+    pub fn with_metrics(metrics: Arc<NodeMetrics>) -> Arc<Self> {
+        Arc::new(Store {
+            files: RwLock::default(),
+            metrics: Some(metrics),
+        })
+    }
+
+    pub fn metrics(&self) -> Option<&Arc<NodeMetrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// Adds or replaces a file; a replaced file keeps its counters.
     pub fn insert(&self, shared: SharedFile) -> Arc<SharedFile> {
         let id = shared.manifest.id();
         let shared = Arc::new(shared);
-        self.files
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, shared.clone());
+        let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
+        let traffic = match files.get(&id) {
+            Some((_, t)) => t.clone(),
+            None => self.metrics.as_ref().map(|m| m.file(&id.to_hex())).unwrap_or_default(),
+        };
+        files.insert(id, (shared.clone(), traffic));
         shared
     }
 
     pub fn get(&self, id: &FileId) -> Option<Arc<SharedFile>> {
+        self.files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(|(f, _)| f.clone())
+    }
+
+    /// The file and its byte counters (one lookup, for the hot paths).
+    pub fn get_counted(&self, id: &FileId) -> Option<(Arc<SharedFile>, FileTraffic)> {
         self.files.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// Every file's id and byte counters.
+    pub fn each_traffic(&self) -> Vec<(FileId, FileTraffic)> {
+        self.files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, (_, t))| (*id, t.clone()))
+            .collect()
+    }
+
+    /// The byte counters of a file served.
+    pub fn traffic(&self, id: &FileId) -> Option<FileTraffic> {
+        self.files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(|(_, t)| t.clone())
     }
 
     pub fn remove(&self, id: &FileId) {

@@ -81,6 +81,7 @@ impl Node {
             },
             store: Some(self.store.clone()),
             progress: None,
+            live: None,
         }
     }
 }

@@ -36,9 +36,14 @@ use std::{
     net::SocketAddr,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
+
+use prometheus_client::metrics::counter::Counter;
 
 use protocol::{
     codec,
@@ -55,7 +60,10 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::store::{HaveBits, SharedFile, Store};
+use crate::{
+    daemon::metrics::{Direction, FileTraffic, NodeMetrics},
+    store::{HaveBits, SharedFile, Store},
+};
 use scheduler::{PeerIdx, Progress as SchedProgress, SchedConfig, Scheduler};
 
 /// Time allowed for dialling one address of a peer.
@@ -94,8 +102,53 @@ pub struct DownloadPlan {
     pub identity: Identity,
     pub sharing: SharingConfig,
     /// When given, verified chunks are served from here while downloading.
+    /// When given, verified chunks are served from here while
+    /// downloading, and counted in the store's metrics.
     pub store: Option<Arc<Store>>,
     pub progress: Option<ProgressFn>,
+    /// When given, the peers taking part are listed here as they join
+    /// (the daemon's API shows them with their byte counts).
+    pub live: Option<Arc<Live>>,
+}
+
+/// The peers of a running download as others may watch them: changed
+/// when a peer joins or leaves, never per chunk (the byte counts are
+/// atomic counters).
+#[derive(Debug, Default)]
+pub struct Live {
+    peers: Mutex<Vec<LivePeer>>,
+}
+
+/// One peer of a running download.
+#[derive(Debug, Clone)]
+pub struct LivePeer {
+    pub peer_id: protocol::ids::PeerId,
+    /// The address its connection uses.
+    pub addr: Option<SocketAddr>,
+    /// It was still downloading the file itself when it joined.
+    pub partial: bool,
+    /// Verified bytes received from it in this download.
+    pub bytes: Counter,
+    /// Still connected and not dropped.
+    pub connected: Arc<AtomicBool>,
+}
+
+impl Live {
+    /// The peers that joined so far.
+    pub fn peers(&self) -> Vec<LivePeer> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Marks every peer gone (the download ended or was paused).
+    pub fn end(&self) {
+        for p in self.peers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            p.connected.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn add(&self, p: LivePeer) {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+    }
 }
 
 /// One owner list sent to a running download.
@@ -274,6 +327,10 @@ struct Member {
     /// A `Have` request to it is under way.
     refreshing: bool,
     first_chunk_ms: Option<u64>,
+    /// Verified bytes from it: this download's count and the metric.
+    bytes: Counter,
+    metric: Option<Counter>,
+    connected: Arc<AtomicBool>,
 }
 
 /// The open output of a download once its manifest is known.
@@ -285,6 +342,7 @@ struct Output {
     saver: HaveSaver,
     sched: Scheduler,
     resumed: u32,
+    traffic: FileTraffic,
 }
 
 /// Downloads `plan.file_id` into `plan.dir`; see the module documentation.
@@ -460,6 +518,9 @@ impl<'a> Download<'a> {
                 partial: tracker_have.is_some(),
                 refreshing: false,
                 first_chunk_ms: None,
+                bytes: Counter::default(),
+                metric: None,
+                connected: Arc::new(AtomicBool::new(false)),
             });
             if let Some(o) = self.out.as_mut() {
                 o.sched.add_peer(&[]);
@@ -562,12 +623,26 @@ impl<'a> Download<'a> {
                 have,
                 complete,
             } => {
+                let plan = self.plan;
                 let m = &mut self.members[peer];
                 info!(peer = %m.info.peer_id.short(), complete, "peer joined");
                 m.joining = false;
-                m.conn = Some(conn);
                 m.complete = complete;
                 m.partial |= !complete;
+                m.connected.store(true, Ordering::Relaxed);
+                if let Some(metrics) = plan.store.as_ref().and_then(|s| s.metrics()) {
+                    m.metric = Some(metrics.peer(Direction::Down, m.info.peer_id.short()));
+                }
+                if let Some(live) = &plan.live {
+                    live.add(LivePeer {
+                        peer_id: m.info.peer_id,
+                        addr: Some(conn.remote_address()),
+                        partial: m.partial,
+                        bytes: m.bytes.clone(),
+                        connected: m.connected.clone(),
+                    });
+                }
+                m.conn = Some(conn);
                 if let (None, Some(manifest)) = (&self.out, manifest) {
                     self.out = Some(open_output(self.plan, manifest, self.members.len()).await?);
                 }
@@ -619,6 +694,8 @@ impl<'a> Download<'a> {
 
     fn on_fetched(&mut self, peer: PeerIdx, chunk: u32, result: Result<(), FetchError>) -> Result<(), DownloadError> {
         let now = self.now();
+        let plan = self.plan;
+        let metrics: Option<&Arc<NodeMetrics>> = plan.store.as_ref().and_then(|s| s.metrics());
         let Some(o) = self.out.as_mut() else { return Ok(()) };
         let member = &mut self.members[peer];
         let short = member.info.peer_id.short();
@@ -630,7 +707,15 @@ impl<'a> Download<'a> {
                         h.abort();
                     }
                 }
+                if let Some(m) = &metrics {
+                    m.chunks_verified.inc();
+                }
                 if o.have.set(chunk) {
+                    o.traffic.down.inc_by(len);
+                    member.bytes.inc_by(len);
+                    if let Some(c) = &member.metric {
+                        c.inc_by(len);
+                    }
                     if member.first_chunk_ms.is_none() {
                         member.first_chunk_ms = Some(protocol::unix_ms());
                     }
@@ -655,9 +740,15 @@ impl<'a> Download<'a> {
             }
             Err(FetchError::Bad) => {
                 warn!(peer = %short, chunk, "chunk failed verification");
+                if let Some(m) = &metrics {
+                    m.chunks_rejected.inc();
+                }
                 if o.sched.chunk_bad(peer, chunk) {
                     warn!(peer = %short, "peer dropped: bad data");
                     drop_peer(member, b"bad data");
+                    if let Some(m) = &metrics {
+                        m.peers_banned.inc();
+                    }
                 }
             }
             Err(e) => {
@@ -666,11 +757,15 @@ impl<'a> Download<'a> {
                     info!(peer = %short, "peer gone");
                     o.sched.peer_gone(peer);
                     member.conn = None;
+                    member.connected.store(false, Ordering::Relaxed);
                 } else {
                     let not_held = matches!(e, FetchError::Refused(PeerError::MissingChunk));
                     if o.sched.request_failed(peer, chunk, not_held) {
                         warn!(peer = %short, "peer dropped: too many failed requests");
                         drop_peer(member, b"too many failures");
+                        if let Some(m) = &metrics {
+                            m.peers_banned.inc();
+                        }
                     }
                 }
             }
@@ -697,6 +792,9 @@ impl<'a> Download<'a> {
         let _ = std::fs::remove_file(&o.saver.path);
         let _ = std::fs::remove_file(sidecar(dir, &self.plan.file_id, "manifest"));
         self.endpoint.close(0u32.into(), b"done");
+        if let Some(live) = &self.plan.live {
+            live.end();
+        }
         let per_peer = self
             .members
             .iter()
@@ -730,6 +828,7 @@ impl<'a> Download<'a> {
 }
 
 fn drop_peer(m: &mut Member, why: &[u8]) {
+    m.connected.store(false, Ordering::Relaxed);
     if let Some(c) = m.conn.take() {
         c.close(1u32.into(), why);
     }
@@ -787,6 +886,7 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
     if resumed > 0 {
         info!(file = %id.short(), resumed, of = n, "resuming");
     }
+    let mut traffic = FileTraffic::default();
     if let Some(store) = &plan.store {
         store.insert(SharedFile {
             manifest: (*manifest).clone(),
@@ -794,6 +894,7 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
             file: file.try_clone().map_err(disk(&part))?,
             have: have.clone(),
         });
+        traffic = store.traffic(&id).unwrap_or_default();
     }
     let max_depth = plan.sharing.max_in_flight_per_peer.max(2);
     let budget = (IN_FLIGHT_BUDGET / manifest.chunk_size as u64).max(4) as usize;
@@ -818,6 +919,7 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
         have,
         sched,
         resumed,
+        traffic,
     })
 }
 

@@ -56,6 +56,8 @@ pub fn home_with(
             heartbeat_secs: 1,
             ..SharingConfig::default()
         },
+        // Never the default port: tests run side by side.
+        http_addr: Some("127.0.0.1:0".into()),
         ..NodeConfig::default()
     };
     let mut json = serde_json::to_value(&cfg).unwrap();
