@@ -15,166 +15,15 @@
 mod common;
 
 use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Stdio,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use common::*;
-use rand::{RngCore, SeedableRng};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracker_cluster::testing::TestCluster;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-async fn ok_json(h: &Home, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let (ok, out, err) = output_within(quorrent(h, &all), LIMIT).await;
-    assert!(ok, "{args:?} failed: {err}");
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}"))
-}
-
-async fn sign_up(h: &Home, user: &str) {
-    assert_eq!(ok_json(h, &["register", user]).await["user"], user);
-    assert_eq!(ok_json(h, &["login", user]).await["user"], user);
-}
-
-fn random_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut data = vec![0u8; size];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    let path = dir.join(name);
-    std::fs::write(&path, &data).unwrap();
-    path
-}
-
-/// A running daemon: its process (killed on drop) and HTTP address.
-struct Daemon {
-    child: tokio::process::Child,
-    http: SocketAddr,
-    home: PathBuf,
-}
-
-/// Starts `quorrent seed` in `h` and waits for its `daemon.json`.
-async fn start_daemon(h: &Home) -> Daemon {
-    let info = h.dir.join("daemon.json");
-    let _ = std::fs::remove_file(&info);
-    let log = std::fs::File::create(h.dir.with_extension("seed.err")).unwrap();
-    let child = quorrent(h, &["seed"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap() as u64;
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Ok(bytes) = std::fs::read(&info) {
-            let v: Value = serde_json::from_slice(&bytes).unwrap();
-            assert_eq!(v["pid"], pid, "{v}");
-            let mut http: SocketAddr = v["http"].as_str().unwrap().parse().unwrap();
-            if http.ip().is_unspecified() {
-                http.set_ip([127, 0, 0, 1].into());
-            }
-            return Daemon {
-                child,
-                http,
-                home: h.dir.clone(),
-            };
-        }
-        assert!(Instant::now() < deadline, "no daemon.json in {}", h.dir.display());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-impl Daemon {
-    /// SIGTERM, a clean exit, and `daemon.json` gone.
-    async fn stop(mut self) {
-        let pid = self.child.id().unwrap().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        let status = tokio::time::timeout(LIMIT, self.child.wait()).await.unwrap().unwrap();
-        assert!(status.success(), "{status:?}");
-        assert!(
-            !self.home.join("daemon.json").exists(),
-            "daemon.json removed on a clean stop"
-        );
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        http(self.http, method, path, &[], body.unwrap_or("").as_bytes()).await
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call("GET", path, None).await
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.call("POST", path, Some(&body.to_string())).await
-    }
-
-    /// The entry of `id` in `/api/files`, once `pred` holds for it.
-    async fn await_file(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let (status, files) = self.get("/api/files").await;
-            assert_eq!(status, 200, "{files}");
-            let entry = files.as_array().unwrap().iter().find(|f| f["id"] == id).cloned();
-            if let Some(e) = entry.filter(|e| pred(e)) {
-                return e;
-            }
-            assert!(Instant::now() < deadline, "{id}: never {what}: {files}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// One HTTP/1.1 request: status and the body as JSON (a string if not).
-async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
-    let (status, _, body) = http_raw(addr, method, path, headers, body).await;
-    let value = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
-    (status, value)
-}
-
-async fn http_raw(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String, Vec<u8>) {
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        req.push_str(&format!("Host: {addr}\r\n"));
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(req.as_bytes()).await.unwrap();
-        // The server may answer (413) before reading a large body.
-        let _ = s.write_all(body).await;
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out).await;
-        out
-    };
-    let out = tokio::time::timeout(LIMIT, exchange)
-        .await
-        .expect("HTTP answer in time");
-    let end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("headers");
-    let head = String::from_utf8_lossy(&out[..end]).into_owned();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head, out[end + 4..].to_vec())
-}
 
 fn assert_error(what: &str, (status, body): (u16, Value), want: u16, code: &str, needle: &str) {
     assert_eq!(status, want, "{what}: {body}");
@@ -438,9 +287,7 @@ async fn daemon_api_share_download_pause_remove_and_refusals() {
     let entry2 = b.await_file(&id2, "listed", |e| e["state"] == "seeding").await;
     assert_eq!(entry2["result"]["per_peer"], got2["per_peer"], "{entry2}");
 
-    // The page, in a real browser when the machine has one: its script
-    // polls the API and lists the files.
-    page_in_browser(&b, &id).await;
+    // The page itself, in a real browser: tests/browser.rs.
 
     // Remove, with the data.
     let (status, removed) = b
@@ -482,49 +329,4 @@ async fn daemon_api_share_download_pause_remove_and_refusals() {
     b.stop().await;
     a.stop().await;
     p.shutdown().await;
-}
-
-/// A headless Chromium (if installed) loads the daemon's page, runs its
-/// script, and the DOM lists `id` as seeding at 100 %. With
-/// `QUORRENT_PAGE_SHOTS=DIR` it also saves phone- and desktop-sized
-/// screenshots there.
-async fn page_in_browser(d: &Daemon, id: &str) {
-    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|b| {
-        std::process::Command::new("which")
-            .arg(b)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }) else {
-        eprintln!("no headless browser here: page check skipped");
-        return;
-    };
-    // The file's detail open (its chunk map drawn) as well.
-    let url = format!("http://{}/#file={id}", d.http);
-    let profile = tempfile::tempdir().unwrap();
-    let chrome = |extra: &[String]| {
-        let mut c = tokio::process::Command::new(browser);
-        c.args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("--virtual-time-budget=4000")
-            .args(extra)
-            .arg(&url)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        c
-    };
-    let (ok, dom, err) = output_within(chrome(&["--dump-dom".into()]), LIMIT).await;
-    assert!(ok, "{browser}: {err}");
-    let row = format!("data-id=\"{id}\"");
-    assert!(dom.contains(&row), "no row for {id} in the page:\n{dom}");
-    assert!(dom.contains("data-state=\"seeding\""), "{dom}");
-    assert!(dom.contains(">100%<"), "{dom}");
-    assert!(dom.contains("data-cells=\"12\""), "the chunk map of 12 chunks:\n{dom}");
-    assert!(dom.contains("<rect"), "{dom}");
-    if let Ok(dir) = std::env::var("QUORRENT_PAGE_SHOTS") {
-        for (name, size) in [("phone", "390,1400"), ("desktop", "1280,1000")] {
-            let shot = format!("--screenshot={dir}/{name}.png");
-            let (ok, _, err) = output_within(chrome(&[shot, format!("--window-size={size}")]), LIMIT).await;
-            assert!(ok, "{err}");
-        }
-    }
 }
