@@ -271,6 +271,24 @@ impl Request {
         )
     }
 
+    /// Every [`Request::kind`], for metrics that keep a handle per kind.
+    pub const KINDS: [&'static str; 14] = [
+        "register",
+        "login",
+        "logout",
+        "announce",
+        "own",
+        "disown",
+        "search",
+        "get-owners",
+        "heartbeat",
+        "cluster-status",
+        "watch-leader",
+        "own-many",
+        "announce-partial",
+        "member-status",
+    ];
+
     /// A short name for logs (never the fields: they may hold a password).
     pub fn kind(&self) -> &'static str {
         match self {

@@ -664,3 +664,17 @@ fn regression_config_snapshot_chunk_overflow() {
     let err = c.validate(path).unwrap_err().to_string();
     assert!(err.contains("snapshot_chunk_bytes"), "{err}");
 }
+
+#[test]
+fn every_request_kind_is_listed() {
+    // Metrics keep one handle per listed kind; a kind missing from the
+    // list would still be counted, only more slowly.
+    for r in requests() {
+        assert!(
+            Request::KINDS.contains(&r.kind()),
+            "{} missing from Request::KINDS",
+            r.kind()
+        );
+    }
+    assert_eq!(requests().len(), Request::KINDS.len(), "one sample request per kind");
+}

@@ -3,7 +3,8 @@
 //! open; each round reads the leader from the page, SIGKILLs that member's
 //! process (its pid from `DIR/tracker-ID.pid`), waits until the page's
 //! leader badge names another member, and restarts the killed member
-//! (`BIN --config DIR/tracker-ID.json`) before the next round. Used by
+//! (`BIN --config DIR/tracker-ID.json`) and waits for the cluster to
+//! settle (all up, one leader for 2 s) before the next round. Used by
 //! `scripts/bench-observe.sh`; prints one JSON line per round and a
 //! summary.
 //!
@@ -17,13 +18,33 @@ use std::{
 
 const T: Duration = Duration::from_secs(30);
 
+/// The leader the page shows once the cluster has settled: every member
+/// up and the same leader and term on the page for `SETTLE` (a restarted
+/// member may still stir an election; the kill is of a settled leader).
 fn leader_on_page(b: &mut webtest::Browser) -> webtest::Result<u64> {
-    let v = b.wait_for(
-        "(() => { const l = document.querySelector('#leader').dataset.leader; \
-         return document.querySelectorAll('tr.member[data-up=\"true\"]').length >= 3 && l !== '' ? l : false; })()",
-        T,
-    )?;
-    Ok(v.as_str().and_then(|s| s.parse().ok()).expect("a member id"))
+    const SETTLE: Duration = Duration::from_secs(2);
+    let deadline = Instant::now() + T;
+    let mut since: Option<(String, Instant)> = None;
+    loop {
+        let v = b.wait_for(
+            "(() => { const b = document.querySelector('#leader'); \
+             return document.querySelectorAll('tr.member[data-up=\"true\"]').length >= 3 && b.dataset.leader !== '' \
+             ? b.dataset.leader + '/' + b.dataset.term : false; })()",
+            T,
+        )?;
+        let now = v.as_str().unwrap_or_default().to_string();
+        match &since {
+            Some((seen, t)) if *seen == now => {
+                if t.elapsed() >= SETTLE {
+                    let leader = now.split('/').next().and_then(|l| l.parse().ok());
+                    return Ok(leader.expect("a member id"));
+                }
+            }
+            _ => since = Some((now, Instant::now())),
+        }
+        assert!(Instant::now() < deadline, "the cluster never settled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn pid_of(dir: &Path, id: u64) -> i32 {

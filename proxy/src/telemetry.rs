@@ -46,8 +46,17 @@ pub struct Second {
     pub errors: u32,
 }
 
+/// A kind's handles for successful answers, found without the families'
+/// lock and hashing.
+struct KindHandles {
+    kind: &'static str,
+    ok: Counter,
+    latency: Histogram,
+}
+
 pub struct ProxyMetrics {
     pub registry: Registry,
+    by_kind: Vec<KindHandles>,
     forwarded: Family<Labels, Counter>,
     latency: Family<KindLabels, Histogram, fn() -> Histogram>,
     pub retries: Counter,
@@ -82,6 +91,7 @@ impl ProxyMetrics {
             total: Default::default(),
             on,
             registry: Registry::default(),
+            by_kind: Vec::new(),
         };
         let r = &mut registry;
         r.register(
@@ -116,7 +126,15 @@ impl ProxyMetrics {
         );
         r.register("connections", "Node connections open", m.connections.clone());
         r.register("requests_pending", "Node requests in progress", m.pending.clone());
-        ProxyMetrics { registry, ..m }
+        let by_kind = protocol::tracker_api::Request::KINDS
+            .iter()
+            .map(|&kind| KindHandles {
+                kind,
+                ok: m.forwarded.get_or_create(&Labels { kind, outcome: "ok" }).clone(),
+                latency: m.latency.get_or_create(&KindLabels { kind }).clone(),
+            })
+            .collect();
+        ProxyMetrics { registry, by_kind, ..m }
     }
 
     pub fn on(&self) -> bool {
@@ -137,10 +155,18 @@ impl ProxyMetrics {
             return;
         }
         self.total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.forwarded.get_or_create(&Labels { kind, outcome }).inc();
-        self.latency
-            .get_or_create(&KindLabels { kind })
-            .observe(total.as_secs_f64());
+        match self.by_kind.iter().find(|h| h.kind == kind) {
+            Some(h) if outcome == "ok" => {
+                h.ok.inc();
+                h.latency.observe(total.as_secs_f64());
+            }
+            _ => {
+                self.forwarded.get_or_create(&Labels { kind, outcome }).inc();
+                self.latency
+                    .get_or_create(&KindLabels { kind })
+                    .observe(total.as_secs_f64());
+            }
+        }
         if outcome == "ok" {
             self.added.observe(total.saturating_sub(upstream).as_secs_f64());
         }

@@ -109,9 +109,18 @@ struct Gauges {
     live_peers: Gauge,
 }
 
+/// The handles of one request kind's successful answers, looked up
+/// without the families' lock and hashing (the hot path of every write).
+struct KindHandles {
+    kind: &'static str,
+    ok: Counter,
+    latency: Histogram,
+}
+
 /// One member's metrics.
 pub struct Telemetry {
     registry: Registry,
+    by_kind: Vec<KindHandles>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<KindLabels, Histogram, fn() -> Histogram>,
     /// Writes per Raft entry from the batcher.
@@ -204,8 +213,17 @@ impl Telemetry {
             "Peers heard from within the owner TTL (leader only)",
             g.live_peers.clone(),
         );
+        let by_kind = protocol::tracker_api::Request::KINDS
+            .iter()
+            .map(|&kind| KindHandles {
+                kind,
+                ok: requests.get_or_create(&RequestLabels { kind, outcome: "ok" }).clone(),
+                latency: latency.get_or_create(&KindLabels { kind }).clone(),
+            })
+            .collect();
         Telemetry {
             registry,
+            by_kind,
             requests,
             latency,
             batch_writes,
@@ -223,10 +241,20 @@ impl Telemetry {
             Ok(_) => "ok",
             Err(e) => e.code(),
         };
+        match self.by_kind.iter().find(|h| h.kind == kind) {
+            Some(h) => {
+                h.latency.observe(took.as_secs_f64());
+                if outcome == "ok" {
+                    h.ok.inc();
+                    return;
+                }
+            }
+            None => self
+                .latency
+                .get_or_create(&KindLabels { kind })
+                .observe(took.as_secs_f64()),
+        }
         self.requests.get_or_create(&RequestLabels { kind, outcome }).inc();
-        self.latency
-            .get_or_create(&KindLabels { kind })
-            .observe(took.as_secs_f64());
     }
 
     fn elections_seen(&self) -> u64 {
