@@ -59,7 +59,11 @@
   function el(tag, attrs, text) {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === "class") e.className = v; else e.setAttribute(k, v);
+      // Styles through the CSS object model: the page's policy allows no
+      // inline style attributes.
+      if (k === "class") e.className = v;
+      else if (k === "style") e.style.cssText = v;
+      else e.setAttribute(k, v);
     }
     if (text !== undefined) e.textContent = text;
     return e;
@@ -261,7 +265,13 @@
 
   $("detail-close").addEventListener("click", closeDetail);
 
+  // One poll after another (never two at once), paused while the page is
+  // hidden.
+  async function loop() {
+    if (!document.hidden) await poll();
+    setTimeout(loop, POLL_MS);
+  }
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) poll(); });
   status();
-  poll();
-  setInterval(poll, POLL_MS);
+  loop();
 })();

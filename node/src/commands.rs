@@ -555,15 +555,28 @@ pub(crate) async fn all_owners(
 
 /// Every search hit for `text`, page by page.
 pub(crate) async fn search_all(client: &TrackerClient, text: &str) -> Result<Vec<SearchHit>, CommandError> {
+    search_upto(client, text, usize::MAX).await
+}
+
+/// The first `max` hits (whole pages: up to 999 more).
+pub(crate) async fn search_upto(
+    client: &TrackerClient,
+    text: &str,
+    max: usize,
+) -> Result<Vec<SearchHit>, CommandError> {
     protocol::ids::check_query(text)?;
     let mut hits = Vec::new();
     let mut cursor = 0;
+    let limit = max.min(1000) as u32;
     for _ in 0..1000 {
+        if hits.len() >= max {
+            break;
+        }
         let Reply::Files { hits: page, next } = client
             .call(Request::Search {
                 text: text.into(),
                 cursor,
-                limit: 1000,
+                limit,
             })
             .await?
         else {
@@ -922,6 +935,23 @@ async fn get_via_daemon(
                 let text = entry["result_text"].as_str().unwrap_or("").to_owned();
                 emit(json, entry["result"].clone(), || text);
                 return Ok(());
+            }
+            // Complete already (owned before this request).
+            Some("seeding") => {
+                let name = entry["name"].as_str().unwrap_or("").to_owned();
+                emit(json, entry, || format!("{name}: already here, seeded by the daemon"));
+                return Ok(());
+            }
+            // Someone paused it on the page, or the daemon restarted and
+            // holds it partly: waiting would never end.
+            Some(state @ ("paused" | "partial")) => {
+                return Err(CommandError::Daemon {
+                    code: "stopped",
+                    message: format!(
+                        "the download of {id} is {state} in the daemon (resume it on its page or POST /api/files/{}/resume)",
+                        id.to_hex()
+                    ),
+                });
             }
             _ => {}
         }

@@ -102,8 +102,12 @@ pub fn percent_decode(s: &str) -> Option<String> {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                let (h, l) = (b[i + 1], b[i + 2]);
+                if !h.is_ascii_hexdigit() || !l.is_ascii_hexdigit() {
+                    return None;
+                }
+                let hex = [h, l];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
                 i += 2;
             }
             c => out.push(c),
@@ -154,6 +158,8 @@ pub fn respond(status: StatusCode, content_type: &'static str, body: impl Into<B
     h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
     h.insert("x-content-type-options", header::HeaderValue::from_static("nosniff"));
+    // No page of another site may frame ours (and trick clicks on it).
+    h.insert("x-frame-options", header::HeaderValue::from_static("DENY"));
     r
 }
 
@@ -169,7 +175,9 @@ pub fn asset(name: &str, body: &'static [u8]) -> Response {
     let mut r = respond(StatusCode::OK, ct, Bytes::from_static(body));
     r.headers_mut().insert(
         "content-security-policy",
-        header::HeaderValue::from_static("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'"),
+        header::HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        ),
     );
     r
 }
@@ -270,7 +278,14 @@ impl Bind {
 /// Binds as `bind` says and serves `handler` until `stop` (or
 /// [`Server::shutdown`]). None when the configuration turned it off.
 pub async fn serve(bind: Bind, opts: Options, handler: Handler, stop: &Stop) -> std::io::Result<Option<Server>> {
-    let listener = match bind {
+    Ok(listen(bind).await?.map(|l| serve_on(l, opts, handler, stop)))
+}
+
+/// Binds as `bind` says, serving nothing yet: a process binds first and
+/// serves once the state its handler needs exists, so a bad address fails
+/// it before anything else has started.
+pub async fn listen(bind: Bind) -> std::io::Result<Option<TcpListener>> {
+    Ok(Some(match bind {
         Bind::Off => return Ok(None),
         Bind::At(a) => TcpListener::bind(a)
             .await
@@ -284,8 +299,15 @@ pub async fn serve(bind: Bind, opts: Options, handler: Handler, stop: &Stop) -> 
             }
             Err(e) => return Err(std::io::Error::new(e.kind(), format!("http_addr {a}: {e}"))),
         },
-    };
-    let addr = listener.local_addr()?;
+    }))
+}
+
+/// Serves `handler` on a listener from [`listen`] until `stop` (or
+/// [`Server::shutdown`]).
+pub fn serve_on(listener: TcpListener, opts: Options, handler: Handler, stop: &Stop) -> Server {
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     // The server's own flag, also set by the process's.
     let own = Stop::new();
     let outer = stop.clone();
@@ -298,7 +320,7 @@ pub async fn serve(bind: Bind, opts: Options, handler: Handler, stop: &Stop) -> 
     });
     let task = tokio::spawn(accept_loop(listener, Arc::new(opts), handler, own.clone()));
     tracing::info!(%addr, "HTTP server listening");
-    Ok(Some(Server { addr, stop: own, task }))
+    Server { addr, stop: own, task }
 }
 
 async fn accept_loop(listener: TcpListener, opts: Arc<Options>, handler: Handler, stop: Stop) {
@@ -326,6 +348,7 @@ async fn accept_loop(listener: TcpListener, opts: Arc<Options>, handler: Handler
         let stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let read_timeout = opts.read_timeout;
             let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let opts = opts.clone();
                 let handler = handler.clone();
@@ -333,7 +356,7 @@ async fn accept_loop(listener: TcpListener, opts: Arc<Options>, handler: Handler
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(read_timeout)
                 .max_buf_size(64 << 10)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
@@ -415,9 +438,12 @@ pub async fn fetch(
     let run = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
         );
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            head.push_str(&format!("Host: {addr}\r\n"));
+        }
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -489,6 +515,7 @@ mod tests {
         assert_eq!(percent_decode("%e2%82%ac").as_deref(), Some("€"));
         assert_eq!(percent_decode("50%").as_deref(), Some("50%"));
         assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%+5x"), None);
         assert_eq!(percent_decode("%ff"), None);
     }
 

@@ -66,6 +66,21 @@ pub struct Envelope {
     pub request: Request,
 }
 
+impl Envelope {
+    /// A request without a session or write id that any member may answer
+    /// from what it has applied (status, leader watch): what the proxy and
+    /// the admin tool ask members directly.
+    pub fn stale(request: Request) -> Envelope {
+        Envelope {
+            token: None,
+            write_id: None,
+            origin: None,
+            consistency: Consistency::Stale,
+            request,
+        }
+    }
+}
+
 /// Metadata of a registered file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileMeta {

@@ -32,9 +32,14 @@
   function renderMembers(st) {
     const body = $("#members tbody");
     body.replaceChildren();
-    let leaderLast = null;
+    // Lag as the leader sees it (entries its log is ahead of what each
+    // member has matched): one report, one moment.
+    const lagOf = new Map();
     for (const m of st.members) {
-      if (m.report && m.report.role === "leader") leaderLast = m.report.last_log_index;
+      if (m.up && m.report && m.report.role === "leader") {
+        lagOf.set(m.id, 0);
+        for (const f of m.report.followers) lagOf.set(f.id, f.lag);
+      }
     }
     for (const m of st.members) {
       const r = m.report;
@@ -48,9 +53,7 @@
       tr.append(el("td", r && m.up ? r.term : "–", "num"));
       tr.append(el("td", r && m.up ? num(r.commit_index) : "–", "num"));
       tr.append(el("td", r && m.up ? num(r.applied_index) : "–", "num"));
-      let lag = "–";
-      if (m.up && r && leaderLast != null && r.applied_index != null) lag = num(Math.max(0, leaderLast - r.applied_index));
-      tr.append(el("td", lag, "num"));
+      tr.append(el("td", m.up && lagOf.has(m.id) ? num(lagOf.get(m.id)) : "–", "num"));
       tr.append(el("td", ago(m.seen_ms, st.now_ms)));
       if (m.error && !m.up) tr.title = m.error;
       body.append(tr);

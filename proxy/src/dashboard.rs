@@ -21,7 +21,7 @@ use hyper::{Method, StatusCode};
 use protocol::{
     codec,
     http::{self, Request, Response},
-    tracker_api::{Answer, Consistency, Envelope, MemberReport, Reply, Request as ApiRequest},
+    tracker_api::{Answer, Envelope, MemberReport, Reply, Request as ApiRequest},
 };
 use serde::Serialize;
 use tokio::sync::watch;
@@ -159,14 +159,7 @@ impl Dashboard {
 }
 
 async fn ask(up: &Upstreams, id: u64) -> Result<MemberReport, String> {
-    let env = Envelope {
-        token: None,
-        write_id: None,
-        origin: None,
-        consistency: Consistency::Stale,
-        request: ApiRequest::MemberStatus,
-    };
-    let frame = codec::encode(&env).map_err(|e| e.to_string())?;
+    let frame = codec::encode(&Envelope::stale(ApiRequest::MemberStatus)).map_err(|e| e.to_string())?;
     let body = tokio::time::timeout(ASK_TIMEOUT, up.call_raw(id, &frame))
         .await
         .map_err(|_| format!("no answer within {} ms", ASK_TIMEOUT.as_millis()))?

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use protocol::{
     codec,
-    tracker_api::{Answer, Consistency, Envelope, Reply, Request},
+    tracker_api::{Answer, Envelope, Reply, Request},
 };
 use tokio::sync::watch;
 
@@ -35,17 +35,11 @@ pub fn spawn_watchers(up: Arc<Upstreams>, stop: watch::Receiver<bool>) {
 
 async fn watch_once(up: &Upstreams, id: u64) {
     let view = up.view();
-    let env = Envelope {
-        token: None,
-        write_id: None,
-        origin: None,
-        consistency: Consistency::Stale,
-        request: Request::WatchLeader {
-            leader: view.leader,
-            term: view.term,
-            wait_ms: POLL_MS,
-        },
-    };
+    let env = Envelope::stale(Request::WatchLeader {
+        leader: view.leader,
+        term: view.term,
+        wait_ms: POLL_MS,
+    });
     let Ok(frame) = codec::encode(&env) else { return };
     let res = tokio::time::timeout(Duration::from_millis(POLL_MS as u64 + 2_000), up.call_raw(id, &frame)).await;
     match res {

@@ -57,6 +57,9 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(config: ProxyConfig) -> Result<Proxy, StartError> {
+        // Bound first: a bad address stops the proxy before it serves.
+        let http_bind = config.http_bind().map_err(StartError::Config)?;
+        let http_listener = protocol::http::listen(http_bind).await.map_err(StartError::Http)?;
         let roots = tls::load_ca(&config.certs_dir)?;
         let identity = tls::load_identity(&config.certs_dir, &config.name)?;
         // Per node connection: `max_streams_per_connection` requests at
@@ -102,19 +105,18 @@ impl Proxy {
         ));
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         leader::spawn_watchers(upstream.clone(), stop_rx.clone());
-        let http_bind = config.http_bind().map_err(StartError::Config)?;
         let metrics = Arc::new(telemetry::ProxyMetrics::new(http_bind != protocol::http::Bind::Off));
         let fwd = Arc::new(forward::Forwarder::new(upstream.clone(), &config, metrics));
         tokio::spawn(forward::serve(fwd.clone(), endpoint.clone()));
         let dash = dashboard::Dashboard::start(upstream.clone(), fwd.clone(), config.name.clone(), stop_rx.clone());
-        let http = protocol::http::serve(
-            http_bind,
-            protocol::http::Options::default(),
-            dashboard::handler(Arc::downgrade(&dash)),
-            &protocol::stop::Stop::new(),
-        )
-        .await
-        .map_err(StartError::Http)?;
+        let http = http_listener.map(|l| {
+            protocol::http::serve_on(
+                l,
+                protocol::http::Options::default(),
+                dashboard::handler(Arc::downgrade(&dash)),
+                &protocol::stop::Stop::new(),
+            )
+        });
         let http_addr = http.as_ref().map(|h| h.addr);
         tracing::info!(%addr, ?http_addr, name = %config.name, "proxy started");
         Ok(Proxy {

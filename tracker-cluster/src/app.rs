@@ -123,6 +123,9 @@ impl App {
         removal: Arc<Removal>,
     ) -> std::io::Result<Arc<Self>> {
         let clock = Clock::default();
+        // With `http_addr` "off" nothing can read the figures: none are kept.
+        let recording = !matches!(config.http_bind(), Ok(protocol::http::Bind::Off));
+        state.metrics.set_recording(recording);
         let telemetry = crate::telemetry::Telemetry::new(state.metrics.clone());
         let proposer = Proposer::start(
             raft.clone(),
@@ -131,7 +134,7 @@ impl App {
             config.max_batches_in_flight,
             config.quotas,
             clock.clone(),
-            telemetry.batch_writes.clone(),
+            recording.then(|| telemetry.batch_writes.clone()),
         );
         let ttl = Duration::from_secs(config.owner_ttl_secs);
         let dead_after = Duration::from_secs(config.owners.dead_file_secs);

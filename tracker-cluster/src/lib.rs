@@ -148,7 +148,10 @@ impl Tracker {
             tls::server_crypto(&identity, &[tracker_api::ALPN], ClientAuth::Optional(roots.clone()))?,
             api_transport,
         )?;
-        let http_bind = config.http_bind().map_err(StartError::Config)?;
+        // Bound first: a bad address stops the member before Raft starts.
+        let http_listener = protocol::http::listen(config.http_bind().map_err(StartError::Config)?)
+            .await
+            .map_err(StartError::Http)?;
         let api_ep = bind(api_bind, api_server)?;
         let api_addr = api_ep
             .local_addr()
@@ -205,14 +208,14 @@ impl Tracker {
         let app = App::new(config.id, raft, shared, config, removal).map_err(StartError::Threads)?;
         tokio::spawn(network::api::serve(app.clone(), api_ep.clone()));
         tokio::spawn(network::raft::serve(app.clone(), raft_ep.clone()));
-        let http = protocol::http::serve(
-            http_bind,
-            protocol::http::Options::default(),
-            telemetry::handler(Arc::downgrade(&app)),
-            &protocol::stop::Stop::new(),
-        )
-        .await
-        .map_err(StartError::Http)?;
+        let http = http_listener.map(|l| {
+            protocol::http::serve_on(
+                l,
+                protocol::http::Options::default(),
+                telemetry::handler(Arc::downgrade(&app)),
+                &protocol::stop::Stop::new(),
+            )
+        });
         let http_addr = http.as_ref().map(|h| h.addr);
         tracing::info!(id = app.id, %api_addr, %raft_addr, ?http_addr, "tracker member started");
         Ok(Tracker {

@@ -299,15 +299,19 @@ async fn print_members(config: &TrackerConfig, client: &quinn::ClientConfig, ep:
             member_report(ep, client, m.id, &m.api, config.limits.max_frame_bytes).await,
         ));
     }
-    let leader_last = rows.iter().find_map(|(_, r)| match r {
-        Ok(r) if r.role == "leader" => r.last_log_index,
-        _ => None,
-    });
+    // Lag as the leader sees it, from its one report.
+    let lag_of = |id: u64| {
+        rows.iter().find_map(|(_, r)| match r {
+            Ok(r) if r.role == "leader" && r.id == id => Some(0),
+            Ok(r) if r.role == "leader" => r.followers.iter().find(|f| f.id == id).map(|f| f.lag),
+            _ => None,
+        })
+    };
     let dash = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-    for (m, r) in rows {
+    for (m, r) in &rows {
         match r {
             Ok(r) => {
-                let lag = leader_last.map(|l| l.saturating_sub(r.applied_index.unwrap_or(0)));
+                let lag = lag_of(m.id);
                 println!(
                     "{:<4} {:<22} {:<5} {:<9} {:>6} {:>12} {:>12} {:>8}",
                     m.id,
@@ -335,18 +339,11 @@ async fn member_report(
     api: &str,
     limit: usize,
 ) -> anyhow::Result<protocol::tracker_api::MemberReport> {
-    use protocol::tracker_api::{Answer, Consistency, Envelope, Reply, Request};
+    use protocol::tracker_api::{Answer, Envelope, Reply, Request};
     let ask = async {
         let addr = protocol::net::resolve(api).await?;
         let conn = ep.connect_with(client.clone(), addr, &format!("tracker-{id}"))?.await?;
-        let env = Envelope {
-            token: None,
-            write_id: None,
-            origin: None,
-            consistency: Consistency::Stale,
-            request: Request::MemberStatus,
-        };
-        let answer: Answer = protocol::codec::call(&conn, &env, limit).await?;
+        let answer: Answer = protocol::codec::call(&conn, &Envelope::stale(Request::MemberStatus), limit).await?;
         conn.close(0u32.into(), b"done");
         match answer {
             Ok(Reply::Member(r)) => Ok(*r),

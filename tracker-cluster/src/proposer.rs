@@ -52,7 +52,7 @@ impl Proposer {
         max_in_flight: usize,
         quotas: Quotas,
         clock: Clock,
-        batch_writes: prometheus_client::metrics::histogram::Histogram,
+        batch_writes: Option<prometheus_client::metrics::histogram::Histogram>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
         tokio::spawn(run(
@@ -95,7 +95,7 @@ async fn run(
     max_in_flight: usize,
     quotas: Quotas,
     clock: Clock,
-    batch_writes: prometheus_client::metrics::histogram::Histogram,
+    batch_writes: Option<prometheus_client::metrics::histogram::Histogram>,
 ) {
     let permits = Arc::new(Semaphore::new(max_in_flight));
     // A job taken from the queue that did not fit in the last entry.
@@ -126,7 +126,9 @@ async fn run(
                 Err(_) => break,
             }
         }
-        batch_writes.observe(load as f64);
+        if let Some(h) = &batch_writes {
+            h.observe(load as f64);
+        }
         let raft = raft.clone();
         let term = raft.metrics().borrow().current_term;
         let now_ms = clock.now_ms();

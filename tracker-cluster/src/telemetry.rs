@@ -50,6 +50,8 @@ pub struct StoreMetrics {
     pub snapshot_install: Histogram,
     /// The last committed index openraft saved, plus one (0: none).
     committed: AtomicU64,
+    /// Whether anything is recorded (`http_addr` is not "off").
+    recording: std::sync::atomic::AtomicBool,
 }
 
 impl Default for StoreMetrics {
@@ -59,6 +61,7 @@ impl Default for StoreMetrics {
             snapshot_build: Histogram::new(exponential_buckets(1e-3, 2.0, 18)),
             snapshot_install: Histogram::new(exponential_buckets(1e-3, 2.0, 18)),
             committed: AtomicU64::new(0),
+            recording: std::sync::atomic::AtomicBool::new(true),
         }
     }
 }
@@ -66,6 +69,22 @@ impl Default for StoreMetrics {
 impl StoreMetrics {
     pub fn set_committed(&self, index: Option<u64>) {
         self.committed.store(index.map_or(0, |i| i + 1), Ordering::Relaxed);
+    }
+
+    pub fn set_recording(&self, on: bool) {
+        self.recording.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether figures are kept at all.
+    pub fn recording(&self) -> bool {
+        self.recording.load(Ordering::Relaxed)
+    }
+
+    /// Records a duration in `h` if recording.
+    pub fn observe(&self, h: &Histogram, d: Duration) {
+        if self.recording() {
+            h.observe(d.as_secs_f64());
+        }
     }
 
     pub fn committed(&self) -> Option<u64> {
@@ -237,6 +256,9 @@ impl Telemetry {
 
     /// One answered API request.
     pub fn request(&self, kind: &'static str, answer: &Result<impl Sized, ApiError>, took: Duration) {
+        if !self.store.recording() {
+            return;
+        }
         let outcome = match answer {
             Ok(_) => "ok",
             Err(e) => e.code(),
@@ -312,7 +334,12 @@ pub fn report(app: &App) -> MemberReport {
                 .filter(|(id, _)| **id != app.id)
                 .map(|(id, matched)| {
                     let matched = matched.map(|l| l.index);
-                    let lag = last.unwrap_or(0).saturating_sub(matched.unwrap_or(0));
+                    // Nothing matched yet: the whole log is missing there.
+                    let lag = match (last, matched) {
+                        (Some(l), Some(m)) => l.saturating_sub(m),
+                        (Some(l), None) => l + 1,
+                        (None, _) => 0,
+                    };
                     FollowerLag { id: *id, matched, lag }
                 })
                 .collect()

@@ -27,6 +27,9 @@ const STYLE_CSS: &[u8] = include_bytes!("../../assets/style.css");
 /// How long `/readyz` waits for the tracker.
 const READY_WAIT: Duration = Duration::from_secs(3);
 
+/// Hits `/api/search` answers at most.
+const MAX_SEARCH_HITS: usize = 200;
+
 /// The handler of the daemon's HTTP server.
 pub fn handler(d: Arc<Daemon>) -> Handler {
     http::handler(move |req| {
@@ -51,7 +54,7 @@ async fn route(d: Arc<Daemon>, req: Request) -> Response {
             return r;
         }
     }
-    if path.starts_with("/api/") {
+    if path != "/livez" {
         if let Err(r) = browser_guard(&d, &req) {
             return r;
         }
@@ -109,6 +112,16 @@ fn browser_guard(d: &Daemon, req: &Request) -> Result<(), Response> {
                 "Host {:?} is not a loopback name; use http://127.0.0.1:PORT/ or http://localhost:PORT/",
                 truncate(&host)
             ),
+        ));
+    }
+    // A request another site's page makes (an image, a form, a script):
+    // browsers say so, GETs included.
+    if req.path.starts_with("/api/") && header(hyper::header::HeaderName::from_static("sec-fetch-site")) == "cross-site"
+    {
+        return Err(http::error(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            "another site's page may not use this node's API",
         ));
     }
     let origin = header(hyper::header::ORIGIN);
@@ -172,8 +185,13 @@ async fn search(d: &Daemon, req: &Request) -> Response {
             "query parameter `q` is missing (GET /api/search?q=TEXT)",
         );
     };
-    match commands::search_all(&d.client, &q).await {
-        Ok(hits) => ok(&commands::hits_json(&hits)),
+    // A page's worth: a search box shows no more, and a request costs
+    // the tracker one call.
+    match commands::search_upto(&d.client, &q, MAX_SEARCH_HITS).await {
+        Ok(mut hits) => {
+            hits.truncate(MAX_SEARCH_HITS);
+            ok(&commands::hits_json(&hits))
+        }
         Err(e) => refused(e.into()),
     }
 }

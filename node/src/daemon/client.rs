@@ -1,23 +1,18 @@
 //! How a command finds the running daemon of its home and hands it work
 //! (`get`, `share`): `HOME/daemon.json` names its pid and HTTP address;
 //! the daemon counts as running when that pid is alive and `/livez`
-//! answers. The HTTP client is the smallest that serves: one HTTP/1.1
-//! request per TCP connection (`Connection: close`), the answer read to
-//! its end under a size bound and a deadline. No pooling, no TLS (the
-//! daemon's address is loopback, or guarded by the home's token).
+//! answers. Requests go through `protocol::http::fetch`: one HTTP/1.1
+//! request per connection, the answer bounded in size and time. No TLS
+//! (the daemon's address is loopback, or guarded by the home's token).
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use serde_json::Value;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
 
 use crate::{commands::CommandError, home::Home};
 
 /// Largest answer read.
-const MAX_ANSWER: u64 = 4 << 20;
+const MAX_ANSWER: usize = 16 << 20;
 /// Deadline of one request, connection included (a share hashes its file
 /// before it answers: generous).
 const DEADLINE: Duration = Duration::from_secs(600);
@@ -118,70 +113,21 @@ impl Link {
         })
     }
 
-    /// One request: (status, body).
+    /// One request: (status, body), through the one HTTP client
+    /// (`protocol::http::fetch`).
     pub async fn request(&self, method: &str, path: &str, body: Option<&Value>) -> std::io::Result<(u16, Vec<u8>)> {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.addr,
-            body.len()
-        );
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = Vec::new();
         if !body.is_empty() {
-            head.push_str("Content-Type: application/json\r\n");
+            headers.push(("Content-Type", "application/json"));
         }
-        if let Some(t) = &self.token {
-            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        if let Some(b) = &bearer {
+            headers.push(("Authorization", b.as_str()));
         }
-        head.push_str("\r\n");
-        let mut stream = TcpStream::connect(self.addr).await?;
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
-        let mut answer = Vec::new();
-        stream.take(MAX_ANSWER).read_to_end(&mut answer).await?;
-        parse_answer(&answer)
-    }
-}
-
-/// Splits an HTTP/1.1 answer into status and body (de-chunked if need be).
-fn parse_answer(answer: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad HTTP answer: {what}"));
-    let end = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
-    let head = std::str::from_utf8(&answer[..end]).map_err(|_| bad("headers not UTF-8"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| bad("no status"))?;
-    let body = &answer[end + 4..];
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    if !chunked {
-        return Ok((status, body.to_vec()));
-    }
-    let mut out = Vec::new();
-    let mut rest = body;
-    loop {
-        let line_end = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| bad("chunk size"))?;
-        let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| bad("chunk size"))?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| bad("chunk size"))?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Ok((status, out));
-        }
-        if rest.len() < size {
-            return Err(bad("short chunk"));
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = rest.get(size + 2..).unwrap_or_default();
+        let (status, answer) =
+            protocol::http::fetch(self.addr, method, path, &headers, body.as_bytes(), DEADLINE, MAX_ANSWER).await?;
+        Ok((status, answer.to_vec()))
     }
 }
 
@@ -190,12 +136,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn answers_are_parsed_plain_and_chunked() {
-        let plain = b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}";
-        assert_eq!(parse_answer(plain).unwrap(), (404, b"{}".to_vec()));
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_answer(chunked).unwrap(), (200, b"abcde".to_vec()));
-        assert!(parse_answer(b"HTTP/1.1 200").is_err());
+    fn unknown_codes_become_download() {
         assert_eq!(known_code("no_owner"), "no_owner");
         assert_eq!(known_code("whatever"), "download");
     }

@@ -135,6 +135,9 @@ pub struct Daemon {
     pub addrs: Vec<SocketAddr>,
     /// The HTTP server's address, once bound.
     pub http_addr: OnceLock<SocketAddr>,
+    /// Decided from the configured address before the server accepts
+    /// anything (so it can never fail open).
+    token_required: bool,
     /// The API token (`HOME/http-token`).
     pub token: String,
     jobs: Mutex<HashMap<FileId, Job>>,
@@ -241,6 +244,7 @@ pub async fn run(home: &Home, upload: Option<Arc<UploadLimit>>) -> Result<(), Co
         peer_addr,
         addrs: commands::advertised(home, Some(peer_addr)).await,
         http_addr: OnceLock::new(),
+        token_required: !bind.is_loopback(),
         token,
         jobs: Mutex::new(HashMap::new()),
         rates: Mutex::new(HashMap::new()),
@@ -348,7 +352,7 @@ impl Daemon {
     /// Whether the API needs the token: the HTTP server is reachable from
     /// other hosts.
     pub fn token_required(&self) -> bool {
-        self.http_addr.get().is_some_and(|a| !a.ip().is_loopback())
+        self.token_required
     }
 
     /// The folders requests may name: the storage folder and the
@@ -745,11 +749,16 @@ impl Daemon {
         let _ = std::fs::remove_file(home.manifest_path(id));
         let mut deleted = Vec::new();
         if let (true, Some(rec)) = (delete_data, &rec) {
-            let roots = self.roots();
+            // Only what the daemon wrote: files in its storage folder (never
+            // the originals a share root holds), and a link there is
+            // removed, not followed.
+            let storage = std::fs::canonicalize(self.home.storage_dir()).ok();
             let inside = |p: &Path| {
-                std::fs::canonicalize(p)
-                    .ok()
-                    .filter(|c| roots.iter().any(|r| c.starts_with(r)))
+                let dir = std::fs::canonicalize(p.parent()?).ok()?;
+                let c = dir.join(p.file_name()?);
+                let ours = storage.as_ref().is_some_and(|s| dir.starts_with(s));
+                let file = std::fs::symlink_metadata(&c).is_ok_and(|m| !m.is_dir());
+                (ours && file).then_some(c)
             };
             let mut targets = vec![rec.path.clone()];
             if let Some(dir) = &rec.partial_in {
@@ -792,8 +801,15 @@ impl Daemon {
 /// `path` made canonical (links and `..` resolved), if it lies inside one
 /// of `roots` (canonical); a 404 or a 403 naming the roots otherwise.
 pub fn inside(roots: &[PathBuf], path: &Path) -> Result<PathBuf, Refusal> {
-    let canonical =
-        std::fs::canonicalize(path).map_err(|e| Refusal::new(404, "not_found", format!("{}: {e}", path.display())))?;
+    let canonical = match std::fs::canonicalize(path) {
+        Ok(c) => c,
+        // Missing inside a root: say so; elsewhere, the same refusal as
+        // an existing path, so answers tell nothing about other folders.
+        Err(e) if path.is_absolute() && roots.iter().any(|r| path.starts_with(r)) => {
+            return Err(Refusal::new(404, "not_found", format!("{}: {e}", path.display())))
+        }
+        Err(_) => path.to_path_buf(),
+    };
     if roots.iter().any(|r| canonical.starts_with(r)) {
         return Ok(canonical);
     }

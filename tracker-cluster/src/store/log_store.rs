@@ -167,7 +167,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
         let db = self.db.clone();
-        let fsync = self.metrics.fsync.clone();
+        let metrics = self.metrics.clone();
         let res = tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             {
@@ -178,7 +178,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             let started = std::time::Instant::now();
             txn.commit()?;
-            fsync.observe(started.elapsed().as_secs_f64());
+            metrics.observe(&metrics.fsync, started.elapsed());
             Ok(())
         })
         .await

@@ -224,10 +224,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             ms = started.elapsed().as_millis() as u64,
             "snapshot built"
         );
-        self.shared
-            .metrics
-            .snapshot_build
-            .observe(started.elapsed().as_secs_f64());
+        let m = &self.shared.metrics;
+        m.observe(&m.snapshot_build, started.elapsed());
         Ok(Snapshot {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),
@@ -339,10 +337,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(sm_err)??;
         tracing::info!(files, ms = started.elapsed().as_millis() as u64, "snapshot installed");
-        self.shared
-            .metrics
-            .snapshot_install
-            .observe(started.elapsed().as_secs_f64());
+        let m = &self.shared.metrics;
+        m.observe(&m.snapshot_install, started.elapsed());
         Ok(())
     }
 
