@@ -36,6 +36,8 @@ const ASK_TIMEOUT: Duration = Duration::from_millis(600);
 const TIMELINE: usize = 64;
 /// Longest `?after=` wait.
 const LONG_POLL: Duration = Duration::from_secs(1);
+/// Members are asked only while someone read `/status` this recently.
+const WATCHED: Duration = Duration::from_secs(15);
 
 static INDEX_HTML: &[u8] = include_bytes!("../assets/dashboard.html");
 static APP_JS: &[u8] = include_bytes!("../assets/dashboard.js");
@@ -75,6 +77,8 @@ pub struct Dashboard {
     view: Mutex<View>,
     version: watch::Sender<u64>,
     started_ms: u64,
+    /// Unix ms of the last `/status` read (0: never).
+    viewed_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Dashboard {
@@ -107,6 +111,7 @@ impl Dashboard {
             }),
             version: watch::channel(0).0,
             started_ms: protocol::unix_ms(),
+            viewed_ms: Default::default(),
         });
         // With `http_addr` "off" nobody can look: ask nothing.
         if d.fwd.metrics.on() {
@@ -125,6 +130,8 @@ impl Dashboard {
 
     /// The whole view as JSON (what `/status` answers).
     pub fn status(&self) -> serde_json::Value {
+        self.viewed_ms
+            .store(protocol::unix_ms(), std::sync::atomic::Ordering::Relaxed);
         let leader = self.up.view();
         let m = &self.fwd.metrics;
         m.pending.set(self.fwd.pending_in_use() as i64);
@@ -181,6 +188,12 @@ async fn poll_member(d: Weak<Dashboard>, id: u64, mut stop: watch::Receiver<bool
             _ = stop.wait_for(|s| *s) => return,
         }
         let Some(dash) = d.upgrade() else { return };
+        // Nobody looking: ask nothing (the first look wakes the polls, and
+        // the page shows "seen ... ago" until their answers arrive).
+        let viewed = dash.viewed_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if protocol::unix_ms().saturating_sub(viewed) > WATCHED.as_millis() as u64 {
+            continue;
+        }
         let res = ask(&dash.up, id).await;
         if let Ok(r) = &res {
             // A member's own word on the leader is news to the watchers too.

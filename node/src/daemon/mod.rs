@@ -508,7 +508,10 @@ impl Daemon {
         let home = &self.home;
         if let Some(rec) = home.state()?.files.get(&id.to_hex()) {
             if rec.partial_in.is_none() && rec.path.is_file() {
-                // Already here: nothing to fetch.
+                // Already here: nothing to fetch. A job left paused or
+                // failed after the file was recorded (a pause or a tracker
+                // error at the very end) would hide that: it goes.
+                self.lock_jobs().remove(&id);
                 return self.file(&id)?.ok_or_else(|| Refusal::new(404, "not_found", "gone"));
             }
         }
