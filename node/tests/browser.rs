@@ -10,32 +10,12 @@
 
 mod common;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use common::*;
 use tracker_cluster::testing::TestCluster;
 
 const T: Duration = Duration::from_secs(60);
-
-fn screenshots() -> PathBuf {
-    std::env::var_os("QUORRENT_SCREENSHOTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots"))
-}
-
-/// Runs browser steps off the runtime (the driver blocks).
-async fn in_browser<R: Send + 'static>(
-    b: webtest::Browser,
-    f: impl FnOnce(&mut webtest::Browser) -> webtest::Result<R> + Send + 'static,
-) -> (webtest::Browser, R) {
-    tokio::task::spawn_blocking(move || {
-        let mut b = b;
-        let r = f(&mut b).unwrap_or_else(|e| panic!("in the browser: {e}"));
-        (b, r)
-    })
-    .await
-    .expect("browser task")
-}
 
 /// A JS string literal of `s`.
 fn js(s: &str) -> String {
@@ -63,16 +43,13 @@ async fn share_search_and_download_by_clicking() {
     let a = start_daemon_with(&alice, &["--max-upload-rate", "6MB/s"]).await;
     let b = start_daemon(&bob).await;
 
-    let browser = tokio::task::spawn_blocking(webtest::Browser::launch)
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("chromium: {e}"));
+    let browser = webtest::launch().await;
 
     // Alice shares it from her page; it appears in her list, seeding, and
     // her search finds it.
     let a_url = format!("http://{}/", a.http);
     let shared = path.display().to_string();
-    let (browser, id) = in_browser(browser, move |b| {
+    let (browser, id) = webtest::steps(browser, move |b| {
         b.goto(&a_url)?;
         b.type_text("#share-path", &shared)?;
         b.click("#share-button")?;
@@ -92,7 +69,7 @@ async fn share_search_and_download_by_clicking() {
     // Bob finds it, clicks Download, and watches it go to 100%.
     let b_url = format!("http://{}/", b.http);
     let id2 = id.clone();
-    let (browser, seen) = in_browser(browser, move |b| {
+    let (browser, seen) = webtest::steps(browser, move |b| {
         b.goto(&b_url)?;
         b.type_text("#search-input", "film")?;
         b.click("#search-button")?;
@@ -125,10 +102,10 @@ async fn share_search_and_download_by_clicking() {
         // The detail: the peer it came from and a full chunk map.
         b.click(&format!("{row} td"))?;
         b.wait_for("document.querySelectorAll('#chunk-map rect').length > 0", T)?;
-        b.screenshot(screenshots().join("node.png"))?;
+        b.screenshot(webtest::screenshots_dir().join("node.png"))?;
         b.set_viewport(390, 844, true)?;
         b.wait_for("document.documentElement.scrollWidth <= 391", T)?;
-        b.screenshot(screenshots().join("node-phone.png"))?;
+        b.screenshot(webtest::screenshots_dir().join("node-phone.png"))?;
         Ok(seen)
     })
     .await;

@@ -16,6 +16,7 @@ pub mod http;
 pub mod ids;
 pub mod listen;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod peer;
 pub mod quic;

@@ -8,27 +8,11 @@
 use std::{collections::VecDeque, sync::Mutex, time::Duration};
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{exponential_buckets, Histogram},
-    },
+    metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use protocol::metrics::{seconds, Requests};
 use serde::Serialize;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Labels {
-    kind: &'static str,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
-}
 
 /// Seconds the dashboard's series covers.
 pub const SERIES_SECS: usize = 300;
@@ -46,19 +30,9 @@ pub struct Second {
     pub errors: u32,
 }
 
-/// A kind's handles for successful answers, found without the families'
-/// lock and hashing.
-struct KindHandles {
-    kind: &'static str,
-    ok: Counter,
-    latency: Histogram,
-}
-
 pub struct ProxyMetrics {
     pub registry: Registry,
-    by_kind: Vec<KindHandles>,
-    forwarded: Family<Labels, Counter>,
-    latency: Family<KindLabels, Histogram, fn() -> Histogram>,
+    requests: Requests,
     pub retries: Counter,
     pub leader_changes: Counter,
     pub unavailable: Counter,
@@ -70,71 +44,57 @@ pub struct ProxyMetrics {
     on: bool,
 }
 
-fn seconds() -> Histogram {
-    Histogram::new(exponential_buckets(20e-6, 2.0, 20))
-}
-
 impl ProxyMetrics {
     /// `on`: whether anything is recorded (the HTTP server exists).
     pub fn new(on: bool) -> ProxyMetrics {
         let mut registry = Registry::with_prefix("quorrent_proxy");
-        let m = ProxyMetrics {
-            forwarded: Family::default(),
-            latency: Family::new_with_constructor(seconds),
-            retries: Counter::default(),
-            leader_changes: Counter::default(),
-            unavailable: Counter::default(),
-            added: seconds(),
-            connections: Gauge::default(),
-            pending: Gauge::default(),
-            series: Mutex::new(VecDeque::with_capacity(SERIES_SECS + 1)),
-            total: Default::default(),
-            on,
-            registry: Registry::default(),
-            by_kind: Vec::new(),
-        };
         let r = &mut registry;
-        r.register(
-            "forwarded",
-            "Requests answered, by kind and outcome (ok or the error code)",
-            m.forwarded.clone(),
+        let requests = Requests::register(
+            r,
+            (
+                "forwarded",
+                "Requests answered, by kind and outcome (ok or the error code)",
+            ),
+            ("request_seconds", "Time from a node's request to its answer, by kind"),
         );
-        r.register(
-            "request_seconds",
-            "Time from a node's request to its answer, by kind",
-            m.latency.clone(),
-        );
+        let (retries, leader_changes, unavailable) = (Counter::default(), Counter::default(), Counter::default());
+        let added = seconds();
+        let (connections, pending) = (Gauge::default(), Gauge::default());
         r.register(
             "retries",
             "Attempts after the first (another member, a new leader)",
-            m.retries.clone(),
+            retries.clone(),
         );
         r.register(
             "leader_changes",
             "Changes of the leader the proxy follows",
-            m.leader_changes.clone(),
+            leader_changes.clone(),
         );
         r.register(
             "unavailable",
             "Requests answered \"unavailable\": no leader before the deadline",
-            m.unavailable.clone(),
+            unavailable.clone(),
         );
         r.register(
             "added_seconds",
             "Time the proxy adds: the request's whole time less the leader's answer time on the attempt that succeeded",
-            m.added.clone(),
+            added.clone(),
         );
-        r.register("connections", "Node connections open", m.connections.clone());
-        r.register("requests_pending", "Node requests in progress", m.pending.clone());
-        let by_kind = protocol::tracker_api::Request::KINDS
-            .iter()
-            .map(|&kind| KindHandles {
-                kind,
-                ok: m.forwarded.get_or_create(&Labels { kind, outcome: "ok" }).clone(),
-                latency: m.latency.get_or_create(&KindLabels { kind }).clone(),
-            })
-            .collect();
-        ProxyMetrics { registry, by_kind, ..m }
+        r.register("connections", "Node connections open", connections.clone());
+        r.register("requests_pending", "Node requests in progress", pending.clone());
+        ProxyMetrics {
+            registry,
+            requests,
+            retries,
+            leader_changes,
+            unavailable,
+            added,
+            connections,
+            pending,
+            series: Mutex::new(VecDeque::with_capacity(SERIES_SECS + 1)),
+            total: Default::default(),
+            on,
+        }
     }
 
     pub fn on(&self) -> bool {
@@ -155,18 +115,7 @@ impl ProxyMetrics {
             return;
         }
         self.total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match self.by_kind.iter().find(|h| h.kind == kind) {
-            Some(h) if outcome == "ok" => {
-                h.ok.inc();
-                h.latency.observe(total.as_secs_f64());
-            }
-            _ => {
-                self.forwarded.get_or_create(&Labels { kind, outcome }).inc();
-                self.latency
-                    .get_or_create(&KindLabels { kind })
-                    .observe(total.as_secs_f64());
-            }
-        }
+        self.requests.record(kind, outcome, total);
         if outcome == "ok" {
             self.added.observe(total.saturating_sub(upstream).as_secs_f64());
         }

@@ -7,7 +7,6 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -205,26 +204,6 @@ async fn status_health_metrics_and_errors() {
     proxy.shutdown().await;
 }
 
-fn screenshots() -> PathBuf {
-    std::env::var_os("QUORRENT_SCREENSHOTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots"))
-}
-
-/// Runs browser steps off the runtime (the driver blocks).
-async fn in_browser<R: Send + 'static>(
-    b: webtest::Browser,
-    f: impl FnOnce(&mut webtest::Browser) -> webtest::Result<R> + Send + 'static,
-) -> (webtest::Browser, R) {
-    tokio::task::spawn_blocking(move || {
-        let mut b = b;
-        let r = f(&mut b).unwrap_or_else(|e| panic!("in the browser: {e}"));
-        (b, r)
-    })
-    .await
-    .expect("browser task")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_in_a_browser() {
     let (mut c, proxy, leader) = start().await;
@@ -236,13 +215,10 @@ async fn the_dashboard_in_a_browser() {
         async move { write_load(addr, &certs, "steady", None).await }
     });
     let url = format!("http://{http}/");
-    let browser = tokio::task::spawn_blocking(webtest::Browser::launch)
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("chromium: {e}"));
+    let browser = webtest::launch().await;
 
     // The members, all up, and the leader, marked in the table and the badge.
-    let (browser, ()) = in_browser(browser, move |b| {
+    let (browser, ()) = webtest::steps(browser, move |b| {
         b.goto(&url)?;
         b.wait_for(
             &format!(
@@ -266,7 +242,7 @@ async fn the_dashboard_in_a_browser() {
     // down, without a reload.
     let killed = Instant::now();
     c.kill(leader);
-    let (browser, seen) = in_browser(browser, move |b| {
+    let (browser, seen) = webtest::steps(browser, move |b| {
         let v = b.wait_for(
             &format!(
                 "(() => {{ const l = document.querySelector('#leader').dataset.leader; \
@@ -291,7 +267,7 @@ async fn the_dashboard_in_a_browser() {
         );
         assert!(b.eval("document.body.dataset.version !== undefined")? == serde_json::Value::Bool(true));
         eprintln!("dashboard showed new leader {v} {} ms after the kill", seen.as_millis());
-        b.screenshot(screenshots().join("dashboard.png"))?;
+        b.screenshot(webtest::screenshots_dir().join("dashboard.png"))?;
         Ok(seen)
     })
     .await;
@@ -300,10 +276,10 @@ async fn the_dashboard_in_a_browser() {
     // A phone-sized screen: nothing wider than the screen but the
     // members table, which scrolls inside its box.
     load.abort();
-    let (_browser, ()) = in_browser(browser, |b| {
+    let (_browser, ()) = webtest::steps(browser, |b| {
         b.set_viewport(390, 844, true)?;
         b.wait_for("document.documentElement.scrollWidth <= 391", T)?;
-        b.screenshot(screenshots().join("dashboard-phone.png"))?;
+        b.screenshot(webtest::screenshots_dir().join("dashboard-phone.png"))?;
         Ok(())
     })
     .await;

@@ -36,11 +36,6 @@ use protocol::{
 
 use crate::app::App;
 
-/// Seconds histogram buckets from 50 µs to about 26 s.
-fn seconds() -> Histogram {
-    Histogram::new(exponential_buckets(50e-6, 2.0, 20))
-}
-
 /// What the store records: fsyncs, snapshots, the committed index. Made
 /// by `store::open`, shared by the log and the state machine.
 pub struct StoreMetrics {
@@ -57,7 +52,7 @@ pub struct StoreMetrics {
 impl Default for StoreMetrics {
     fn default() -> Self {
         StoreMetrics {
-            fsync: seconds(),
+            fsync: protocol::metrics::seconds(),
             snapshot_build: Histogram::new(exponential_buckets(1e-3, 2.0, 18)),
             snapshot_install: Histogram::new(exponential_buckets(1e-3, 2.0, 18)),
             committed: AtomicU64::new(0),
@@ -93,17 +88,6 @@ impl StoreMetrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    kind: &'static str,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FollowerLabels {
     follower: String,
 }
@@ -128,20 +112,10 @@ struct Gauges {
     live_peers: Gauge,
 }
 
-/// The handles of one request kind's successful answers, looked up
-/// without the families' lock and hashing (the hot path of every write).
-struct KindHandles {
-    kind: &'static str,
-    ok: Counter,
-    latency: Histogram,
-}
-
 /// One member's metrics.
 pub struct Telemetry {
     registry: Registry,
-    by_kind: Vec<KindHandles>,
-    requests: Family<RequestLabels, Counter>,
-    latency: Family<KindLabels, Histogram, fn() -> Histogram>,
+    requests: protocol::metrics::Requests,
     /// Writes per Raft entry from the batcher.
     pub batch_writes: Histogram,
     elections: Counter,
@@ -154,22 +128,18 @@ pub struct Telemetry {
 impl Telemetry {
     pub fn new(store: Arc<StoreMetrics>) -> Telemetry {
         let mut registry = Registry::with_prefix("quorrent_tracker");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(seconds);
         let batch_writes = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let elections = Counter::default();
         let leader_changes = Counter::default();
         let g = Gauges::default();
         let r = &mut registry;
-        r.register(
-            "requests",
-            "API requests answered, by kind and outcome (ok or the error code)",
-            requests.clone(),
-        );
-        r.register(
-            "request_seconds",
-            "Time to answer an API request, by kind",
-            latency.clone(),
+        let requests = protocol::metrics::Requests::register(
+            r,
+            (
+                "requests",
+                "API requests answered, by kind and outcome (ok or the error code)",
+            ),
+            ("request_seconds", "Time to answer an API request, by kind"),
         );
         r.register(
             "batch_writes",
@@ -232,19 +202,9 @@ impl Telemetry {
             "Peers heard from within the owner TTL (leader only)",
             g.live_peers.clone(),
         );
-        let by_kind = protocol::tracker_api::Request::KINDS
-            .iter()
-            .map(|&kind| KindHandles {
-                kind,
-                ok: requests.get_or_create(&RequestLabels { kind, outcome: "ok" }).clone(),
-                latency: latency.get_or_create(&KindLabels { kind }).clone(),
-            })
-            .collect();
         Telemetry {
             registry,
-            by_kind,
             requests,
-            latency,
             batch_writes,
             elections,
             leader_changes,
@@ -263,20 +223,7 @@ impl Telemetry {
             Ok(_) => "ok",
             Err(e) => e.code(),
         };
-        match self.by_kind.iter().find(|h| h.kind == kind) {
-            Some(h) => {
-                h.latency.observe(took.as_secs_f64());
-                if outcome == "ok" {
-                    h.ok.inc();
-                    return;
-                }
-            }
-            None => self
-                .latency
-                .get_or_create(&KindLabels { kind })
-                .observe(took.as_secs_f64()),
-        }
-        self.requests.get_or_create(&RequestLabels { kind, outcome }).inc();
+        self.requests.record(kind, outcome, took);
     }
 
     fn elections_seen(&self) -> u64 {

@@ -470,6 +470,38 @@ fn exception_text(details: &Value) -> String {
     }
 }
 
+/// Where tests save screenshots: `QUORRENT_SCREENSHOTS`, else the
+/// workspace's `target/screenshots/` (README shows copies of them).
+pub fn screenshots_dir() -> std::path::PathBuf {
+    std::env::var_os("QUORRENT_SCREENSHOTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots"))
+}
+
+/// Runs browser steps `f` off an async test's runtime (the driver
+/// blocks) and hands the browser back; an error fails the test with its
+/// message.
+pub async fn steps<R: Send + 'static>(
+    browser: Browser,
+    f: impl FnOnce(&mut Browser) -> Result<R> + Send + 'static,
+) -> (Browser, R) {
+    tokio::task::spawn_blocking(move || {
+        let mut b = browser;
+        let r = f(&mut b).unwrap_or_else(|e| panic!("in the browser: {e}"));
+        (b, r)
+    })
+    .await
+    .expect("the browser task")
+}
+
+/// [`Browser::launch`] from an async test; a failure fails the test.
+pub async fn launch() -> Browser {
+    tokio::task::spawn_blocking(Browser::launch)
+        .await
+        .expect("the launch task")
+        .unwrap_or_else(|e| panic!("chromium: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
