@@ -2,16 +2,19 @@
 // selected file (chunk map as SVG, the last minute's rate on a canvas),
 // searches, downloads, shares, pauses, resumes and removes. No external
 // resources; the API token, when the daemon needs one, comes once as
-// ?token=... in the page's address and is kept in sessionStorage.
+// #token=... in the page's address (a fragment: never sent to a server,
+// so in no request line or log) and is kept in sessionStorage.
 "use strict";
 
 (function () {
   const POLL_MS = 500;
   const HISTORY = 120; // samples of POLL_MS: one minute
 
-  const params = new URLSearchParams(location.search);
-  if (params.get("token")) {
-    sessionStorage.setItem("quorrent-token", params.get("token"));
+  const given = location.hash.startsWith("#token=")
+    ? decodeURIComponent(location.hash.slice(7))
+    : new URLSearchParams(location.search).get("token");
+  if (given) {
+    sessionStorage.setItem("quorrent-token", given);
     history.replaceState(null, "", location.pathname);
   }
   const token = sessionStorage.getItem("quorrent-token");

@@ -62,7 +62,12 @@ async fn daemon_api_share_download_pause_remove_and_refusals() {
     sign_up(&carol, "carol").await;
 
     let a = start_daemon(&alice).await;
-    assert_eq!(a.get("/livez").await, (200, json!({ "ok": true })));
+    let (status, live) = a.get("/livez").await;
+    assert_eq!((status, &live["ok"]), (200, &json!(true)));
+    // The home's own peer id: what `get` and `share` check before handing
+    // work over.
+    let me = ok_json(&alice, &["status"]).await["peer_id"].clone();
+    assert_eq!(live["peer_id"], me, "{live}");
     let deadline = Instant::now() + LIMIT;
     while a.get("/readyz").await.0 != 200 {
         assert!(Instant::now() < deadline, "readyz never 200");

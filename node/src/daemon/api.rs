@@ -69,7 +69,8 @@ async fn route(d: Arc<Daemon>, req: Request) -> Response {
         "/livez" | "/readyz" | "/status" | "/metrics" | "/api/files" | "/api/search" if !get => {
             http::method_not_allowed(&req, "GET")
         }
-        "/livez" => ok(&json!({ "ok": true })),
+        // The peer id lets a command check the daemon is its home's.
+        "/livez" => ok(&json!({ "ok": true, "peer_id": d.home.identity.peer_id.to_hex() })),
         "/readyz" => readyz(&d).await,
         "/status" => status(&d),
         "/metrics" => http::metrics(&d.registry),

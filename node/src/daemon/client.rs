@@ -46,7 +46,12 @@ pub async fn running(home: &Home) -> Option<Link> {
         .map(|t| t.trim().to_owned());
     let link = Link { addr, token };
     match tokio::time::timeout(PROBE, link.request("GET", "/livez", None)).await {
-        Ok(Ok((200, _))) => Some(link),
+        // The daemon of this home, not another that took the port of a
+        // stale daemon.json (its pid reused).
+        Ok(Ok((200, body))) => {
+            let v: Value = serde_json::from_slice(&body).ok()?;
+            (v["peer_id"].as_str() == Some(home.identity.peer_id.to_hex().as_str())).then_some(link)
+        }
         _ => None,
     }
 }

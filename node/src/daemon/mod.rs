@@ -275,7 +275,8 @@ pub async fn run(home: &Home, upload: Option<Arc<UploadLimit>>) -> Result<(), Co
     let sampler = tokio::spawn(sample_loop(daemon.clone()));
     let result = commands::serve_until_stopped(home, &client, server, &store).await;
     sampler.abort();
-    daemon.stop_jobs();
+    // The HTTP server first, so no request starts a job after the jobs
+    // are stopped.
     if let Some(h) = http {
         h.shutdown().await;
         // Only ours: a second daemon of the home may have replaced it.
@@ -283,6 +284,7 @@ pub async fn run(home: &Home, upload: Option<Arc<UploadLimit>>) -> Result<(), Co
             let _ = std::fs::remove_file(&info_path);
         }
     }
+    daemon.stop_jobs();
     result
 }
 
@@ -328,7 +330,13 @@ async fn sample_loop(d: Arc<Daemon>) {
     loop {
         tick.tick().await;
         let now = Instant::now();
-        let lives: Vec<(FileId, Arc<Live>)> = d.lock_jobs().iter().map(|(id, j)| (*id, j.live.clone())).collect();
+        // Peers only of downloads under way: a finished one's stay as they were.
+        let lives: Vec<(FileId, Arc<Live>)> = d
+            .lock_jobs()
+            .iter()
+            .filter(|(_, j)| j.state == JobState::Downloading)
+            .map(|(id, j)| (*id, j.live.clone()))
+            .collect();
         let mut rates = d.rates.lock().unwrap_or_else(|e| e.into_inner());
         for (id, traffic) in d.store.each_traffic() {
             let r = rates.entry(id).or_default();
