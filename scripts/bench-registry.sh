@@ -108,7 +108,7 @@ start_tracker() {
 admin() { "$BIN/quorrent-tracker" --config "$DIR/tracker-1.json" admin "$@"; }
 loadgen() { "$BIN/quorrent-loadgen" --proxy "127.0.0.1:$BASE" --certs certs "$@"; }
 # "ID ROLE APPLIED" per member that answers, from each member's own view.
-applied() { admin members 2>/dev/null | awk 'NR > 1 && $3 == "up" {print $1, $4, $7}'; }
+applied() { admin members 2>/dev/null | awk 'NR > 1 && $4 == "up" {print $1, $5, $7}'; }
 leader() { admin leader 2>/dev/null; }
 # Waits until member $1 has applied at least what the leader has; prints
 # the seconds since $2. One `admin members` a poll (a member that is not

@@ -286,11 +286,13 @@ async fn find_leader(net: &Network, config: &TrackerConfig) -> Option<u64> {
 
 /// One row per configured member, each from that member's own view.
 /// One line per member from its own [`MemberReport`] (`MemberStatus` on
-/// the tracker API: the figures `/status` and the dashboard show).
+/// the tracker API: the figures `/status` and the dashboard show). The
+/// first seven columns are those scripts have always read (id, api, raft,
+/// up, role, term, last-applied); commit and lag follow.
 async fn print_members(config: &TrackerConfig, client: &quinn::ClientConfig, ep: &quinn::Endpoint) {
     println!(
-        "{:<4} {:<22} {:<5} {:<9} {:>6} {:>12} {:>12} {:>8}",
-        "id", "api", "up", "role", "term", "commit", "last-applied", "lag"
+        "{:<4} {:<22} {:<22} {:<5} {:<9} {:>6} {:>12} {:>12} {:>8}",
+        "id", "api", "raft", "up", "role", "term", "last-applied", "commit", "lag"
     );
     let mut rows = Vec::new();
     for m in &config.members {
@@ -313,20 +315,21 @@ async fn print_members(config: &TrackerConfig, client: &quinn::ClientConfig, ep:
             Ok(r) => {
                 let lag = lag_of(m.id);
                 println!(
-                    "{:<4} {:<22} {:<5} {:<9} {:>6} {:>12} {:>12} {:>8}",
+                    "{:<4} {:<22} {:<22} {:<5} {:<9} {:>6} {:>12} {:>12} {:>8}",
                     m.id,
                     m.api,
+                    m.raft,
                     "up",
                     r.role,
                     r.term,
-                    dash(r.commit_index),
                     dash(r.applied_index),
+                    dash(r.commit_index),
                     dash(lag)
                 )
             }
             Err(_) => println!(
-                "{:<4} {:<22} {:<5} {:<9} {:>6} {:>12} {:>12} {:>8}",
-                m.id, m.api, "down", "-", "-", "-", "-", "-"
+                "{:<4} {:<22} {:<22} {:<5} {:<9} {:>6} {:>12} {:>12} {:>8}",
+                m.id, m.api, m.raft, "down", "-", "-", "-", "-", "-"
             ),
         }
     }
