@@ -76,6 +76,20 @@ pub enum Command {
     },
     /// Show the node id, the session and the cluster.
     Status,
+    /// List the files this node owns or partly has (state, chunks held).
+    List,
+    /// Re-hash this node's data of a file against its manifest and report
+    /// the bad chunks.
+    Verify {
+        /// A 64-digit file id, or the name of one of this node's files.
+        id_or_name: String,
+    },
+    /// Stop owning a file: Disown on the tracker, forget it here (a
+    /// running daemon of the home stops serving it); the data stays.
+    Unshare {
+        /// A 64-digit file id, or the name of one of this node's files.
+        id_or_name: String,
+    },
     /// Rebuild the state file from the manifests in the home and the data
     /// in the storage folder and in FOLDER... (re-hashed); a damaged state
     /// file is kept as state.json.corrupt-UNIXMS.

@@ -58,6 +58,8 @@ pub enum CommandError {
     Name(#[from] NameError),
     #[error("no file named {0:?} is registered (try `quorrent search`)")]
     UnknownName(String),
+    #[error("{0}: not one of this node's files (see `quorrent list`)")]
+    NotHere(String),
     #[error("several files are named {name:?}; pick one by id: {ids}")]
     Ambiguous { name: String, ids: String },
     #[error("no live owner of {0}: nobody is seeding it right now")]
@@ -110,7 +112,7 @@ impl CommandError {
                 ManifestError::Io(_) => "io",
                 _ => "bad_input",
             },
-            CommandError::UnknownName(_) => "not_found",
+            CommandError::UnknownName(_) | CommandError::NotHere(_) => "not_found",
             CommandError::Ambiguous { .. } => "ambiguous",
             CommandError::NoOwner(_) => "no_owner",
             CommandError::Folder { .. } => "io",
@@ -161,6 +163,9 @@ pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), Comman
         Command::Seed { upload } => seed(home, upload_limit(home, &upload)).await,
         Command::Status => status(home, json).await,
         Command::Repair { folders } => repair(home, folders, json).await,
+        Command::List => crate::local::list(home, json),
+        Command::Verify { id_or_name } => crate::local::verify(home, &id_or_name, json).await,
+        Command::Unshare { id_or_name } => crate::local::unshare(home, &id_or_name, json).await,
     }
 }
 

@@ -94,6 +94,11 @@ impl Link {
         self.json("GET", path, None).await
     }
 
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> Result<Value, CommandError> {
+        self.json("DELETE", path, None).await
+    }
+
     /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CommandError> {
         self.json("POST", path, Some(body)).await
