@@ -29,7 +29,6 @@ use protocol::{
     ids::FileId,
     tracker_api::{ApiError, PeerInfo, Reply, Request, SearchHit},
 };
-use rand::{RngCore, SeedableRng};
 use tracker_cluster::testing::{free_port, ApiClient, TestCluster};
 
 /// Bound on one command, and on waiting for the cluster.
@@ -83,12 +82,6 @@ async fn fails_with(h: &Home, args: &[&str], needle: &str) {
     assert_one_line_error(args, run(h, args).await, needle);
 }
 
-/// register + login, checked.
-async fn sign_up(h: &Home, user: &str) {
-    assert_eq!(ok_json(h, &["register", user]).await["user"], user);
-    assert_eq!(ok_json(h, &["login", user]).await["user"], user);
-}
-
 /// The node's peer id (hex), from `status`.
 async fn peer_id(h: &Home) -> String {
     ok_json(h, &["status"]).await["peer_id"].as_str().unwrap().to_owned()
@@ -116,16 +109,6 @@ async fn stop(mut child: tokio::process::Child) {
     signal(&child, "-TERM");
     let status = tokio::time::timeout(LIMIT, child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status:?}");
-}
-
-/// `size` random bytes in `dir/name`.
-fn random_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut data = vec![0u8; size];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    let path = dir.join(name);
-    std::fs::write(&path, &data).unwrap();
-    path
 }
 
 fn same_bytes(a: &Path, b: &Path) -> bool {
