@@ -308,18 +308,22 @@ async fn own_many_is_one_exactly_once_write() {
     assert_eq!(first, Ok(Reply::Owned { newly_owned: 1024 }));
     // Its retry is answered the same and changes nothing.
     assert_eq!(client.leader_send(&members, &env, T).await, first);
-    // Two full requests at once go into two entries.
+    // Two full requests at once go into two entries. They come from two
+    // writers of the same session: one writer's sequence numbers are an
+    // order, so its second write may not overtake its first.
+    let other = ApiClient::new(&c.certs());
+    *other.token.lock().unwrap() = client.token.lock().unwrap().clone();
     let (a, b) = (
         client.envelope(Request::OwnMany {
             peer_id,
             files: batch(1000, 2024),
         }),
-        client.envelope(Request::OwnMany {
+        other.envelope(Request::OwnMany {
             peer_id,
             files: batch(2024, 3048),
         }),
     );
-    let (ra, rb) = tokio::join!(client.leader_send(&members, &a, T), client.leader_send(&members, &b, T));
+    let (ra, rb) = tokio::join!(client.leader_send(&members, &a, T), other.leader_send(&members, &b, T));
     assert_eq!(ra, Ok(Reply::Owned { newly_owned: 1000 }));
     assert_eq!(rb, Ok(Reply::Owned { newly_owned: 1024 }));
     // One bad file refuses the request, naming it, before it is proposed.
