@@ -41,10 +41,15 @@ pub enum Command {
     },
     /// End the session on the tracker and locally.
     Logout,
-    /// Chunk, hash and register files as owned by this node.
+    /// Chunk, hash and register files or folders as owned by this node
+    /// (a folder is one item: its whole tree, empty folders included).
     Share {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// In a folder, read what a symbolic link points to instead of
+        /// refusing the folder.
+        #[arg(long)]
+        follow_links: bool,
     },
     /// Find registered files by name.
     Search { text: String },

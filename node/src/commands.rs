@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::{
     cli::{Command, UploadArgs},
+    data::Data,
     download::{self, DownloadError, DownloadPlan, Sources},
     home::{Home, HomeError, Session},
     peer_server::{PeerServer, ServeError},
@@ -143,7 +144,7 @@ pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), Comman
         Command::Register { user, password_stdin } => register(home, &user, password_stdin, json).await,
         Command::Login { user, password_stdin } => login(home, &user, password_stdin, json).await,
         Command::Logout => logout(home, json).await,
-        Command::Share { paths } => share(home, &paths, json).await,
+        Command::Share { paths, follow_links } => share(home, &paths, follow_links, json).await,
         Command::Search { text } => search(home, &text, json).await,
         Command::Get {
             id_or_name,
@@ -344,9 +345,16 @@ pub(crate) async fn advertised(home: &Home, bound: Option<SocketAddr>) -> Vec<So
     }
 }
 
-async fn share(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), CommandError> {
-    let Some(link) = crate::daemon::client::running(home).await else {
-        return share_here(home, paths, json).await;
+async fn share(home: &Home, paths: &[PathBuf], follow_links: bool, json: bool) -> Result<(), CommandError> {
+    // The daemon never follows links (they could lead out of the folders
+    // it may read): a share that does is done here, and the daemon serves
+    // it from its next heartbeat on.
+    let daemon = match follow_links {
+        false => crate::daemon::client::running(home).await,
+        true => None,
+    };
+    let Some(link) = daemon else {
+        return share_here(home, paths, follow_links, json).await;
     };
     // The daemon shares only from its folders; the rest is done here
     // (the daemon serves it from its next heartbeat on).
@@ -373,15 +381,15 @@ async fn share(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), Command
     if here.is_empty() {
         return Ok(());
     }
-    share_here(home, &here, json).await
+    share_here(home, &here, follow_links, json).await
 }
 
 /// `share` done by this process.
-async fn share_here(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), CommandError> {
+async fn share_here(home: &Home, paths: &[PathBuf], follow_links: bool, json: bool) -> Result<(), CommandError> {
     let (client, _) = logged_in(home)?;
     let mut manifests = Vec::new();
     for path in paths {
-        manifests.push((path, hash_one(home, path, json).await?));
+        manifests.push((path, hash_one(home, path, follow_links, json).await?));
     }
     for (path, m) in manifests {
         own_one(home, &client, &m, path).await?;
@@ -399,9 +407,15 @@ async fn share_here(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), Co
     Ok(())
 }
 
-/// Chunks and hashes one file (a bar on a terminal), on the blocking
-/// pool; ends on the stop signal.
-pub(crate) async fn hash_one(home: &Home, path: &Path, json: bool) -> Result<Manifest, CommandError> {
+/// Chunks and hashes one file or folder (a bar on a terminal), on the
+/// blocking pool; ends on the stop signal. A folder's symbolic links are
+/// refused unless `follow_links`.
+pub(crate) async fn hash_one(
+    home: &Home,
+    path: &Path,
+    follow_links: bool,
+    json: bool,
+) -> Result<Manifest, CommandError> {
     let path = &path.to_path_buf();
     let name = path
         .file_name()
@@ -411,12 +425,27 @@ pub(crate) async fn hash_one(home: &Home, path: &Path, json: bool) -> Result<Man
             source: ManifestError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")),
         })?
         .to_owned();
-    let size = std::fs::metadata(path)
-        .map_err(|e| CommandError::Share {
-            path: path.clone(),
-            source: e.into(),
-        })?
-        .len();
+    let md = std::fs::metadata(path).map_err(|e| CommandError::Share {
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    let share_err = |source| CommandError::Share {
+        path: path.clone(),
+        source,
+    };
+    let tree = if md.is_dir() {
+        let p = path.clone();
+        let walked = tokio::task::spawn_blocking(move || protocol::content::walk_tree(&p, follow_links))
+            .await
+            .map_err(|e| share_err(ManifestError::Io(std::io::Error::other(e))))?;
+        Some(walked.map_err(share_err)?)
+    } else {
+        None
+    };
+    let size = match &tree {
+        Some(t) => t.validate().map_err(|e| share_err(e.into()))?,
+        None => md.len(),
+    };
     let bar = progress_bar(
         json,
         size,
@@ -428,11 +457,15 @@ pub(crate) async fn hash_one(home: &Home, path: &Path, json: bool) -> Result<Man
     let chunk_size = chunk_size_for(size, home.config.sharing.chunk_size);
     let (p, b) = (path.clone(), bar.clone());
     let hashing = tokio::task::spawn_blocking(move || {
-        hash_file(&p, name, chunk_size, |done| {
+        let progress = |done| {
             if let Some(b) = &b {
                 b.set_position(done);
             }
-        })
+        };
+        match tree {
+            Some(tree) => protocol::content::hash_tree(&p, name, chunk_size, tree, progress),
+            None => hash_file(&p, name, chunk_size, progress),
+        }
     });
     let hashed = tokio::select! {
         h = hashing => h,
@@ -784,7 +817,7 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
     let (file, owners, partial) = all_owners(&client, id).await?;
     let me = home.identity.peer_id;
     if let Some(rec) = home.state()?.files.get(&id.to_hex()) {
-        if rec.partial_in.is_none() && rec.path.is_file() {
+        if rec.partial_in.is_none() && rec.path.exists() {
             // Already owned here: nothing to fetch, register and seed.
             return owned_already(home, &client, id, &rec.path, no_seed, upload, json).await;
         }
@@ -803,7 +836,7 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
         path: dir.clone(),
         source,
     })?;
-    tokio::task::block_in_place(|| home.record_partial(&id, &file.name, file.size, &dir))?;
+    tokio::task::block_in_place(|| home.record_partial(&file, &dir))?;
 
     let store = Store::new();
     load_owned(home, &store)?;
@@ -1156,7 +1189,7 @@ pub(crate) fn load_one(
         Err(e) => return Err(format!("{}: {e}", manifest_path.display())),
     };
     let manifest = Manifest::decode_checked(&bytes, *id).map_err(|e| e.to_string())?;
-    let file = std::fs::File::open(data).map_err(|e| e.to_string())?;
+    let data = Data::open(&manifest, data, false).map_err(|e| e.to_string())?;
     let n = manifest.chunks.len() as u32;
     let have = match partial_in {
         Some(dir) => download::load_have(dir, id, n),
@@ -1165,7 +1198,7 @@ pub(crate) fn load_one(
     Ok(Some(SharedFile {
         manifest,
         manifest_bytes: bytes,
-        file,
+        data: Arc::new(data),
         have: Arc::new(have),
     }))
 }

@@ -20,6 +20,7 @@ use protocol::{
     ids::FileId,
     stop::Stop,
     tls::{NodeIdentity, TlsError},
+    tracker_api::FileMeta,
 };
 use serde::{Deserialize, Serialize};
 
@@ -201,13 +202,15 @@ impl Home {
 
     /// Records a download in progress in `dir` (so `seed` serves its
     /// verified part); a complete record of the same file is kept.
-    pub fn record_partial(&self, id: &FileId, name: &str, size: u64, dir: &Path) -> Result<(), HomeError> {
+    pub fn record_partial(&self, file: &FileMeta, dir: &Path) -> Result<(), HomeError> {
         let dir = std::fs::canonicalize(dir).map_err(io(dir))?;
+        let id = &file.id;
+        let data = if file.files > 0 { "tree" } else { "part" };
         self.update_state(|s| {
             s.files.entry(id.to_hex()).or_insert_with(|| FileRecord {
-                name: name.to_owned(),
-                size,
-                path: crate::download::sidecar(&dir, id, "part"),
+                name: file.name.clone(),
+                size: file.size,
+                path: crate::download::sidecar(&dir, id, data),
                 partial_in: Some(dir),
             });
         })

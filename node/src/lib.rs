@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod commands;
 pub mod daemon;
+pub mod data;
 pub mod download;
 pub mod home;
 pub mod local;

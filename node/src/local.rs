@@ -140,8 +140,8 @@ pub async fn verify(home: &Home, id_or_name: &str, json: bool) -> Result<(), Com
     let checked = claimed.count();
     let m2 = m.clone();
     let good = tokio::task::spawn_blocking(move || -> std::io::Result<HaveBits> {
-        let file = std::fs::File::open(&path)?;
-        Ok(download::reverify(&m2, &file, &claimed))
+        let data = crate::data::Data::open(&m2, &path, false)?;
+        Ok(download::reverify(&m2, &data, &claimed))
     })
     .await
     .map_err(|_| CommandError::Stopped("verify"))?

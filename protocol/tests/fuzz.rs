@@ -14,7 +14,7 @@ use fuzzkit::{ensure, proptest::test_runner::TestCaseError};
 use protocol::{
     codec::{self, CodecError},
     config::{self, Limits, NodeConfig, ProxyConfig, TrackerConfig},
-    content::{chunk_count, Manifest, ManifestError, MAX_CHUNK, MAX_MANIFEST_BYTES, MIN_CHUNK},
+    content::{chunk_count, Entry, Manifest, ManifestError, Tree, MAX_CHUNK, MAX_MANIFEST_BYTES, MIN_CHUNK},
     ids::{check_file_name, FileId, NameError, PeerId},
     peer::{PeerError, PeerRequest, PeerResponse, MAX_FRAME},
     tracker_api::{
@@ -126,6 +126,7 @@ fn meta(name: &str) -> FileMeta {
         size: 1 << 30,
         chunk_size: 256 << 10,
         chunk_count: 4096,
+        files: 0,
     }
 }
 
@@ -369,6 +370,7 @@ fn sample_manifest(chunks: u64) -> Manifest {
         chunks: (0..chunks)
             .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
             .collect(),
+        tree: None,
     }
 }
 
@@ -382,12 +384,38 @@ fn manifests() -> Vec<Manifest> {
             size: MAX_CHUNK as u64 * 3,
             chunk_size: MAX_CHUNK,
             chunks: vec![[9; 32]; 3],
+            tree: None,
         },
         Manifest {
             name: "ü".repeat(127),
             size: 0,
             chunk_size: 1 << 20,
             chunks: vec![],
+            tree: None,
+        },
+        Manifest {
+            name: "album".into(),
+            size: 3 + MIN_CHUNK as u64 + 1,
+            chunk_size: MIN_CHUNK,
+            chunks: vec![[1; 32], [2; 32], [3; 32]],
+            tree: Some(Tree::new(vec![
+                Entry::Dir { path: "cd1".into() },
+                Entry::Dir {
+                    path: "cd1/empty".into(),
+                },
+                Entry::File {
+                    path: "cd1/one.bin".into(),
+                    size: MIN_CHUNK as u64 + 1,
+                },
+                Entry::File {
+                    path: "read me.txt".into(),
+                    size: 3,
+                },
+                Entry::File {
+                    path: "zero".into(),
+                    size: 0,
+                },
+            ])),
         },
     ]
 }
@@ -464,7 +492,7 @@ fn fuzz_manifest() {
         match res {
             Ok(m) => check_manifest_in_use(&m, id),
             Err(ManifestError::Codec(_) | ManifestError::Name(_) | ManifestError::ChunkSize(_))
-            | Err(ManifestError::ChunkCount { .. }) => Ok(()),
+            | Err(ManifestError::ChunkCount { .. } | ManifestError::Tree(_) | ManifestError::TreeSize { .. }) => Ok(()),
             Err(e) => Err(TestCaseError::fail(format!("unexpected manifest error: {e}"))),
         }
     });
@@ -474,9 +502,20 @@ fn fuzz_manifest() {
 fn check_manifest_in_use(m: &Manifest, id: FileId) -> Result<(), TestCaseError> {
     ensure(check_file_name(&m.name).is_ok(), || format!("unsafe name {:?}", m.name))?;
     ensure((MIN_CHUNK..=MAX_CHUNK).contains(&m.chunk_size), || "chunk size".into())?;
-    ensure(m.chunks.len() as u64 == chunk_count(m.size, m.chunk_size), || {
-        "chunk count".into()
-    })?;
+    let want = match &m.tree {
+        None => chunk_count(m.size, m.chunk_size),
+        Some(t) => t.chunk_total(m.chunk_size),
+    };
+    ensure(m.chunks.len() as u64 == want, || "chunk count".into())?;
+    if let Some(t) = &m.tree {
+        for e in &t.entries {
+            let p = e.path();
+            ensure(
+                !p.starts_with('/') && p.split('/').all(|c| check_file_name(c).is_ok()),
+                || format!("unsafe path {p:?}"),
+            )?;
+        }
+    }
     // The node files it under `m.id()` (store, state, the tracker's
     // metadata): it must be the id it was fetched by.
     ensure(m.id() == id, || {
@@ -641,10 +680,11 @@ fn regression_tiny_frame_with_large_limit() {
 /// `0xfb 0xe8 0x03`, a u16 form bincode accepts) hashes to the id it is
 /// fetched by, but decodes to a manifest whose own id (of the canonical
 /// encoding, under which the node stores, serves and announces it) is
-/// another. Such bytes are now refused.
+/// another. Such bytes are now refused. (The last byte is the manifest's
+/// `tree: None`.)
 #[test]
 fn regression_non_canonical_manifest() {
-    let bytes = b"\x11holiday video.mp4\xfb\xe8\x00\xfb\x00@\x01q\xe0\xa9\x91sVI1\xc0\xb8\xac\xc5-&\x85\xa8\xe3\x9cd\xdcR\xe3\xd0#\x90\xfd\xac*\x12\xb1U\xcb";
+    let bytes = b"\x11holiday video.mp4\xfb\xe8\x00\xfb\x00@\x01q\xe0\xa9\x91sVI1\xc0\xb8\xac\xc5-&\x85\xa8\xe3\x9cd\xdcR\xe3\xd0#\x90\xfd\xac*\x12\xb1U\xcb\x00";
     let id = FileId(*blake3::hash(bytes).as_bytes());
     let err = Manifest::decode_checked(bytes, id).unwrap_err();
     assert!(err.to_string().contains("canonical"), "{err}");

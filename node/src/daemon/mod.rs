@@ -515,7 +515,7 @@ impl Daemon {
         }
         let home = &self.home;
         if let Some(rec) = home.state()?.files.get(&id.to_hex()) {
-            if rec.partial_in.is_none() && rec.path.is_file() {
+            if rec.partial_in.is_none() && rec.path.exists() {
                 // Already here: nothing to fetch. A job left paused or
                 // failed after the file was recorded (a pause or a tracker
                 // error at the very end) would hide that: it goes.
@@ -535,7 +535,7 @@ impl Daemon {
             path: dir.clone(),
             source,
         })?;
-        tokio::task::block_in_place(|| home.record_partial(&id, &file.name, file.size, &dir))?;
+        tokio::task::block_in_place(|| home.record_partial(&file, &dir))?;
         let live = Arc::new(Live::default());
         {
             let mut jobs = self.lock_jobs();
@@ -697,14 +697,14 @@ impl Daemon {
     pub async fn share(&self, path: &Path) -> Result<FileEntry, Refusal> {
         let md =
             std::fs::metadata(path).map_err(|e| Refusal::new(404, "not_found", format!("{}: {e}", path.display())))?;
-        if !md.is_file() {
+        if !md.is_file() && !md.is_dir() {
             return Err(Refusal::new(
                 400,
                 "bad_input",
-                format!("{} is not a regular file", path.display()),
+                format!("{} is neither a regular file nor a folder", path.display()),
             ));
         }
-        let m = commands::hash_one(&self.home, path, true).await?;
+        let m = commands::hash_one(&self.home, path, false, true).await?;
         self.own(&m).await?;
         let home = &self.home;
         tokio::task::block_in_place(|| home.record_owned(&m, path))?;
@@ -762,22 +762,28 @@ impl Daemon {
         if let (true, Some(rec)) = (delete_data, &rec) {
             // Only what the daemon wrote: files in its storage folder (never
             // the originals a share root holds), and a link there is
-            // removed, not followed.
+            // removed, not followed (a downloaded folder goes whole; the
+            // removal of a folder never follows the links inside it).
             let storage = std::fs::canonicalize(self.home.storage_dir()).ok();
             let inside = |p: &Path| {
                 let dir = std::fs::canonicalize(p.parent()?).ok()?;
                 let c = dir.join(p.file_name()?);
                 let ours = storage.as_ref().is_some_and(|s| dir.starts_with(s));
-                let file = std::fs::symlink_metadata(&c).is_ok_and(|m| !m.is_dir());
-                (ours && file).then_some(c)
+                ours.then_some(c)
             };
             let mut targets = vec![rec.path.clone()];
             if let Some(dir) = &rec.partial_in {
-                targets.extend(["part", "have", "manifest"].map(|e| download::sidecar(dir, id, e)));
+                targets.extend(["part", "tree", "have", "manifest"].map(|e| download::sidecar(dir, id, e)));
             }
             for t in targets {
                 if let Some(c) = inside(&t) {
-                    if std::fs::remove_file(&c).is_ok() {
+                    let folder = std::fs::symlink_metadata(&c).is_ok_and(|m| m.is_dir());
+                    let removed = if folder {
+                        std::fs::remove_dir_all(&c)
+                    } else {
+                        std::fs::remove_file(&c)
+                    };
+                    if removed.is_ok() {
                         deleted.push(c);
                     }
                 }
