@@ -95,6 +95,7 @@ async fn main() {
             }
         })),
         live: None,
+        only: Vec::new(),
     })
     .await
     .expect("download");

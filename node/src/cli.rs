@@ -68,6 +68,12 @@ pub enum Command {
         /// complete owners, as before partial owners existed).
         #[arg(long)]
         no_partial: bool,
+        /// Of a folder, fetch only the files whose path inside it matches
+        /// PATTERN (`*` any characters, `?` one; a folder's path selects
+        /// all it holds); repeatable. The result is not seeded as the
+        /// whole folder.
+        #[arg(long, value_name = "PATTERN")]
+        only: Vec<String>,
         #[command(flatten)]
         upload: UploadArgs,
     },

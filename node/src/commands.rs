@@ -57,6 +57,8 @@ pub enum CommandError {
     Share { path: PathBuf, source: ManifestError },
     #[error("{0}")]
     Name(#[from] NameError),
+    #[error("{0}")]
+    BadInput(String),
     #[error("no file named {0:?} is registered (try `quorrent search`)")]
     UnknownName(String),
     #[error("{0}: not one of this node's files (see `quorrent list`)")]
@@ -108,7 +110,7 @@ impl CommandError {
                 ServeError::Tls(_) => "internal",
             },
             CommandError::NotLoggedIn => "not_logged_in",
-            CommandError::Password(_) | CommandError::Name(_) => "bad_input",
+            CommandError::Password(_) | CommandError::Name(_) | CommandError::BadInput(_) => "bad_input",
             CommandError::Share { source, .. } => match source {
                 ManifestError::Io(_) => "io",
                 _ => "bad_input",
@@ -151,12 +153,14 @@ pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), Comman
             output,
             no_seed,
             no_partial,
+            only,
             upload,
         } => {
             let opts = GetOptions {
                 output,
                 no_seed,
                 partial: !no_partial,
+                only,
                 upload: upload_limit(home, &upload),
             };
             get(home, &id_or_name, opts, json).await
@@ -394,10 +398,14 @@ async fn share_here(home: &Home, paths: &[PathBuf], follow_links: bool, json: bo
     for (path, m) in manifests {
         own_one(home, &client, &m, path).await?;
         info!(file = %m.id(), name = %m.name, "shared");
+        let files = m.meta().files;
         emit(
             json,
-            json!({ "file_id": m.id().to_hex(), "name": m.name, "size": m.size }),
-            || format!("{}  {}  {} bytes", m.id(), m.name, m.size),
+            json!({ "file_id": m.id().to_hex(), "name": m.name, "size": m.size, "files": files }),
+            || match files {
+                0 => format!("{}  {}  {} bytes", m.id(), m.name, m.size),
+                n => format!("{}  {}/  {} bytes in {n} files", m.id(), m.name, m.size),
+            },
         );
     }
     if !json {
@@ -661,6 +669,7 @@ pub(crate) fn hits_json(hits: &[SearchHit]) -> serde_json::Value {
                 "file_id": h.file.id.to_hex(),
                 "name": h.file.name,
                 "size": h.file.size,
+                "files": h.file.files,
                 "owners": h.live_owners,
                 "partial_owners": h.partial_owners,
             })
@@ -714,6 +723,8 @@ struct GetOptions {
     /// Announce this node as a partial owner while downloading, and use
     /// other partial owners as sources.
     partial: bool,
+    /// `--only` patterns (empty: everything).
+    only: Vec<String>,
     upload: Option<Arc<UploadLimit>>,
 }
 
@@ -801,7 +812,7 @@ pub(crate) async fn partial_loop(
 async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Result<(), CommandError> {
     // A running daemon of this home downloads into its storage folder with
     // partial owners: the usual case is handed to it.
-    if opts.output.is_none() && opts.partial {
+    if opts.output.is_none() && opts.partial && opts.only.is_empty() {
         if let Some(link) = crate::daemon::client::running(home).await {
             return get_via_daemon(home, &link, id_or_name, json).await;
         }
@@ -810,6 +821,7 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
         output,
         no_seed,
         partial: use_partial,
+        only,
         upload,
     } = opts;
     let (client, _) = logged_in(home)?;
@@ -830,6 +842,12 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
     };
     if peers.is_empty() && partial.is_empty() {
         return Err(CommandError::NoOwner(format!("{} ({})", file.name, id)));
+    }
+    if !only.is_empty() && file.files == 0 {
+        return Err(CommandError::BadInput(format!(
+            "--only selects files of a folder, and {} is a single file",
+            file.name
+        )));
     }
     let dir = output.unwrap_or_else(|| home.storage_dir());
     std::fs::create_dir_all(&dir).map_err(|source| CommandError::Folder {
@@ -891,6 +909,7 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
         store: Some(store.clone()),
         progress,
         live: None,
+        only: only.clone(),
     };
     let result = tokio::select! {
         r = download::run(plan) => r,
@@ -914,6 +933,19 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
             return Err(e.into());
         }
     };
+    if !only.is_empty() {
+        // Part of a folder: not this node's to own or seed as the folder.
+        server.shutdown().await;
+        tokio::task::block_in_place(|| {
+            home.update_state(|s| {
+                s.files.remove(&id.to_hex());
+            })
+        })?;
+        client.close().await;
+        let (value, text) = get_output(&report);
+        emit(json, value, || text);
+        return Ok(());
+    }
     tokio::task::block_in_place(|| home.record_owned(&report.manifest, &report.path))?;
     announce(&client, home, advertised(home, Some(server.local_addr())).await).await?;
     client

@@ -19,6 +19,8 @@ use std::{
 
 use protocol::content::{Entry, Manifest, Tree};
 
+use crate::store::HaveBits;
+
 /// Handles a folder keeps open.
 const OPEN_HANDLES: usize = 8;
 
@@ -142,31 +144,110 @@ impl Folder {
     }
 }
 
-/// Creates the tree of `m` under `root` for a download: every folder, and
-/// every file at its full size (sparse: holes until written). Files that
-/// are there already keep their bytes (a resumed download). Only called
-/// with a manifest whose tree passed validation, so every path stays
-/// under `root`.
-pub fn create_tree(m: &Manifest, root: &Path) -> io::Result<()> {
-    let Some(tree) = &m.tree else { return Ok(()) };
-    std::fs::create_dir_all(root)?;
-    for e in &tree.entries {
-        let path = Tree::path_under(root, e.path());
-        match e {
-            Entry::Dir { .. } => match std::fs::create_dir(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
-                Err(e) => return Err(e),
-            },
-            Entry::File { size, .. } => {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)?;
-                f.set_len(*size)?;
+/// Whether `--only` patterns select the path `rel` of a folder: a pattern
+/// matches the whole path (`*` any characters, `/` included; `?` one
+/// character; the rest literally), or one of its parent folders, so a
+/// folder's path selects everything in it. No patterns select everything.
+pub fn selects(patterns: &[String], rel: &str) -> bool {
+    if patterns.is_empty() {
+        return true;
+    }
+    let mut prefixes = rel.match_indices('/').map(|(i, _)| &rel[..i]).chain([rel]);
+    prefixes.any(|p| patterns.iter().any(|pat| glob(pat.as_bytes(), p.as_bytes())))
+}
+
+/// `*` and `?` matching, iterative with one backtrack point (linear for
+/// one `*`, at most quadratic).
+fn glob(pat: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pat.len() && (pat[p] == b'?' || pat[p] == s[i]) {
+            p += 1;
+            i += 1;
+        } else if p < pat.len() && pat[p] == b'*' {
+            star = Some((p, i));
+            p += 1;
+        } else if let Some((sp, si)) = star {
+            p = sp + 1;
+            i = si + 1;
+            star = Some((sp, si + 1));
+        } else {
+            return false;
+        }
+    }
+    pat[p..].iter().all(|&c| c == b'*')
+}
+
+/// The chunks of the files `patterns` select, or None when they select
+/// everything (no patterns, or not a folder).
+pub fn wanted_chunks(m: &Manifest, patterns: &[String]) -> Option<HaveBits> {
+    let tree = m.tree.as_ref().filter(|_| !patterns.is_empty())?;
+    let wanted = HaveBits::new(m.chunks.len() as u32);
+    for span in tree.spans(m.chunk_size) {
+        if selects(patterns, tree.entries[span.entry].path()) {
+            for c in span.first_chunk..span.first_chunk + span.chunks {
+                wanted.set(c);
             }
         }
     }
+    Some(wanted)
+}
+
+/// Creates the tree of `m` under `root` for a download: its folders, and
+/// its files at their full size (sparse: holes until written); with
+/// `--only` patterns, only the entries they select and the folders
+/// holding them. Files that are there already keep their bytes (a
+/// resumed download). Only called with a manifest whose tree passed
+/// validation, so every path stays under `root`.
+pub fn create_tree(m: &Manifest, root: &Path, patterns: &[String]) -> io::Result<()> {
+    let Some(tree) = &m.tree else { return Ok(()) };
+    std::fs::create_dir_all(root)?;
+    let chosen: Vec<&Entry> = tree.entries.iter().filter(|e| selects(patterns, e.path())).collect();
+    let mut dirs: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for e in &chosen {
+        let p = e.path();
+        dirs.extend(p.match_indices('/').map(|(i, _)| &p[..i]));
+        if let Entry::Dir { path } = e {
+            dirs.insert(path);
+        }
+    }
+    // In byte order a folder comes before what it holds.
+    for rel in dirs {
+        let path = Tree::path_under(root, rel);
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for e in chosen {
+        if let Entry::File { path: rel, size } = e {
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(Tree::path_under(root, rel))?;
+            f.set_len(*size)?;
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_select_paths_and_folders() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(selects(&[], "any/thing"));
+        assert!(selects(&p(&["*.flac"]), "cd1/01 intro.flac"));
+        assert!(!selects(&p(&["*.flac"]), "cd1/cover.jpg"));
+        assert!(selects(&p(&["cd1"]), "cd1/cover.jpg"));
+        assert!(!selects(&p(&["cd1"]), "cd10/cover.jpg"));
+        assert!(selects(&p(&["cd?/*.jpg"]), "cd2/cover.jpg"));
+        assert!(selects(&p(&["x", "cd2/*"]), "cd2/a/b"));
+        assert!(!selects(&p(&["a*b*c*d*e"]), &"ab".repeat(2000)));
+    }
 }

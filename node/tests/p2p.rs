@@ -83,6 +83,7 @@ impl Node {
             store: Some(self.store.clone()),
             progress: None,
             live: None,
+            only: Vec::new(),
         }
     }
 }
@@ -316,6 +317,44 @@ async fn folder_round_trips_from_two_seeders() {
         .status()
         .unwrap()
         .success());
+    // Part of it: the selected files only, byte for byte, and the
+    // folders holding them.
+    let dir4 = tempfile::tempdir().unwrap();
+    let fourth = Node::start();
+    let mut plan = fourth.plan(&m, &[&me], dir4.path());
+    plan.only = vec!["cd2/big*".into(), "cd1/t1?.bin".into()];
+    let part = get(plan).await.unwrap();
+    let got: Vec<String> = walk(&part.path)
+        .iter()
+        .map(|p| p.strip_prefix(&part.path).unwrap().to_string_lossy().into_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let want = [
+        "cd1",
+        "cd1/t10.bin",
+        "cd1/t12.bin",
+        "cd1/t14.bin",
+        "cd1/t16.bin",
+        "cd1/t18.bin",
+        "cd2",
+        "cd2/big.bin",
+    ];
+    assert_eq!(got, want);
+    for rel in &want[1..] {
+        if !rel.ends_with(".bin") {
+            continue;
+        }
+        assert_eq!(
+            std::fs::read(part.path.join(rel)).unwrap(),
+            std::fs::read(root.join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+    let mut plan = fourth.plan(&m, &[&me], dir4.path());
+    plan.only = vec!["nothing-like-this".into()];
+    let err = get(plan).await.unwrap_err();
+    assert!(err.to_string().contains("no file of the folder matches"), "{err}");
 }
 
 /// Folder manifests that would write outside the output folder, or that

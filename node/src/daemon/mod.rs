@@ -555,6 +555,7 @@ impl Daemon {
                 store: Some(self.store.clone()),
                 progress: None,
                 live: Some(live.clone()),
+                only: Vec::new(),
             };
             let task = tokio::spawn(self.clone().run_job(plan));
             jobs.insert(

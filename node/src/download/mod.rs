@@ -109,6 +109,9 @@ pub struct DownloadPlan {
     /// When given, the peers taking part are listed here as they join
     /// (the daemon's API shows them with their byte counts).
     pub live: Option<Arc<Live>>,
+    /// Of a folder, only the files these patterns select
+    /// ([`crate::data::selects`]); empty: everything.
+    pub only: Vec<String>,
 }
 
 /// The peers of a running download as others may watch them: changed
@@ -225,6 +228,8 @@ pub enum DownloadError {
     Disk { path: PathBuf, source: std::io::Error },
     #[error("cannot open a UDP socket: {0}")]
     Socket(std::io::Error),
+    #[error("no file of the folder matches {0}")]
+    NothingSelected(String),
     #[error("peer connection set-up: {0}")]
     Tls(#[from] protocol::tls::TlsError),
 }
@@ -342,6 +347,8 @@ struct Output {
     have: Arc<HaveBits>,
     /// Bytes of the verified chunks.
     bytes_done: u64,
+    /// Bytes to fetch in all (of the selected files only, with `only`).
+    size: u64,
     saver: HaveSaver,
     sched: Scheduler,
     resumed: u32,
@@ -848,7 +855,7 @@ fn progress_of(o: &Output, sched: &Scheduler, fetched: u32) -> Progress {
     let chunks_done = o.have.count();
     Progress {
         bytes_done: o.bytes_done,
-        size: o.manifest.size,
+        size: o.size,
         chunks_done,
         chunks: o.have.len(),
         peers: sched.alive_peers(),
@@ -867,8 +874,13 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
         std::fs::write(&manifest_path, manifest.encode()).map_err(disk(&manifest_path))?;
     }
     let part = data_path(&plan.dir, &id, &manifest);
+    let n = manifest.chunks.len() as u32;
+    let wanted = crate::data::wanted_chunks(&manifest, &plan.only);
+    if wanted.as_ref().is_some_and(|w| w.count() == 0) {
+        return Err(DownloadError::NothingSelected(plan.only.join(", ")));
+    }
     let data = if manifest.is_folder() {
-        crate::data::create_tree(&manifest, &part).map_err(disk(&part))?;
+        crate::data::create_tree(&manifest, &part, &plan.only).map_err(disk(&part))?;
         Data::open(&manifest, &part, true).map_err(disk(&part))?
     } else {
         let file = OpenOptions::new()
@@ -881,7 +893,6 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
         file.set_len(manifest.size).map_err(disk(&part))?;
         Data::File(file)
     };
-    let n = manifest.chunks.len() as u32;
     let claimed = load_have(&plan.dir, &id, n);
     let manifest = Arc::new(manifest);
     let data = Arc::new(data);
@@ -895,6 +906,10 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
     let have = Arc::new(have);
     let resumed = have.count();
     let bytes_done = manifest.bytes_in(|c| have.get(c));
+    let size = match &wanted {
+        Some(w) => manifest.bytes_in(|c| w.get(c)),
+        None => manifest.size,
+    };
     if resumed > 0 {
         info!(file = %id.short(), resumed, of = n, "resuming");
     }
@@ -914,7 +929,8 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
     let mut cfg = SchedConfig::new(max_depth, max_total);
     // Downloaders that start together ask for different chunks first.
     cfg.seed = rand::random::<u64>() | 1;
-    let mut sched = Scheduler::new(n, cfg, |c| have.get(c));
+    // Chunks not selected count as done for the scheduler.
+    let mut sched = Scheduler::new(n, cfg, |c| have.get(c) || wanted.as_ref().is_some_and(|w| !w.get(c)));
     // Every peer has a slot from the start, empty until it says what it holds.
     for _ in 0..peers {
         sched.add_peer(&[]);
@@ -930,6 +946,7 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
         data,
         have,
         bytes_done,
+        size,
         sched,
         resumed,
         traffic,
