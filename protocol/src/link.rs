@@ -106,11 +106,27 @@ fn excerpt(s: &str) -> String {
     format!("{out:?}")
 }
 
-/// Whether `text` looks like a link (its scheme), so that a command taking
-/// "an id, a name or a link" knows which it got.
-pub fn is_link(text: &str) -> bool {
-    let t = text.trim_start().as_bytes();
-    t.len() >= SCHEME.len() && t[..SCHEME.len()].eq_ignore_ascii_case(SCHEME.as_bytes())
+/// Whether `text` is meant as a link, so that a command taking "an id, a
+/// name or a link" knows which it got: it starts with a URI scheme
+/// (`quorrent:`, or another such as `magnet:` or `https:`, which
+/// [`Link::parse`] then refuses naming the scheme) followed by `?` or `/`.
+/// A file name of that form is named by its id instead.
+pub fn looks_like_link(text: &str) -> bool {
+    let t = text.trim_start();
+    if t.len() >= SCHEME.len() && t.as_bytes()[..SCHEME.len()].eq_ignore_ascii_case(SCHEME.as_bytes()) {
+        return true;
+    }
+    let Some((scheme, rest)) = t.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && (rest.starts_with('?') || rest.starts_with('/'))
+}
+
+fn has_scheme(text: &str) -> bool {
+    text.len() >= SCHEME.len() && text.as_bytes()[..SCHEME.len()].eq_ignore_ascii_case(SCHEME.as_bytes())
 }
 
 /// Bytes kept as they are in a value: RFC 3986 unreserved characters, and
@@ -207,7 +223,7 @@ impl Link {
             ));
         }
         let text = text.trim();
-        if !is_link(text) {
+        if !has_scheme(text) {
             let scheme = text.split_once(':').map_or(text, |(s, _)| s);
             return Err(bad(
                 "scheme",
@@ -429,6 +445,17 @@ mod tests {
             assert_eq!(e.field, field, "{text}: {e}");
             assert!(e.to_string().contains(&format!("`{field}`")), "{e}");
             assert!(e.to_string().len() < 400, "{e}");
+        }
+        for (text, meant) in [
+            ("magnet:?xt=urn:btih:00", true),
+            ("https://example.org/x", true),
+            ("QuOrRent:whatever", true),
+            ("song.mp3", false),
+            ("a:b.txt", false),
+            ("1:?x", false),
+            (":?x", false),
+        ] {
+            assert_eq!(looks_like_link(text), meant, "{text}");
         }
         // Unknown fields are ignored, even malformed ones.
         Link::parse(&format!("{good}&later=%zz&flag")).unwrap();
