@@ -295,3 +295,80 @@ pub fn print(home: &Home, id_or_name: &str, json: bool) -> Result<(), CommandErr
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn command(args: &[&str]) -> Command {
+        crate::cli::Cli::parse_from(std::iter::once("quorrent").chain(args.iter().copied())).command
+    }
+
+    #[test]
+    fn prepare_checks_the_ca_and_a_fresh_home_keeps_the_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        protocol::tls::generate(&certs, &dir.path().join("ca"), &["proxy-1".into()], &[]).unwrap();
+        let ca = certs.join("ca.pem");
+        let ca_arg = ca.to_str().unwrap();
+        let link = Link {
+            id: FileId([1; 32]),
+            name: "a.bin".into(),
+            size: 3,
+            proxies: vec!["192.0.2.1:7400".into()],
+            ca: ca_fingerprint(&ca).unwrap(),
+        }
+        .to_string();
+        let mut home = Home::open(Some(dir.path().join("h")), None).unwrap();
+
+        let e = prepare(&mut home, &command(&["get", "x.bin", "--ca", ca_arg]), false, true).unwrap_err();
+        assert!(matches!(e, LinkFailure::CaWithoutLink), "{e}");
+        // A file of two certificates pins nothing: refused.
+        let pem = std::fs::read(&ca).unwrap();
+        let two = dir.path().join("two.pem");
+        std::fs::write(&two, [pem.clone(), pem].concat()).unwrap();
+        let e = prepare(
+            &mut home,
+            &command(&["get", &link, "--ca", two.to_str().unwrap()]),
+            false,
+            true,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("holds 2 certificates"), "{e}");
+        // Another CA: refused naming the field and both fingerprints.
+        let other = dir.path().join("other");
+        protocol::tls::generate(&other, &dir.path().join("other-ca"), &[], &[]).unwrap();
+        let other_ca = other.join("ca.pem");
+        let e = prepare(
+            &mut home,
+            &command(&["login", "bob", "--link", &link, "--ca", other_ca.to_str().unwrap()]),
+            false,
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), "ca_mismatch");
+        let fp = ca_fingerprint(&other_ca).unwrap().to_string();
+        assert!(
+            e.to_string().contains("field `ca`") && e.to_string().contains(&fp),
+            "{e}"
+        );
+        assert!(!home.dir.join("config.json").exists());
+
+        // The right CA: the link's proxies, kept in the fresh home.
+        prepare(&mut home, &command(&["get", &link, "--ca", ca_arg]), false, true).unwrap();
+        assert_eq!(home.config.proxies, vec!["192.0.2.1:7400".to_string()]);
+        let again = Home::open(Some(dir.path().join("h")), None).unwrap();
+        assert_eq!(again.config.proxies, vec!["192.0.2.1:7400".to_string()]);
+        assert_eq!(
+            ca_fingerprint(&again.config.ca_cert).unwrap(),
+            ca_fingerprint(&ca).unwrap()
+        );
+        // Now configured: a later link is checked against HOME/ca.pem and
+        // leaves config.json alone.
+        let before = std::fs::read(again.dir.join("config.json")).unwrap();
+        let mut home = again;
+        prepare(&mut home, &command(&["get", &link]), false, true).unwrap();
+        assert_eq!(std::fs::read(home.dir.join("config.json")).unwrap(), before);
+    }
+}
