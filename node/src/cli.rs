@@ -31,6 +31,8 @@ pub enum Command {
         /// Read the password from one line of standard input.
         #[arg(long)]
         password_stdin: bool,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
     /// Open a session (stored in the home).
     Login {
@@ -38,6 +40,8 @@ pub enum Command {
         /// Read the password from one line of standard input.
         #[arg(long)]
         password_stdin: bool,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
     /// End the session on the tracker and locally.
     Logout,
@@ -55,8 +59,15 @@ pub enum Command {
     Search { text: String },
     /// Download a file from several owners at once, then seed it.
     Get {
-        /// A 64-digit file id, or an exact file name.
+        /// A 64-digit file id, an exact file name, or a `quorrent:` link
+        /// (its network is used: see `--ca`).
         id_or_name: String,
+        /// With a link: the cluster's CA certificate (PEM), checked against
+        /// the link's `ca` fingerprint before any connection. Default: the
+        /// configured `ca_cert` (a home without a configuration file:
+        /// HOME/ca.pem).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
         /// Folder to put the file in (default: the storage folder).
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
@@ -89,6 +100,12 @@ pub enum Command {
     Status,
     /// List the files this node owns or partly has (state, chunks held).
     List,
+    /// Print the `quorrent:` link of one of this node's files, for a friend
+    /// to `get`.
+    Link {
+        /// A 64-digit file id, or the name of one of this node's files.
+        id_or_name: String,
+    },
     /// Re-hash this node's data of a file against its manifest and report
     /// the bad chunks.
     Verify {
@@ -108,6 +125,21 @@ pub enum Command {
         /// More folders holding shared files or downloads (`get -o`).
         folders: Vec<PathBuf>,
     },
+}
+
+/// Reaching the network of a `quorrent:` link (`register`, `login`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NetworkArgs {
+    /// Reach the network this link names (its proxies), after checking the
+    /// CA certificate against its `ca` fingerprint; a home without a
+    /// configuration file keeps that network in HOME/config.json.
+    #[arg(long, value_name = "LINK")]
+    pub link: Option<String>,
+    /// With `--link`: the cluster's CA certificate (PEM). Default: the
+    /// configured `ca_cert` (a home without a configuration file:
+    /// HOME/ca.pem).
+    #[arg(long, value_name = "FILE", requires = "link")]
+    pub ca: Option<PathBuf>,
 }
 
 /// The upload rate limit of a serving command.

@@ -49,6 +49,8 @@ pub enum CommandError {
     Download(#[from] DownloadError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Link(#[from] crate::link::LinkFailure),
     #[error("not logged in: run `quorrent login USER`")]
     NotLoggedIn,
     #[error("cannot read the password: {0}")]
@@ -109,6 +111,7 @@ impl CommandError {
                 ServeError::Bind { .. } => "io",
                 ServeError::Tls(_) => "internal",
             },
+            CommandError::Link(e) => e.code(),
             CommandError::NotLoggedIn => "not_logged_in",
             CommandError::Password(_) | CommandError::Name(_) | CommandError::BadInput(_) => "bad_input",
             CommandError::Share { source, .. } => match source {
@@ -143,8 +146,12 @@ impl CommandError {
 /// Runs one command.
 pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), CommandError> {
     match command {
-        Command::Register { user, password_stdin } => register(home, &user, password_stdin, json).await,
-        Command::Login { user, password_stdin } => login(home, &user, password_stdin, json).await,
+        Command::Register {
+            user, password_stdin, ..
+        } => register(home, &user, password_stdin, json).await,
+        Command::Login {
+            user, password_stdin, ..
+        } => login(home, &user, password_stdin, json).await,
         Command::Logout => logout(home, json).await,
         Command::Share { paths, follow_links } => share(home, &paths, follow_links, json).await,
         Command::Search { text } => search(home, &text, json).await,
@@ -155,13 +162,18 @@ pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), Comman
             no_partial,
             only,
             upload,
+            ..
         } => {
+            // A link: its network was set up by `link::prepare`.
+            let link = crate::link::in_get(&id_or_name)?;
+            let id_or_name = link.as_ref().map_or(id_or_name, |l| l.id.to_hex());
             let opts = GetOptions {
                 output,
                 no_seed,
                 partial: !no_partial,
                 only,
                 upload: upload_limit(home, &upload),
+                link,
             };
             get(home, &id_or_name, opts, json).await
         }
@@ -169,6 +181,7 @@ pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), Comman
         Command::Status => status(home, json).await,
         Command::Repair { folders } => repair(home, folders, json).await,
         Command::List => crate::local::list(home, json),
+        Command::Link { id_or_name } => crate::link::print(home, &id_or_name, json),
         Command::Verify { id_or_name } => crate::local::verify(home, &id_or_name, json).await,
         Command::Unshare { id_or_name } => crate::local::unshare(home, &id_or_name, json).await,
     }
@@ -350,6 +363,7 @@ pub(crate) async fn advertised(home: &Home, bound: Option<SocketAddr>) -> Vec<So
 }
 
 async fn share(home: &Home, paths: &[PathBuf], follow_links: bool, json: bool) -> Result<(), CommandError> {
+    let ca = crate::link::home_fingerprint(home, json)?;
     // The daemon never follows links (they could lead out of the folders
     // it may read): a share that does is done here, and the daemon serves
     // it from its next heartbeat on.
@@ -358,7 +372,7 @@ async fn share(home: &Home, paths: &[PathBuf], follow_links: bool, json: bool) -
         true => None,
     };
     let Some(link) = daemon else {
-        return share_here(home, paths, follow_links, json).await;
+        return share_here(home, paths, ca, follow_links, json).await;
     };
     // The daemon shares only from its folders; the rest is done here
     // (the daemon serves it from its next heartbeat on).
@@ -372,9 +386,13 @@ async fn share(home: &Home, paths: &[PathBuf], follow_links: bool, json: bool) -
             Ok(entry) => {
                 let (id, name, size) = (&entry["id"], &entry["name"], &entry["size"]);
                 let (id, name) = (id.as_str().unwrap_or(""), name.as_str().unwrap_or(""));
-                emit(json, json!({ "file_id": id, "name": name, "size": size }), || {
-                    format!("{id}  {name}  {size} bytes")
-                });
+                let file_id = id.parse().map_err(|_| unexpected("share"))?;
+                let link = crate::link::link_for(home, ca, file_id, name, size.as_u64().unwrap_or(0)).to_string();
+                emit(
+                    json,
+                    json!({ "file_id": id, "name": name, "size": size, "link": link }),
+                    || format!("{id}  {name}  {size} bytes\n  {link}"),
+                );
             }
             Err(CommandError::Daemon {
                 code: "outside_roots", ..
@@ -385,11 +403,17 @@ async fn share(home: &Home, paths: &[PathBuf], follow_links: bool, json: bool) -
     if here.is_empty() {
         return Ok(());
     }
-    share_here(home, &here, follow_links, json).await
+    share_here(home, &here, ca, follow_links, json).await
 }
 
-/// `share` done by this process.
-async fn share_here(home: &Home, paths: &[PathBuf], follow_links: bool, json: bool) -> Result<(), CommandError> {
+/// `share` done by this process; `ca` is the fingerprint its links carry.
+async fn share_here(
+    home: &Home,
+    paths: &[PathBuf],
+    ca: protocol::link::CaFingerprint,
+    follow_links: bool,
+    json: bool,
+) -> Result<(), CommandError> {
     let (client, _) = logged_in(home)?;
     let mut manifests = Vec::new();
     for path in paths {
@@ -399,12 +423,13 @@ async fn share_here(home: &Home, paths: &[PathBuf], follow_links: bool, json: bo
         own_one(home, &client, &m, path).await?;
         info!(file = %m.id(), name = %m.name, "shared");
         let files = m.meta().files;
+        let link = crate::link::link_for(home, ca, m.id(), &m.name, m.size).to_string();
         emit(
             json,
-            json!({ "file_id": m.id().to_hex(), "name": m.name, "size": m.size, "files": files }),
+            json!({ "file_id": m.id().to_hex(), "name": m.name, "size": m.size, "files": files, "link": link }),
             || match files {
-                0 => format!("{}  {}  {} bytes", m.id(), m.name, m.size),
-                n => format!("{}  {}/  {} bytes in {n} files", m.id(), m.name, m.size),
+                0 => format!("{}  {}  {} bytes\n  {link}", m.id(), m.name, m.size),
+                n => format!("{}  {}/  {} bytes in {n} files\n  {link}", m.id(), m.name, m.size),
             },
         );
     }
@@ -726,6 +751,8 @@ struct GetOptions {
     /// `--only` patterns (empty: everything).
     only: Vec<String>,
     upload: Option<Arc<UploadLimit>>,
+    /// `get LINK`: the file's name and size must be the link's.
+    link: Option<protocol::link::Link>,
 }
 
 /// How often a downloading node announces what it holds, and asks the
@@ -813,8 +840,11 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
     // A running daemon of this home downloads into its storage folder with
     // partial owners: the usual case is handed to it.
     if opts.output.is_none() && opts.partial && opts.only.is_empty() {
-        if let Some(link) = crate::daemon::client::running(home).await {
-            return get_via_daemon(home, &link, id_or_name, json).await;
+        if let Some(daemon) = crate::daemon::client::running(home).await {
+            if let Some(link) = &opts.link {
+                crate::link::check_registered(home, link).await?;
+            }
+            return get_via_daemon(home, &daemon, id_or_name, json).await;
         }
     }
     let GetOptions {
@@ -823,10 +853,14 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
         partial: use_partial,
         only,
         upload,
+        link,
     } = opts;
     let (client, _) = logged_in(home)?;
     let id = resolve(&client, id_or_name).await?;
     let (file, owners, partial) = all_owners(&client, id).await?;
+    if let Some(link) = &link {
+        crate::link::check_file(link, &file.name, file.size)?;
+    }
     let me = home.identity.peer_id;
     if let Some(rec) = home.state()?.files.get(&id.to_hex()) {
         if rec.partial_in.is_none() && rec.path.exists() {
@@ -933,6 +967,11 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
             return Err(e.into());
         }
     };
+    // The manifest hashes to the id; its name and size are the file's.
+    if let Some(Err(e)) = link.map(|l| crate::link::check_file(&l, &report.manifest.name, report.manifest.size)) {
+        server.shutdown().await;
+        return Err(e.into());
+    }
     if !only.is_empty() {
         // Part of a folder: not this node's to own or seed as the folder.
         server.shutdown().await;

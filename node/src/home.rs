@@ -1,7 +1,8 @@
 //! The node's home folder (`--home`, `QUORRENT_HOME`, else `~/.quorrent`,
 //! else `./.quorrent`): its key pair (`node.key`, `node.pem`), its session
 //! (`session.json`, mode 0600), its configuration (`--config FILE`, else
-//! `config.json` in the home, else the defaults), the manifests of the
+//! `config.json` in the home, else the defaults, with `ca_cert` HOME/ca.pem
+//! when that file exists), the manifests of the
 //! files it owns (`manifests/ID`) and the state file (`state.json`, with
 //! its lock `state.lock`; see `state.rs`) that lists the files it owns or
 //! partly has, so that `seed` can serve them.
@@ -113,6 +114,12 @@ impl Home {
                 c.validate(path)?;
                 c
             }
+            // With no configuration file, a CA certificate kept in the
+            // home (by a link, see `link.rs`) is the one the node trusts.
+            None if dir.join("ca.pem").is_file() => NodeConfig {
+                ca_cert: dir.join("ca.pem"),
+                ..NodeConfig::default()
+            },
             None => NodeConfig::default(),
         };
         let identity = NodeIdentity::load_or_create(&dir)?;

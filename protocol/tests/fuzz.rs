@@ -1,7 +1,7 @@
 //! Fuzz targets of the decoders in `protocol` (issue 7, part 4): the
 //! tracker `Envelope` and `Answer`, the peer `PeerRequest`/`PeerResponse`,
 //! the `Manifest` with the checks the node applies before use, the frame
-//! reader, and the JSON configurations. Each target runs
+//! reader, the JSON configurations and the `quorrent:` link. Each target runs
 //! `QUORRENT_FUZZ_CASES` cases (see `fuzzkit`) of arbitrary bytes and
 //! structure-aware mutations of valid encodings, and checks: no panic,
 //! errors not crashes, the most memory one decode holds stays within its
@@ -16,6 +16,7 @@ use protocol::{
     config::{self, Limits, NodeConfig, ProxyConfig, TrackerConfig},
     content::{chunk_count, Entry, Manifest, ManifestError, Tree, MAX_CHUNK, MAX_MANIFEST_BYTES, MIN_CHUNK},
     ids::{check_file_name, FileId, NameError, PeerId},
+    link::{CaFingerprint, Link, MAX_LINK_LEN},
     peer::{PeerError, PeerRequest, PeerResponse, MAX_FRAME},
     tracker_api::{
         Answer, ApiError, ClusterStatus, Consistency, Envelope, FileMeta, FollowerLag, MemberInfo, MemberReport,
@@ -529,6 +530,49 @@ fn check_manifest_in_use(m: &Manifest, id: FileId) -> Result<(), TestCaseError> 
     ensure(meta.chunk_count as usize == m.chunks.len(), || {
         "meta chunk count".into()
     })
+}
+
+/// A link as a friend pastes it (command-line text, so UTF-8): no panic,
+/// a refusal names a field, an accepted link re-formats within the length
+/// limit and parses back to itself, and a parse holds little memory.
+#[test]
+fn fuzz_link() {
+    let sample = Link {
+        id: FileId([0x3c; 32]),
+        name: "a b%c ü.iso".into(),
+        size: 4_700_000_000,
+        proxies: vec![
+            "10.0.0.21:7400".into(),
+            "[2001:db8::21]:7400".into(),
+            "p.example.org:1".into(),
+        ],
+        ca: CaFingerprint([0xa5; 32]),
+    };
+    let corpus = vec![
+        sample.to_string().into_bytes(),
+        format!("quorrent:?x=1&{}", &sample.to_string()["quorrent:?".len()..]).into_bytes(),
+        b"quorrent:?v=1&id=00&name=%zz&size=-1&proxy=[::1]:0&ca=sha256:".to_vec(),
+    ];
+    const FIELDS: [&str; 8] = ["link", "scheme", "v", "id", "name", "size", "proxy", "ca"];
+    fuzzkit::run("quorrent: link", fuzzkit::inputs(corpus), |bytes| {
+        let text = String::from_utf8_lossy(bytes);
+        let (res, peak) = fuzzkit::measure(|| Link::parse(&text));
+        ensure(peak <= 4 * MAX_LINK_LEN + SMALL, || {
+            format!("link parse held {peak} bytes")
+        })?;
+        match res {
+            Err(e) => ensure(FIELDS.contains(&e.field), || format!("refusal names no field: {e}")),
+            Ok(link) => {
+                let again = link.to_string();
+                ensure(again.len() <= MAX_LINK_LEN, || {
+                    format!("re-formatted link is {} bytes", again.len())
+                })?;
+                ensure(Link::parse(&again).as_ref() == Ok(&link), || {
+                    format!("{again} does not parse back")
+                })
+            }
+        }
+    });
 }
 
 #[test]
