@@ -22,6 +22,7 @@
 pub mod api;
 pub mod client;
 pub mod metrics;
+pub mod watch;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -273,8 +274,15 @@ pub async fn run(home: &Home, upload: Option<Arc<UploadLimit>>) -> Result<(), Co
         info!(addr = %h.addr, "node daemon: web page at http://{}/", h.addr);
     }
     let sampler = tokio::spawn(sample_loop(daemon.clone()));
+    let watcher = home.config.watch_dir.clone().map(|dir| {
+        let settle = Duration::from_millis(home.config.watch_settle_ms);
+        tokio::spawn(watch::watch_loop(daemon.clone(), dir, settle))
+    });
     let result = commands::serve_until_stopped(home, &client, server, &store).await;
     sampler.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
     // The HTTP server first, so no request starts a job after the jobs
     // are stopped.
     if let Some(h) = http {
@@ -363,13 +371,15 @@ impl Daemon {
         self.token_required
     }
 
-    /// The folders requests may name: the storage folder and the
-    /// configuration's `share_roots`, canonical (those that exist).
+    /// The folders requests may name: the storage folder, the
+    /// configuration's `share_roots` and its `watch_dir`, canonical (those
+    /// that exist).
     pub fn roots(&self) -> Vec<PathBuf> {
         let storage = self.home.storage_dir();
         let _ = std::fs::create_dir_all(&storage);
         std::iter::once(storage)
             .chain(self.home.config.share_roots.iter().cloned())
+            .chain(self.home.config.watch_dir.iter().cloned())
             .filter_map(|p| std::fs::canonicalize(p).ok())
             .collect()
     }
