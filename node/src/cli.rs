@@ -63,6 +63,11 @@ pub enum Command {
         /// complete owners, as before partial owners existed).
         #[arg(long)]
         no_partial: bool,
+        /// Fetch the chunks in order, lowest first, so that the file
+        /// (DIR/.quorrent/ID.part while it downloads) can be played or
+        /// read from the start as it arrives.
+        #[arg(long)]
+        sequential: bool,
         #[command(flatten)]
         upload: UploadArgs,
     },

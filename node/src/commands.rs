@@ -150,12 +150,14 @@ pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), Comman
             output,
             no_seed,
             no_partial,
+            sequential,
             upload,
         } => {
             let opts = GetOptions {
                 output,
                 no_seed,
                 partial: !no_partial,
+                sequential,
                 upload: upload_limit(home, &upload),
             };
             get(home, &id_or_name, opts, json).await
@@ -681,6 +683,8 @@ struct GetOptions {
     /// Announce this node as a partial owner while downloading, and use
     /// other partial owners as sources.
     partial: bool,
+    /// Chunks in order (streaming).
+    sequential: bool,
     upload: Option<Arc<UploadLimit>>,
 }
 
@@ -770,13 +774,14 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
     // partial owners: the usual case is handed to it.
     if opts.output.is_none() && opts.partial {
         if let Some(link) = crate::daemon::client::running(home).await {
-            return get_via_daemon(home, &link, id_or_name, json).await;
+            return get_via_daemon(home, &link, id_or_name, opts.sequential, json).await;
         }
     }
     let GetOptions {
         output,
         no_seed,
         partial: use_partial,
+        sequential,
         upload,
     } = opts;
     let (client, _) = logged_in(home)?;
@@ -858,7 +863,12 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
         store: Some(store.clone()),
         progress,
         live: None,
+        sequential,
     };
+    if sequential && !json {
+        let part = download::sidecar(&std::fs::canonicalize(&dir).unwrap_or(dir.clone()), &id, "part");
+        eprintln!("sequential: {} fills from its start as it arrives", part.display());
+    }
     let result = tokio::select! {
         r = download::run(plan) => r,
         _ = home.stop.stopped() => {
@@ -911,6 +921,7 @@ async fn get_via_daemon(
     home: &Home,
     link: &crate::daemon::client::Link,
     id_or_name: &str,
+    sequential: bool,
     json: bool,
 ) -> Result<(), CommandError> {
     let id = match id_or_name.parse::<FileId>() {
@@ -923,7 +934,11 @@ async fn get_via_daemon(
         }
     };
     info!(file = %id, "handing the download to the running daemon");
-    link.post("/api/downloads", &json!({ "id": id.to_hex() })).await?;
+    link.post(
+        "/api/downloads",
+        &json!({ "id": id.to_hex(), "sequential": sequential }),
+    )
+    .await?;
     let path = format!("/api/files/{}", id.to_hex());
     loop {
         let entry = link.get(&path).await?;

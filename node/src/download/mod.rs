@@ -26,6 +26,11 @@
 //! a refetch, never a wrong byte. On completion the data moves to
 //! `DIR/NAME`; an existing different file of that name is never replaced:
 //! the download takes the first free `NAME (1)`, `NAME (2)`, ... instead.
+//!
+//! Sequential (`DownloadPlan::sequential`, `get --sequential`): chunks are
+//! asked for lowest first, so `ID.part` (full size from the start) holds
+//! verified bytes from offset 0 up to `Progress::prefix_bytes`, which only
+//! grows; a player may read that far while the rest arrives.
 
 pub mod scheduler;
 
@@ -109,6 +114,8 @@ pub struct DownloadPlan {
     /// When given, the peers taking part are listed here as they join
     /// (the daemon's API shows them with their byte counts).
     pub live: Option<Arc<Live>>,
+    /// Lowest missing chunk first (streaming), instead of rarest first.
+    pub sequential: bool,
 }
 
 /// The peers of a running download as others may watch them: changed
@@ -169,6 +176,9 @@ pub struct Progress {
     pub peers: usize,
     /// Chunks fetched in this run (not counting those resumed).
     pub fetched: u32,
+    /// Verified bytes from the start of the file with no gap: what a
+    /// player may read of the part file.
+    pub prefix_bytes: u64,
 }
 
 /// What one peer contributed.
@@ -343,6 +353,8 @@ struct Output {
     sched: Scheduler,
     resumed: u32,
     traffic: FileTraffic,
+    /// Chunks verified from the start with no gap.
+    prefix: u32,
 }
 
 /// Downloads `plan.file_id` into `plan.dir`; see the module documentation.
@@ -728,7 +740,7 @@ impl<'a> Download<'a> {
                         }
                     }
                     if let Some(f) = &self.plan.progress {
-                        f(&progress_of(o, &o.sched, self.fetched));
+                        f(&progress_of(o, self.fetched));
                     }
                 }
             }
@@ -834,7 +846,20 @@ fn drop_peer(m: &mut Member, why: &[u8]) {
     }
 }
 
-fn progress_of(o: &Output, sched: &Scheduler, fetched: u32) -> Progress {
+/// Verified bytes from the start of the file with no gap, for the first
+/// `from` chunks known verified; returns the chunks of the prefix too.
+pub fn prefix_of(m: &Manifest, have: &HaveBits, from: u32) -> (u32, u64) {
+    let mut c = from;
+    while c < have.len() && have.get(c) {
+        c += 1;
+    }
+    let bytes = (c as u64 * m.chunk_size as u64).min(m.size);
+    (c, bytes)
+}
+
+fn progress_of(o: &mut Output, fetched: u32) -> Progress {
+    let (prefix, prefix_bytes) = prefix_of(&o.manifest, &o.have, o.prefix);
+    o.prefix = prefix;
     let chunks_done = o.have.count();
     let bytes_done = if o.have.get(o.have.len().saturating_sub(1)) {
         (chunks_done as u64 - 1) * o.manifest.chunk_size as u64 + o.manifest.chunk_len(o.have.len() - 1) as u64
@@ -846,8 +871,9 @@ fn progress_of(o: &Output, sched: &Scheduler, fetched: u32) -> Progress {
         size: o.manifest.size,
         chunks_done,
         chunks: o.have.len(),
-        peers: sched.alive_peers(),
+        peers: o.sched.alive_peers(),
         fetched,
+        prefix_bytes,
     }
 }
 
@@ -902,6 +928,7 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
     let mut cfg = SchedConfig::new(max_depth, max_total);
     // Downloaders that start together ask for different chunks first.
     cfg.seed = rand::random::<u64>() | 1;
+    cfg.sequential = plan.sequential;
     let mut sched = Scheduler::new(n, cfg, |c| have.get(c));
     // Every peer has a slot from the start, empty until it says what it holds.
     for _ in 0..peers {
@@ -920,6 +947,7 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
         sched,
         resumed,
         traffic,
+        prefix: 0,
     })
 }
 

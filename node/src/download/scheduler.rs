@@ -763,7 +763,11 @@ mod tests {
         let sent = s.assign(0);
         let mut got: Vec<u32> = sent.iter().map(|&(_, c)| c).collect();
         got.sort();
-        assert_eq!(got, vec![0, 2, 3, 4, 5, 6, 7, 8], "rarity ignored, the held chunk skipped");
+        assert_eq!(
+            got,
+            vec![0, 2, 3, 4, 5, 6, 7, 8],
+            "rarity ignored, the held chunk skipped"
+        );
         for p in peers {
             assert!(sent.iter().any(|&(q, _)| q == p), "peer {p} idle: {sent:?}");
         }
