@@ -95,6 +95,7 @@ async fn main() {
             }
         })),
         live: None,
+        sequential: false,
     })
     .await
     .expect("download");

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod daemon;
 pub mod download;
 pub mod home;
+pub mod human;
 pub mod local;
 pub mod peer_server;
 pub mod rate;

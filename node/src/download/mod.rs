@@ -227,9 +227,9 @@ pub enum DownloadError {
     Unreachable(String),
     #[error("refusing the file: {0}")]
     BadManifest(String),
-    #[error("every peer failed; {verified} of {total} chunks verified and kept, run get again to resume")]
+    #[error("every peer failed; {verified} of {} verified and kept, run get again to resume", crate::human::count(*total, "chunk", "chunks"))]
     AllPeersFailed { verified: u32, total: u32 },
-    #[error("{missing} chunks are held by no reachable peer; {verified} of {total} verified and kept")]
+    #[error("{} held by no reachable peer; {verified} of {total} verified and kept", crate::human::count(*missing, "chunk is", "chunks are"))]
     Unavailable { missing: u32, verified: u32, total: u32 },
     #[error("cannot write {path}: {source}; the verified part is kept, run get again to resume")]
     Disk { path: PathBuf, source: std::io::Error },

@@ -526,7 +526,11 @@ mod tests {
     }
 
     fn sim(n: u32, peers: Vec<(Vec<u8>, SimPeer)>, max_depth: usize) -> (Scheduler, Vec<(u64, u32)>) {
-        let mut s = Scheduler::new(n, SchedConfig::new(max_depth, 64), |_| false);
+        sim_with(n, peers, SchedConfig::new(max_depth, 64))
+    }
+
+    fn sim_with(n: u32, peers: Vec<(Vec<u8>, SimPeer)>, cfg: SchedConfig) -> (Scheduler, Vec<(u64, u32)>) {
+        let mut s = Scheduler::new(n, cfg, |_| false);
         let mut sims: Vec<SimPeer> = Vec::new();
         for (have, p) in peers {
             s.add_peer(&have);
@@ -783,39 +787,13 @@ mod tests {
 
     #[test]
     fn sequential_completes_in_about_index_order() {
-        let mut s = Scheduler::new(200, sequential(4, 8), |_| false);
-        let mut sims = Vec::new();
-        for _ in 0..3 {
-            s.add_peer(&all(200));
-            sims.push(peer(100));
-        }
-        // The simulation, inline: the order chunks arrive in.
-        let (s, log) = {
-            let mut now = 0u64;
-            let mut log = Vec::new();
-            while s.progress() == Progress::Running {
-                for (p, c) in s.assign(now) {
-                    sims[p].queue.push_back(c);
-                }
-                now += 1;
-                for p in 0..sims.len() {
-                    if sims[p].busy_until <= now {
-                        if let Some(c) = sims[p].queue.pop_front() {
-                            sims[p].busy_until = now + CHUNK / sims[p].speed;
-                            s.chunk_ok(p, c, CHUNK, sims[p].busy_until);
-                            log.push(c);
-                        }
-                    }
-                }
-            }
-            (s, log)
-        };
+        let (s, log) = sim_with(200, (0..3).map(|_| (all(200), peer(100))).collect(), sequential(4, 8));
         assert_eq!(s.progress(), Progress::Done);
         // The verified prefix trails the chunks held by at most the
         // requests in flight.
-        let mut held = vec![false; 200];
+        let mut held = [false; 200];
         let mut prefix = 0;
-        for (k, &c) in log.iter().enumerate() {
+        for (k, &(_, c)) in log.iter().enumerate() {
             held[c as usize] = true;
             while prefix < 200 && held[prefix] {
                 prefix += 1;
