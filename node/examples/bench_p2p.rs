@@ -96,6 +96,7 @@ async fn main() {
         })),
         live: None,
         only: Vec::new(),
+        sequential: false,
     })
     .await
     .expect("download");

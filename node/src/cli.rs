@@ -85,6 +85,11 @@ pub enum Command {
         /// whole folder.
         #[arg(long, value_name = "PATTERN")]
         only: Vec<String>,
+        /// Fetch the chunks in order, lowest first, so that the file
+        /// (DIR/.quorrent/ID.part while it downloads) can be played or
+        /// read from the start as it arrives.
+        #[arg(long)]
+        sequential: bool,
         #[command(flatten)]
         upload: UploadArgs,
     },

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use protocol::{
     content::{hash_file, Manifest, ManifestError, MAX_CHUNK, MIN_CHUNK},
     ids::PeerId,
@@ -31,6 +31,7 @@ use crate::{
     data::Data,
     download::{self, DownloadError, DownloadPlan, Sources},
     home::{Home, HomeError, Session},
+    human,
     peer_server::{PeerServer, ServeError},
     rate::UploadLimit,
     repair::Repaired,
@@ -73,7 +74,7 @@ pub enum CommandError {
     Folder { path: PathBuf, source: std::io::Error },
     #[error("invalid listen address {0:?} in the configuration")]
     Listen(String),
-    #[error("interrupted; {verified} of {total} chunks verified and kept, run get again to resume")]
+    #[error("interrupted; {verified} of {} verified and kept, run get again to resume", human::count(*total, "chunk", "chunks"))]
     Interrupted { verified: u32, total: u32 },
     /// Stopped by a signal while waiting on something other than the
     /// tracker (the password, hashing).
@@ -161,6 +162,7 @@ pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), Comman
             no_seed,
             no_partial,
             only,
+            sequential,
             upload,
             ..
         } => {
@@ -172,6 +174,7 @@ pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), Comman
                 no_seed,
                 partial: !no_partial,
                 only,
+                sequential,
                 upload: upload_limit(home, &upload),
                 link,
             };
@@ -291,7 +294,8 @@ async fn login(home: &Home, user: &str, stdin: bool, json: bool) -> Result<(), C
     })?;
     info!(%user, "logged in");
     emit(json, json!({ "user": user, "expires": expires_ms }), || {
-        format!("logged in as {user}")
+        let left = expires_ms.saturating_sub(protocol::unix_ms()) as f64 / 1000.0;
+        format!("logged in as {user} (the session lasts {})", human::duration(left))
     });
     Ok(())
 }
@@ -318,8 +322,8 @@ fn progress_bar(json: bool, len: u64, template: &str) -> Option<ProgressBar> {
         return None;
     }
     let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style.progress_chars("=> "));
+    if let Some(style) = human::bar_style(template) {
+        bar.set_style(style);
     }
     Some(bar)
 }
@@ -391,7 +395,7 @@ async fn share(home: &Home, paths: &[PathBuf], follow_links: bool, json: bool) -
                 emit(
                     json,
                     json!({ "file_id": id, "name": name, "size": size, "link": link }),
-                    || format!("{id}  {name}  {size} bytes\n  {link}"),
+                    || format!("{id}  {name}  {}\n  {link}", human::size(size.as_u64().unwrap_or(0))),
                 );
             }
             Err(CommandError::Daemon {
@@ -428,8 +432,14 @@ async fn share_here(
             json,
             json!({ "file_id": m.id().to_hex(), "name": m.name, "size": m.size, "files": files, "link": link }),
             || match files {
-                0 => format!("{}  {}  {} bytes\n  {link}", m.id(), m.name, m.size),
-                n => format!("{}  {}/  {} bytes in {n} files\n  {link}", m.id(), m.name, m.size),
+                0 => format!("{}  {}  {}\n  {link}", m.id(), m.name, human::size(m.size)),
+                n => format!(
+                    "{}  {}/  {} in {}\n  {link}",
+                    m.id(),
+                    m.name,
+                    human::size(m.size),
+                    human::count(n as u64, "file", "files")
+                ),
             },
         );
     }
@@ -479,11 +489,7 @@ pub(crate) async fn hash_one(
         Some(t) => t.validate().map_err(|e| share_err(e.into()))?,
         None => md.len(),
     };
-    let bar = progress_bar(
-        json,
-        size,
-        "hashing {msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
-    );
+    let bar = progress_bar(json, size, "hashing {msg} {bar:40} {size}/{total_size} {rate}");
     if let Some(b) = &bar {
         b.set_message(name.clone());
     }
@@ -672,15 +678,20 @@ async fn search(home: &Home, text: &str, json: bool) -> Result<(), CommandError>
         println!("no file matches {text:?}");
     } else {
         println!(
-            "{:<64}  {:>14}  {:>6}  {:>7}  name",
+            "{:<64}  {:>10}  {:>6}  {:>7}  name",
             "file id", "size", "owners", "partial"
         );
         for h in &hits {
             println!(
-                "{:<64}  {:>14}  {:>6}  {:>7}  {}",
-                h.file.id, h.file.size, h.live_owners, h.partial_owners, h.file.name
+                "{:<64}  {:>10}  {:>6}  {:>7}  {}",
+                h.file.id,
+                human::size(h.file.size),
+                h.live_owners,
+                h.partial_owners,
+                h.file.name
             );
         }
+        println!("{}", human::count_usize(hits.len(), "file", "files"));
     }
     Ok(())
 }
@@ -719,7 +730,7 @@ pub(crate) async fn resolve(client: &TrackerClient, id_or_name: &str) -> Result<
             name: id_or_name.into(),
             ids: many
                 .iter()
-                .map(|f| format!("{} ({} bytes)", f.id, f.size))
+                .map(|f| format!("{} ({})", f.id, human::size(f.size)))
                 .collect::<Vec<_>>()
                 .join(", "),
         }),
@@ -750,6 +761,8 @@ struct GetOptions {
     partial: bool,
     /// `--only` patterns (empty: everything).
     only: Vec<String>,
+    /// Chunks in order (streaming).
+    sequential: bool,
     upload: Option<Arc<UploadLimit>>,
     /// `get LINK`: the file's name and size must be the link's.
     link: Option<protocol::link::Link>,
@@ -844,7 +857,7 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
             if let Some(link) = &opts.link {
                 crate::link::check_registered(home, link).await?;
             }
-            return get_via_daemon(home, &daemon, id_or_name, json).await;
+            return get_via_daemon(home, &daemon, id_or_name, opts.sequential, json).await;
         }
     }
     let GetOptions {
@@ -852,6 +865,7 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
         no_seed,
         partial: use_partial,
         only,
+        sequential,
         upload,
         link,
     } = opts;
@@ -923,12 +937,17 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
     let bar = progress_bar(
         json,
         file.size,
-        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+        "{bar:40} {size}/{total_size} {rate} ETA {time_left} {msg}",
     );
     let progress = bar.clone().map(|b| {
         Arc::new(move |p: &download::Progress| {
             b.set_position(p.bytes_done);
-            b.set_message(format!("{} peers", p.peers));
+            let peers = human::count_usize(p.peers, "peer", "peers");
+            if sequential {
+                b.set_message(format!("{peers}, {} playable", human::size(p.prefix_bytes)));
+            } else {
+                b.set_message(peers);
+            }
         }) as download::ProgressFn
     });
     info!(file = %id, name = %file.name, owners = peers.len(), partial = partial.len(), "downloading");
@@ -944,7 +963,12 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
         progress,
         live: None,
         only: only.clone(),
+        sequential,
     };
+    if sequential && !json {
+        let part = download::sidecar(&std::fs::canonicalize(&dir).unwrap_or(dir.clone()), &id, "part");
+        eprintln!("sequential: {} fills from its start as it arrives", part.display());
+    }
     let result = tokio::select! {
         r = download::run(plan) => r,
         _ = home.stop.stopped() => {
@@ -1015,6 +1039,7 @@ async fn get_via_daemon(
     home: &Home,
     link: &crate::daemon::client::Link,
     id_or_name: &str,
+    sequential: bool,
     json: bool,
 ) -> Result<(), CommandError> {
     let id = match id_or_name.parse::<FileId>() {
@@ -1027,7 +1052,11 @@ async fn get_via_daemon(
         }
     };
     info!(file = %id, "handing the download to the running daemon");
-    link.post("/api/downloads", &json!({ "id": id.to_hex() })).await?;
+    link.post(
+        "/api/downloads",
+        &json!({ "id": id.to_hex(), "sequential": sequential }),
+    )
+    .await?;
     let path = format!("/api/files/{}", id.to_hex());
     loop {
         let entry = link.get(&path).await?;
@@ -1083,12 +1112,13 @@ pub(crate) fn get_output(report: &download::DownloadReport) -> (serde_json::Valu
         "per_peer": report.per_peer,
         "finished_ms": report.finished_ms,
     });
+    let rate = human::rate(report.manifest.size as f64 / report.seconds.max(1e-3));
     let text = format!(
-        "{} ({} bytes) in {:.2} s from {} peers -> {}",
+        "{} ({}) in {} ({rate}) from {} -> {}",
         report.manifest.name,
-        report.manifest.size,
-        report.seconds,
-        report.peers_used(),
+        human::size(report.manifest.size),
+        human::duration(report.seconds),
+        human::count_usize(report.peers_used(), "peer", "peers"),
         path.display()
     );
     (value, text)
@@ -1322,10 +1352,10 @@ fn repaired_text(r: &Repaired) -> String {
             "complete"
         };
         lines.push(format!(
-            "{state}  {}  {}/{} chunks  {}  {}",
+            "{state}  {}  {}/{}  {}  {}",
             f.id,
             f.have,
-            f.chunks,
+            human::count(f.chunks, "chunk", "chunks"),
             f.record.name,
             f.record.path.display()
         ));
@@ -1338,7 +1368,10 @@ fn repaired_text(r: &Repaired) -> String {
     for s in &r.skipped {
         lines.push(format!("skipped   {s}"));
     }
-    lines.push(format!("state rebuilt: {} files", r.files.len()));
+    lines.push(format!(
+        "state rebuilt: {}",
+        human::count_usize(r.files.len(), "file", "files")
+    ));
     lines.join("\n")
 }
 
@@ -1377,14 +1410,15 @@ async fn status(home: &Home, json: bool) -> Result<(), CommandError> {
             );
             let dash = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
             if let Some(r) = &report {
+                let reg = &r.registry;
                 s.push_str(&format!(
-                    "\ncommit   {}\napplied  {}\nregistry {} users, {} files, {} owners, {} peers",
+                    "\ncommit   {}\napplied  {}\nregistry {}, {}, {}, {}",
                     dash(r.commit_index),
                     dash(r.applied_index),
-                    r.registry.users,
-                    r.registry.files,
-                    r.registry.owners,
-                    r.registry.peers
+                    human::count(reg.users, "user", "users"),
+                    human::count(reg.files, "file", "files"),
+                    human::count(reg.owners, "owner", "owners"),
+                    human::count(reg.peers, "peer", "peers")
                 ));
             }
             s.push_str("\nmembers");

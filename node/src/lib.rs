@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod data;
 pub mod download;
 pub mod home;
+pub mod human;
 pub mod link;
 pub mod local;
 pub mod peer_server;

@@ -84,6 +84,7 @@ impl Node {
             progress: None,
             live: None,
             only: Vec::new(),
+            sequential: false,
         }
     }
 }

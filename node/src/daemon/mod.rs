@@ -85,6 +85,8 @@ struct Job {
     live: Arc<Live>,
     /// What `get` prints once done: JSON and text.
     result: Option<(serde_json::Value, String)>,
+    /// Chunks in order (kept for a resume).
+    sequential: bool,
 }
 
 /// Bytes counted at instants, for a rate over [`RATE_WINDOW`].
@@ -500,7 +502,13 @@ impl Daemon {
             })
             .collect();
         let connected = peers.iter().filter(|p| p["connected"] == true).count();
-        json!({ "peers": peers, "peers_connected": connected, "chunk_map": self.chunk_map_json(id) })
+        let sequential = self.lock_jobs().get(id).is_some_and(|j| j.sequential);
+        let prefix_bytes = self
+            .store
+            .get(id)
+            .map_or(0, |f| download::prefix_of(&f.manifest, &f.have, 0).1);
+        json!({ "peers": peers, "peers_connected": connected, "chunk_map": self.chunk_map_json(id),
+                "sequential": sequential, "prefix_bytes": prefix_bytes })
     }
 
     /// The have bits in at most [`MAP_CELLS`] cells, each a digit: 0 none
@@ -513,8 +521,9 @@ impl Daemon {
         json!({ "cells": map.len(), "chunks": f.have.len(), "map": map })
     }
 
-    /// Starts (or resumes) downloading `id` into the storage folder.
-    pub async fn download(self: &Arc<Self>, id: FileId) -> Result<FileEntry, Refusal> {
+    /// Starts (or resumes) downloading `id` into the storage folder;
+    /// `sequential`: chunks in order (streaming).
+    pub async fn download(self: &Arc<Self>, id: FileId, sequential: bool) -> Result<FileEntry, Refusal> {
         // (The jobs' lock is released before `file` takes it again.)
         let running = self
             .lock_jobs()
@@ -566,6 +575,7 @@ impl Daemon {
                 progress: None,
                 live: Some(live.clone()),
                 only: Vec::new(),
+                sequential,
             };
             let task = tokio::spawn(self.clone().run_job(plan));
             jobs.insert(
@@ -578,6 +588,7 @@ impl Daemon {
                     task: Some(task.abort_handle()),
                     live,
                     result: None,
+                    sequential,
                 },
             );
         }
@@ -699,7 +710,10 @@ impl Daemon {
                 format!("{id} is complete; nothing to resume"),
             )),
             Some(e) if e.state == "downloading" => Ok(e),
-            Some(_) => self.download(*id).await,
+            Some(_) => {
+                let sequential = self.lock_jobs().get(id).is_some_and(|j| j.sequential);
+                self.download(*id, sequential).await
+            }
         }
     }
 

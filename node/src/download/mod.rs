@@ -26,6 +26,11 @@
 //! a refetch, never a wrong byte. On completion the data moves to
 //! `DIR/NAME`; an existing different file of that name is never replaced:
 //! the download takes the first free `NAME (1)`, `NAME (2)`, ... instead.
+//!
+//! Sequential (`DownloadPlan::sequential`, `get --sequential`): chunks are
+//! asked for lowest first, so `ID.part` (full size from the start) holds
+//! verified bytes from offset 0 up to `Progress::prefix_bytes`, which only
+//! grows; a player may read that far while the rest arrives.
 
 pub mod scheduler;
 
@@ -112,6 +117,8 @@ pub struct DownloadPlan {
     /// Of a folder, only the files these patterns select
     /// ([`crate::data::selects`]); empty: everything.
     pub only: Vec<String>,
+    /// Lowest missing chunk first (streaming), instead of rarest first.
+    pub sequential: bool,
 }
 
 /// The peers of a running download as others may watch them: changed
@@ -172,6 +179,9 @@ pub struct Progress {
     pub peers: usize,
     /// Chunks fetched in this run (not counting those resumed).
     pub fetched: u32,
+    /// Verified bytes from the start of the file with no gap: what a
+    /// player may read of the part file.
+    pub prefix_bytes: u64,
 }
 
 /// What one peer contributed.
@@ -220,9 +230,9 @@ pub enum DownloadError {
     Unreachable(String),
     #[error("refusing the file: {0}")]
     BadManifest(String),
-    #[error("every peer failed; {verified} of {total} chunks verified and kept, run get again to resume")]
+    #[error("every peer failed; {verified} of {} verified and kept, run get again to resume", crate::human::count(*total, "chunk", "chunks"))]
     AllPeersFailed { verified: u32, total: u32 },
-    #[error("{missing} chunks are held by no reachable peer; {verified} of {total} verified and kept")]
+    #[error("{} held by no reachable peer; {verified} of {total} verified and kept", crate::human::count(*missing, "chunk is", "chunks are"))]
     Unavailable { missing: u32, verified: u32, total: u32 },
     #[error("cannot write {path}: {source}; the verified part is kept, run get again to resume")]
     Disk { path: PathBuf, source: std::io::Error },
@@ -353,6 +363,8 @@ struct Output {
     sched: Scheduler,
     resumed: u32,
     traffic: FileTraffic,
+    /// Chunks verified from the start with no gap.
+    prefix: u32,
 }
 
 /// Downloads `plan.file_id` into `plan.dir`; see the module documentation.
@@ -739,7 +751,7 @@ impl<'a> Download<'a> {
                         }
                     }
                     if let Some(f) = &self.plan.progress {
-                        f(&progress_of(o, &o.sched, self.fetched));
+                        f(&progress_of(o, self.fetched));
                     }
                 }
             }
@@ -851,15 +863,29 @@ fn drop_peer(m: &mut Member, why: &[u8]) {
     }
 }
 
-fn progress_of(o: &Output, sched: &Scheduler, fetched: u32) -> Progress {
+/// Verified bytes from the start of the file with no gap, for the first
+/// `from` chunks known verified; returns the chunks of the prefix too.
+pub fn prefix_of(m: &Manifest, have: &HaveBits, from: u32) -> (u32, u64) {
+    let mut c = from;
+    while c < have.len() && have.get(c) {
+        c += 1;
+    }
+    let bytes = (c as u64 * m.chunk_size as u64).min(m.size);
+    (c, bytes)
+}
+
+fn progress_of(o: &mut Output, fetched: u32) -> Progress {
+    let (prefix, prefix_bytes) = prefix_of(&o.manifest, &o.have, o.prefix);
+    o.prefix = prefix;
     let chunks_done = o.have.count();
     Progress {
         bytes_done: o.bytes_done,
         size: o.size,
         chunks_done,
         chunks: o.have.len(),
-        peers: sched.alive_peers(),
+        peers: o.sched.alive_peers(),
         fetched,
+        prefix_bytes,
     }
 }
 
@@ -929,6 +955,7 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
     let mut cfg = SchedConfig::new(max_depth, max_total);
     // Downloaders that start together ask for different chunks first.
     cfg.seed = rand::random::<u64>() | 1;
+    cfg.sequential = plan.sequential;
     // Chunks not selected count as done for the scheduler.
     let mut sched = Scheduler::new(n, cfg, |c| have.get(c) || wanted.as_ref().is_some_and(|w| !w.get(c)));
     // Every peer has a slot from the start, empty until it says what it holds.
@@ -950,6 +977,7 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
         sched,
         resumed,
         traffic,
+        prefix: 0,
     })
 }
 
