@@ -52,7 +52,7 @@ use prometheus_client::metrics::counter::Counter;
 use protocol::{
     codec,
     config::SharingConfig,
-    content::{Manifest, ManifestError},
+    content::{Manifest, ManifestError, MIN_CHUNK},
     ids::FileId,
     peer::{PeerError, PeerRequest, PeerResponse, ALPN, MAX_FRAME},
     tls::Identity,
@@ -950,7 +950,9 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
         traffic = store.traffic(&id).unwrap_or_default();
     }
     let max_depth = plan.sharing.max_in_flight_per_peer.max(2);
-    let budget = (IN_FLIGHT_BUDGET / manifest.chunk_size as u64).max(4) as usize;
+    // By the mean chunk: a folder of small files has many short chunks.
+    let mean_chunk = (manifest.size / n.max(1) as u64).clamp(MIN_CHUNK as u64, manifest.chunk_size as u64);
+    let budget = (IN_FLIGHT_BUDGET / mean_chunk).max(4) as usize;
     let max_total = budget.min(max_depth * plan.sharing.max_peers.max(1));
     let mut cfg = SchedConfig::new(max_depth, max_total);
     // Downloaders that start together ask for different chunks first.
