@@ -394,7 +394,7 @@ async fn share(home: &Home, paths: &[PathBuf], follow_links: bool, json: bool) -
                 let link = crate::link::link_for(home, ca, file_id, name, size.as_u64().unwrap_or(0)).to_string();
                 emit(
                     json,
-                    json!({ "file_id": id, "name": name, "size": size, "link": link }),
+                    json!({ "file_id": id, "name": name, "size": size, "files": entry["files"], "link": link }),
                     || format!("{id}  {name}  {}\n  {link}", human::size(size.as_u64().unwrap_or(0))),
                 );
             }

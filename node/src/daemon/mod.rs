@@ -191,6 +191,8 @@ pub struct FileEntry {
     pub id: String,
     pub name: String,
     pub size: u64,
+    /// 0 for a file; a folder's file count (0 until its manifest is here).
+    pub files: u32,
     /// `seeding` (complete, served), `downloading`, `paused`, `failed`,
     /// or `partial` (an unfinished download no one is running).
     pub state: &'static str,
@@ -434,9 +436,13 @@ impl Daemon {
             Some(JobState::Done) | None if complete => "seeding",
             _ => "partial",
         };
-        let (have, chunks) = match self.store.get(id) {
-            Some(f) => (f.have.count(), f.have.len()),
-            None => (0, 0),
+        let (have, chunks, files) = match self.store.get(id) {
+            Some(f) => (
+                f.have.count(),
+                f.have.len(),
+                f.manifest.tree.as_ref().map_or(0, |t| t.files() as u32),
+            ),
+            None => (0, 0, 0),
         };
         let progress = if complete {
             1.0
@@ -463,6 +469,7 @@ impl Daemon {
             id: id.to_hex(),
             name,
             size,
+            files,
             state,
             progress,
             have,
