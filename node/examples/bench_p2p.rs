@@ -95,6 +95,7 @@ async fn main() {
             }
         })),
         live: None,
+        download_limit: None,
     })
     .await
     .expect("download");

@@ -82,6 +82,7 @@ impl Node {
             store: Some(self.store.clone()),
             progress: None,
             live: None,
+            download_limit: None,
         }
     }
 }
