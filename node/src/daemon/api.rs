@@ -309,6 +309,10 @@ fn limit_of(field: &str, v: &serde_json::Value) -> Result<Option<u64>, Response>
 }
 
 fn set_limits(d: &Daemon, req: &Request) -> Response {
+    // An object (serde would take a struct from an array too), then its fields.
+    if let Err(r) = req.json::<serde_json::Map<String, serde_json::Value>>() {
+        return r;
+    }
     let body: LimitsBody = match req.json() {
         Ok(b) => b,
         Err(r) => return r,
