@@ -11,11 +11,12 @@
 # API reports at both ends of the window, over the time between them.
 # Prints a Markdown table: cap, direction, the median measured rate of
 # RATE_RUNS runs (default 3; the runs in brackets) and its error against
-# the cap.
+# the cap; and, for scale, the rate with no cap in the same set-up (the
+# ceiling of this machine at the time; RATE_CEILING=0 leaves it out).
 # The files are sparse (zeros, no disk space on the seeder); the chunks
 # still cross QUIC encrypted, are hashed and are written by the downloader.
 # Environment: QUORRENT_BASE_PORT (default 17700), RATE_CAPS, RATE_RUNS,
-# RATE_WINDOW, RATE_SETTLE, RATE_KEEP (set: keep run/bench-rate for a
+# RATE_WINDOW, RATE_SETTLE, RATE_CEILING, RATE_KEEP (set: keep run/bench-rate for a
 # post-mortem), CARGO_TARGET_DIR. Files live in run/bench-rate; every
 # process it starts is stopped when it ends. Not a test: it prints
 # figures, it does not judge them.
@@ -29,6 +30,7 @@ read -r -a CAPS <<<"${RATE_CAPS:-10 50 200}"
 RUNS="${RATE_RUNS:-3}"
 WINDOW="${RATE_WINDOW:-10}"
 SETTLE="${RATE_SETTLE:-1}"
+CEILING="${RATE_CEILING:-1}"
 BIN="${CARGO_TARGET_DIR:-target}/release"
 DIR=run/bench-rate
 
@@ -72,6 +74,8 @@ TAG="$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 # The file must outlast every window at its cap, plus the starts.
 TOTAL_MB=0
 for cap in "${CAPS[@]}"; do TOTAL_MB=$((TOTAL_MB + cap * (WINDOW + SETTLE + 1))); done
+# No cap: room for 500 MB/s.
+[ "$CEILING" = 0 ] || TOTAL_MB=$((TOTAL_MB + 500 * (WINDOW + SETTLE + 1)))
 SIZE=$(((TOTAL_MB * 1000000 * 5 / 4 + (1 << 20)) >> 20 << 20))
 
 # make_home NAME: a home whose daemon's HTTP address is chosen by the
@@ -142,18 +146,24 @@ one_run() {
     sleep 0.1
   done
   [ "$b0" -ge $((2 << 20)) ] || die "$dir run $run: the transfer did not start"
-  for cap in "${CAPS[@]}"; do
-    q "$who" limits "$flag" "${cap}MB/s" >/dev/null
+  local phases=("${CAPS[@]}")
+  [ "$CEILING" = 0 ] || phases+=(none)
+  for cap in "${phases[@]}"; do
+    if [ "$cap" = none ]; then
+      q "$who" limits "$flag" none >/dev/null
+    else
+      q "$who" limits "$flag" "${cap}MB/s" >/dev/null
+    fi
     sleep "$SETTLE"
     read -r b0 _ < <(verified "$file_id")
     t0=$(now)
     sleep "$WINDOW"
     read -r b1 s1 < <(verified "$file_id")
     t1=$(now)
-    [ "$s1" = downloading ] || die "$dir run $run: the transfer ended inside the ${cap} MB/s window"
+    [ "$s1" = downloading ] || die "$dir run $run: the transfer ended inside the window of cap ${cap}"
     rate=$(echo "($b1 - $b0) / ($t1 - $t0) / 1000000" | bc -l)
     MEASURED["$cap,$dir"]+="$(printf '%.2f' "$rate") "
-    echo "    $dir cap ${cap} MB/s: $(printf '%.2f' "$rate") MB/s" >&2
+    echo "    $dir cap ${cap}: $(printf '%.2f' "$rate") MB/s" >&2
   done
   curl -sf -X DELETE "http://$HTTP_dl/api/files/$file_id?delete_data=true" >/dev/null || true
   q "$who" limits "$flag" none >/dev/null
@@ -182,3 +192,9 @@ for cap in "${CAPS[@]}"; do
     printf '| %s MB/s | %s | %.2f (%s) | %+.1f %% |\n' "$cap" "$dir" "$m" "${runs[*]}" "$err"
   done
 done
+if [ "$CEILING" != 0 ]; then
+  for dir in upload download; do
+    read -r -a runs <<<"${MEASURED["none,$dir"]}"
+    printf '| none | %s | %.2f (%s) | (the ceiling) |\n' "$dir" "$(median "${runs[@]}")" "${runs[*]}"
+  done
+fi
