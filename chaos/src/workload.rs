@@ -69,6 +69,7 @@ fn meta_named(name: String) -> FileMeta {
         size: 1 << 20,
         chunk_size: 256 << 10,
         chunk_count: 4,
+        files: 0,
     }
 }
 

@@ -96,6 +96,8 @@ async fn main() {
         })),
         live: None,
         download_limit: None,
+        only: Vec::new(),
+        sequential: false,
     })
     .await
     .expect("download");
@@ -137,7 +139,7 @@ async fn serve(args: &[String]) {
         store.insert(SharedFile {
             manifest: manifest.clone(),
             manifest_bytes: manifest.encode(),
-            file: File::open(path).expect("open"),
+            data: Arc::new(node::data::Data::File(File::open(path).expect("open"))),
             have: Arc::new(HaveBits::full(manifest.chunks.len() as u32)),
         });
         let server = PeerServer::start(&id, "127.0.0.1:0".parse().expect("addr"), store).expect("server");

@@ -31,6 +31,8 @@ pub enum Command {
         /// Read the password from one line of standard input.
         #[arg(long)]
         password_stdin: bool,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
     /// Open a session (stored in the home).
     Login {
@@ -38,20 +40,34 @@ pub enum Command {
         /// Read the password from one line of standard input.
         #[arg(long)]
         password_stdin: bool,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
     /// End the session on the tracker and locally.
     Logout,
-    /// Chunk, hash and register files as owned by this node.
+    /// Chunk, hash and register files or folders as owned by this node
+    /// (a folder is one item: its whole tree, empty folders included).
     Share {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// In a folder, read what a symbolic link points to instead of
+        /// refusing the folder.
+        #[arg(long)]
+        follow_links: bool,
     },
     /// Find registered files by name.
     Search { text: String },
     /// Download a file from several owners at once, then seed it.
     Get {
-        /// A 64-digit file id, or an exact file name.
+        /// A 64-digit file id, an exact file name, or a `quorrent:` link
+        /// (its network is used: see `--ca`).
         id_or_name: String,
+        /// With a link: the cluster's CA certificate (PEM), checked against
+        /// the link's `ca` fingerprint before any connection. Default: the
+        /// configured `ca_cert` (a home without a configuration file:
+        /// HOME/ca.pem).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
         /// Folder to put the file in (default: the storage folder).
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
@@ -63,6 +79,17 @@ pub enum Command {
         /// complete owners, as before partial owners existed).
         #[arg(long)]
         no_partial: bool,
+        /// Of a folder, fetch only the files whose path inside it matches
+        /// PATTERN (`*` any characters, `?` one; a folder's path selects
+        /// all it holds); repeatable. The result is not seeded as the
+        /// whole folder.
+        #[arg(long, value_name = "PATTERN")]
+        only: Vec<String>,
+        /// Fetch the chunks in order, lowest first, so that the file
+        /// (DIR/.quorrent/ID.part while it downloads) can be played or
+        /// read from the start as it arrives.
+        #[arg(long)]
+        sequential: bool,
         #[command(flatten)]
         rates: RateArgs,
     },
@@ -90,6 +117,12 @@ pub enum Command {
     Status,
     /// List the files this node owns or partly has (state, chunks held).
     List,
+    /// Print the `quorrent:` link of one of this node's files, for a friend
+    /// to `get`.
+    Link {
+        /// A 64-digit file id, or the name of one of this node's files.
+        id_or_name: String,
+    },
     /// Re-hash this node's data of a file against its manifest and report
     /// the bad chunks.
     Verify {
@@ -109,6 +142,21 @@ pub enum Command {
         /// More folders holding shared files or downloads (`get -o`).
         folders: Vec<PathBuf>,
     },
+}
+
+/// Reaching the network of a `quorrent:` link (`register`, `login`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NetworkArgs {
+    /// Reach the network this link names (its proxies), after checking the
+    /// CA certificate against its `ca` fingerprint; a home without a
+    /// configuration file keeps that network in HOME/config.json.
+    #[arg(long, value_name = "LINK")]
+    pub link: Option<String>,
+    /// With `--link`: the cluster's CA certificate (PEM). Default: the
+    /// configured `ca_cert` (a home without a configuration file:
+    /// HOME/ca.pem).
+    #[arg(long, value_name = "FILE", requires = "link")]
+    pub ca: Option<PathBuf>,
 }
 
 /// The rate limits of a command that sends and receives chunk data.

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use protocol::{
     content::{hash_file, Manifest, ManifestError, MAX_CHUNK, MIN_CHUNK},
     ids::PeerId,
@@ -28,8 +28,10 @@ use tracing::{info, warn};
 
 use crate::{
     cli::{Command, RateArgs},
+    data::Data,
     download::{self, DownloadError, DownloadPlan, Sources},
     home::{Home, HomeError, Session},
+    human,
     peer_server::{PeerServer, ServeError},
     rate::{Limits, RateLimit},
     repair::Repaired,
@@ -48,6 +50,8 @@ pub enum CommandError {
     Download(#[from] DownloadError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Link(#[from] crate::link::LinkFailure),
     #[error("not logged in: run `quorrent login USER`")]
     NotLoggedIn,
     #[error("cannot read the password: {0}")]
@@ -56,6 +60,8 @@ pub enum CommandError {
     Share { path: PathBuf, source: ManifestError },
     #[error("{0}")]
     Name(#[from] NameError),
+    #[error("{0}")]
+    BadInput(String),
     #[error("no file named {0:?} is registered (try `quorrent search`)")]
     UnknownName(String),
     #[error("{0}: not one of this node's files (see `quorrent list`)")]
@@ -68,7 +74,7 @@ pub enum CommandError {
     Folder { path: PathBuf, source: std::io::Error },
     #[error("invalid listen address {0:?} in the configuration")]
     Listen(String),
-    #[error("interrupted; {verified} of {total} chunks verified and kept, run get again to resume")]
+    #[error("interrupted; {verified} of {} verified and kept, run get again to resume", human::count(*total, "chunk", "chunks"))]
     Interrupted { verified: u32, total: u32 },
     /// Stopped by a signal while waiting on something other than the
     /// tracker (the password, hashing).
@@ -106,8 +112,9 @@ impl CommandError {
                 ServeError::Bind { .. } => "io",
                 ServeError::Tls(_) => "internal",
             },
+            CommandError::Link(e) => e.code(),
             CommandError::NotLoggedIn => "not_logged_in",
-            CommandError::Password(_) | CommandError::Name(_) => "bad_input",
+            CommandError::Password(_) | CommandError::Name(_) | CommandError::BadInput(_) => "bad_input",
             CommandError::Share { source, .. } => match source {
                 ManifestError::Io(_) => "io",
                 _ => "bad_input",
@@ -140,23 +147,36 @@ impl CommandError {
 /// Runs one command.
 pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), CommandError> {
     match command {
-        Command::Register { user, password_stdin } => register(home, &user, password_stdin, json).await,
-        Command::Login { user, password_stdin } => login(home, &user, password_stdin, json).await,
+        Command::Register {
+            user, password_stdin, ..
+        } => register(home, &user, password_stdin, json).await,
+        Command::Login {
+            user, password_stdin, ..
+        } => login(home, &user, password_stdin, json).await,
         Command::Logout => logout(home, json).await,
-        Command::Share { paths } => share(home, &paths, json).await,
+        Command::Share { paths, follow_links } => share(home, &paths, follow_links, json).await,
         Command::Search { text } => search(home, &text, json).await,
         Command::Get {
             id_or_name,
             output,
             no_seed,
             no_partial,
+            only,
+            sequential,
             rates,
+            ..
         } => {
+            // A link: its network was set up by `link::prepare`.
+            let link = crate::link::in_get(&id_or_name)?;
+            let id_or_name = link.as_ref().map_or(id_or_name, |l| l.id.to_hex());
             let opts = GetOptions {
                 output,
                 no_seed,
                 partial: !no_partial,
+                only,
+                sequential,
                 limits: limits(home, &rates),
+                link,
             };
             get(home, &id_or_name, opts, json).await
         }
@@ -165,6 +185,7 @@ pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), Comman
         Command::Status => status(home, json).await,
         Command::Repair { folders } => repair(home, folders, json).await,
         Command::List => crate::local::list(home, json),
+        Command::Link { id_or_name } => crate::link::print(home, &id_or_name, json),
         Command::Verify { id_or_name } => crate::local::verify(home, &id_or_name, json).await,
         Command::Unshare { id_or_name } => crate::local::unshare(home, &id_or_name, json).await,
     }
@@ -274,7 +295,8 @@ async fn login(home: &Home, user: &str, stdin: bool, json: bool) -> Result<(), C
     })?;
     info!(%user, "logged in");
     emit(json, json!({ "user": user, "expires": expires_ms }), || {
-        format!("logged in as {user}")
+        let left = expires_ms.saturating_sub(protocol::unix_ms()) as f64 / 1000.0;
+        format!("logged in as {user} (the session lasts {})", human::duration(left))
     });
     Ok(())
 }
@@ -301,8 +323,8 @@ fn progress_bar(json: bool, len: u64, template: &str) -> Option<ProgressBar> {
         return None;
     }
     let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style.progress_chars("=> "));
+    if let Some(style) = human::bar_style(template) {
+        bar.set_style(style);
     }
     Some(bar)
 }
@@ -345,9 +367,17 @@ pub(crate) async fn advertised(home: &Home, bound: Option<SocketAddr>) -> Vec<So
     }
 }
 
-async fn share(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), CommandError> {
-    let Some(link) = crate::daemon::client::running(home).await else {
-        return share_here(home, paths, json).await;
+async fn share(home: &Home, paths: &[PathBuf], follow_links: bool, json: bool) -> Result<(), CommandError> {
+    let ca = crate::link::home_fingerprint(home, json)?;
+    // The daemon never follows links (they could lead out of the folders
+    // it may read): a share that does is done here, and the daemon serves
+    // it from its next heartbeat on.
+    let daemon = match follow_links {
+        false => crate::daemon::client::running(home).await,
+        true => None,
+    };
+    let Some(link) = daemon else {
+        return share_here(home, paths, ca, follow_links, json).await;
     };
     // The daemon shares only from its folders; the rest is done here
     // (the daemon serves it from its next heartbeat on).
@@ -361,9 +391,13 @@ async fn share(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), Command
             Ok(entry) => {
                 let (id, name, size) = (&entry["id"], &entry["name"], &entry["size"]);
                 let (id, name) = (id.as_str().unwrap_or(""), name.as_str().unwrap_or(""));
-                emit(json, json!({ "file_id": id, "name": name, "size": size }), || {
-                    format!("{id}  {name}  {size} bytes")
-                });
+                let file_id = id.parse().map_err(|_| unexpected("share"))?;
+                let link = crate::link::link_for(home, ca, file_id, name, size.as_u64().unwrap_or(0)).to_string();
+                emit(
+                    json,
+                    json!({ "file_id": id, "name": name, "size": size, "link": link }),
+                    || format!("{id}  {name}  {}\n  {link}", human::size(size.as_u64().unwrap_or(0))),
+                );
             }
             Err(CommandError::Daemon {
                 code: "outside_roots", ..
@@ -374,23 +408,40 @@ async fn share(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), Command
     if here.is_empty() {
         return Ok(());
     }
-    share_here(home, &here, json).await
+    share_here(home, &here, ca, follow_links, json).await
 }
 
-/// `share` done by this process.
-async fn share_here(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), CommandError> {
+/// `share` done by this process; `ca` is the fingerprint its links carry.
+async fn share_here(
+    home: &Home,
+    paths: &[PathBuf],
+    ca: protocol::link::CaFingerprint,
+    follow_links: bool,
+    json: bool,
+) -> Result<(), CommandError> {
     let (client, _) = logged_in(home)?;
     let mut manifests = Vec::new();
     for path in paths {
-        manifests.push((path, hash_one(home, path, json).await?));
+        manifests.push((path, hash_one(home, path, follow_links, json).await?));
     }
     for (path, m) in manifests {
         own_one(home, &client, &m, path).await?;
         info!(file = %m.id(), name = %m.name, "shared");
+        let files = m.meta().files;
+        let link = crate::link::link_for(home, ca, m.id(), &m.name, m.size).to_string();
         emit(
             json,
-            json!({ "file_id": m.id().to_hex(), "name": m.name, "size": m.size }),
-            || format!("{}  {}  {} bytes", m.id(), m.name, m.size),
+            json!({ "file_id": m.id().to_hex(), "name": m.name, "size": m.size, "files": files, "link": link }),
+            || match files {
+                0 => format!("{}  {}  {}\n  {link}", m.id(), m.name, human::size(m.size)),
+                n => format!(
+                    "{}  {}/  {} in {}\n  {link}",
+                    m.id(),
+                    m.name,
+                    human::size(m.size),
+                    human::count(n as u64, "file", "files")
+                ),
+            },
         );
     }
     if !json {
@@ -400,9 +451,15 @@ async fn share_here(home: &Home, paths: &[PathBuf], json: bool) -> Result<(), Co
     Ok(())
 }
 
-/// Chunks and hashes one file (a bar on a terminal), on the blocking
-/// pool; ends on the stop signal.
-pub(crate) async fn hash_one(home: &Home, path: &Path, json: bool) -> Result<Manifest, CommandError> {
+/// Chunks and hashes one file or folder (a bar on a terminal), on the
+/// blocking pool; ends on the stop signal. A folder's symbolic links are
+/// refused unless `follow_links`.
+pub(crate) async fn hash_one(
+    home: &Home,
+    path: &Path,
+    follow_links: bool,
+    json: bool,
+) -> Result<Manifest, CommandError> {
     let path = &path.to_path_buf();
     let name = path
         .file_name()
@@ -412,28 +469,43 @@ pub(crate) async fn hash_one(home: &Home, path: &Path, json: bool) -> Result<Man
             source: ManifestError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")),
         })?
         .to_owned();
-    let size = std::fs::metadata(path)
-        .map_err(|e| CommandError::Share {
-            path: path.clone(),
-            source: e.into(),
-        })?
-        .len();
-    let bar = progress_bar(
-        json,
-        size,
-        "hashing {msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
-    );
+    let md = std::fs::metadata(path).map_err(|e| CommandError::Share {
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    let share_err = |source| CommandError::Share {
+        path: path.clone(),
+        source,
+    };
+    let tree = if md.is_dir() {
+        let p = path.clone();
+        let walked = tokio::task::spawn_blocking(move || protocol::content::walk_tree(&p, follow_links))
+            .await
+            .map_err(|e| share_err(ManifestError::Io(std::io::Error::other(e))))?;
+        Some(walked.map_err(share_err)?)
+    } else {
+        None
+    };
+    let size = match &tree {
+        Some(t) => t.validate().map_err(|e| share_err(e.into()))?,
+        None => md.len(),
+    };
+    let bar = progress_bar(json, size, "hashing {msg} {bar:40} {size}/{total_size} {rate}");
     if let Some(b) = &bar {
         b.set_message(name.clone());
     }
     let chunk_size = chunk_size_for(size, home.config.sharing.chunk_size);
     let (p, b) = (path.clone(), bar.clone());
     let hashing = tokio::task::spawn_blocking(move || {
-        hash_file(&p, name, chunk_size, |done| {
+        let progress = |done| {
             if let Some(b) = &b {
                 b.set_position(done);
             }
-        })
+        };
+        match tree {
+            Some(tree) => protocol::content::hash_tree(&p, name, chunk_size, tree, progress),
+            None => hash_file(&p, name, chunk_size, progress),
+        }
     });
     let hashed = tokio::select! {
         h = hashing => h,
@@ -607,15 +679,20 @@ async fn search(home: &Home, text: &str, json: bool) -> Result<(), CommandError>
         println!("no file matches {text:?}");
     } else {
         println!(
-            "{:<64}  {:>14}  {:>6}  {:>7}  name",
+            "{:<64}  {:>10}  {:>6}  {:>7}  name",
             "file id", "size", "owners", "partial"
         );
         for h in &hits {
             println!(
-                "{:<64}  {:>14}  {:>6}  {:>7}  {}",
-                h.file.id, h.file.size, h.live_owners, h.partial_owners, h.file.name
+                "{:<64}  {:>10}  {:>6}  {:>7}  {}",
+                h.file.id,
+                human::size(h.file.size),
+                h.live_owners,
+                h.partial_owners,
+                h.file.name
             );
         }
+        println!("{}", human::count_usize(hits.len(), "file", "files"));
     }
     Ok(())
 }
@@ -629,6 +706,7 @@ pub(crate) fn hits_json(hits: &[SearchHit]) -> serde_json::Value {
                 "file_id": h.file.id.to_hex(),
                 "name": h.file.name,
                 "size": h.file.size,
+                "files": h.file.files,
                 "owners": h.live_owners,
                 "partial_owners": h.partial_owners,
             })
@@ -653,7 +731,7 @@ pub(crate) async fn resolve(client: &TrackerClient, id_or_name: &str) -> Result<
             name: id_or_name.into(),
             ids: many
                 .iter()
-                .map(|f| format!("{} ({} bytes)", f.id, f.size))
+                .map(|f| format!("{} ({})", f.id, human::size(f.size)))
                 .collect::<Vec<_>>()
                 .join(", "),
         }),
@@ -684,7 +762,13 @@ struct GetOptions {
     /// Announce this node as a partial owner while downloading, and use
     /// other partial owners as sources.
     partial: bool,
+    /// `--only` patterns (empty: everything).
+    only: Vec<String>,
+    /// Chunks in order (streaming).
+    sequential: bool,
     limits: Limits,
+    /// `get LINK`: the file's name and size must be the link's.
+    link: Option<protocol::link::Link>,
 }
 
 /// How often a downloading node announces what it holds, and asks the
@@ -771,24 +855,33 @@ pub(crate) async fn partial_loop(
 async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Result<(), CommandError> {
     // A running daemon of this home downloads into its storage folder with
     // partial owners: the usual case is handed to it.
-    if opts.output.is_none() && opts.partial {
-        if let Some(link) = crate::daemon::client::running(home).await {
-            return get_via_daemon(home, &link, id_or_name, json).await;
+    if opts.output.is_none() && opts.partial && opts.only.is_empty() {
+        if let Some(daemon) = crate::daemon::client::running(home).await {
+            if let Some(link) = &opts.link {
+                crate::link::check_registered(home, link).await?;
+            }
+            return get_via_daemon(home, &daemon, id_or_name, opts.sequential, json).await;
         }
     }
     let GetOptions {
         output,
         no_seed,
         partial: use_partial,
+        only,
+        sequential,
         limits,
+        link,
     } = opts;
     let upload = Some(limits.up.clone());
     let (client, _) = logged_in(home)?;
     let id = resolve(&client, id_or_name).await?;
     let (file, owners, partial) = all_owners(&client, id).await?;
+    if let Some(link) = &link {
+        crate::link::check_file(link, &file.name, file.size)?;
+    }
     let me = home.identity.peer_id;
     if let Some(rec) = home.state()?.files.get(&id.to_hex()) {
-        if rec.partial_in.is_none() && rec.path.is_file() {
+        if rec.partial_in.is_none() && rec.path.exists() {
             // Already owned here: nothing to fetch, register and seed.
             return owned_already(home, &client, id, &rec.path, no_seed, upload, json).await;
         }
@@ -802,12 +895,18 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
     if peers.is_empty() && partial.is_empty() {
         return Err(CommandError::NoOwner(format!("{} ({})", file.name, id)));
     }
+    if !only.is_empty() && file.files == 0 {
+        return Err(CommandError::BadInput(format!(
+            "--only selects files of a folder, and {} is a single file",
+            file.name
+        )));
+    }
     let dir = output.unwrap_or_else(|| home.storage_dir());
     std::fs::create_dir_all(&dir).map_err(|source| CommandError::Folder {
         path: dir.clone(),
         source,
     })?;
-    tokio::task::block_in_place(|| home.record_partial(&id, &file.name, file.size, &dir))?;
+    tokio::task::block_in_place(|| home.record_partial(&file, &dir))?;
 
     let store = Store::new();
     load_owned(home, &store)?;
@@ -842,12 +941,17 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
     let bar = progress_bar(
         json,
         file.size,
-        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+        "{bar:40} {size}/{total_size} {rate} ETA {time_left} {msg}",
     );
     let progress = bar.clone().map(|b| {
         Arc::new(move |p: &download::Progress| {
             b.set_position(p.bytes_done);
-            b.set_message(format!("{} peers", p.peers));
+            let peers = human::count_usize(p.peers, "peer", "peers");
+            if sequential {
+                b.set_message(format!("{peers}, {} playable", human::size(p.prefix_bytes)));
+            } else {
+                b.set_message(peers);
+            }
         }) as download::ProgressFn
     });
     info!(file = %id, name = %file.name, owners = peers.len(), partial = partial.len(), "downloading");
@@ -863,7 +967,13 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
         progress,
         live: None,
         download_limit: Some(limits.down.clone()),
+        only: only.clone(),
+        sequential,
     };
+    if sequential && !json {
+        let part = download::sidecar(&std::fs::canonicalize(&dir).unwrap_or(dir.clone()), &id, "part");
+        eprintln!("sequential: {} fills from its start as it arrives", part.display());
+    }
     let result = tokio::select! {
         r = download::run(plan) => r,
         _ = home.stop.stopped() => {
@@ -886,6 +996,24 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
             return Err(e.into());
         }
     };
+    // The manifest hashes to the id; its name and size are the file's.
+    if let Some(Err(e)) = link.map(|l| crate::link::check_file(&l, &report.manifest.name, report.manifest.size)) {
+        server.shutdown().await;
+        return Err(e.into());
+    }
+    if !only.is_empty() {
+        // Part of a folder: not this node's to own or seed as the folder.
+        server.shutdown().await;
+        tokio::task::block_in_place(|| {
+            home.update_state(|s| {
+                s.files.remove(&id.to_hex());
+            })
+        })?;
+        client.close().await;
+        let (value, text) = get_output(&report);
+        emit(json, value, || text);
+        return Ok(());
+    }
     tokio::task::block_in_place(|| home.record_owned(&report.manifest, &report.path))?;
     announce(&client, home, advertised(home, Some(server.local_addr())).await).await?;
     client
@@ -916,6 +1044,7 @@ async fn get_via_daemon(
     home: &Home,
     link: &crate::daemon::client::Link,
     id_or_name: &str,
+    sequential: bool,
     json: bool,
 ) -> Result<(), CommandError> {
     let id = match id_or_name.parse::<FileId>() {
@@ -928,7 +1057,11 @@ async fn get_via_daemon(
         }
     };
     info!(file = %id, "handing the download to the running daemon");
-    link.post("/api/downloads", &json!({ "id": id.to_hex() })).await?;
+    link.post(
+        "/api/downloads",
+        &json!({ "id": id.to_hex(), "sequential": sequential }),
+    )
+    .await?;
     let path = format!("/api/files/{}", id.to_hex());
     loop {
         let entry = link.get(&path).await?;
@@ -984,12 +1117,13 @@ pub(crate) fn get_output(report: &download::DownloadReport) -> (serde_json::Valu
         "per_peer": report.per_peer,
         "finished_ms": report.finished_ms,
     });
+    let rate = human::rate(report.manifest.size as f64 / report.seconds.max(1e-3));
     let text = format!(
-        "{} ({} bytes) in {:.2} s from {} peers -> {}",
+        "{} ({}) in {} ({rate}) from {} -> {}",
         report.manifest.name,
-        report.manifest.size,
-        report.seconds,
-        report.peers_used(),
+        human::size(report.manifest.size),
+        human::duration(report.seconds),
+        human::count_usize(report.peers_used(), "peer", "peers"),
         path.display()
     );
     (value, text)
@@ -1161,7 +1295,7 @@ pub(crate) fn load_one(
         Err(e) => return Err(format!("{}: {e}", manifest_path.display())),
     };
     let manifest = Manifest::decode_checked(&bytes, *id).map_err(|e| e.to_string())?;
-    let file = std::fs::File::open(data).map_err(|e| e.to_string())?;
+    let data = Data::open(&manifest, data, false).map_err(|e| e.to_string())?;
     let n = manifest.chunks.len() as u32;
     let have = match partial_in {
         Some(dir) => download::load_have(dir, id, n),
@@ -1170,7 +1304,7 @@ pub(crate) fn load_one(
     Ok(Some(SharedFile {
         manifest,
         manifest_bytes: bytes,
-        file,
+        data: Arc::new(data),
         have: Arc::new(have),
     }))
 }
@@ -1223,10 +1357,10 @@ fn repaired_text(r: &Repaired) -> String {
             "complete"
         };
         lines.push(format!(
-            "{state}  {}  {}/{} chunks  {}  {}",
+            "{state}  {}  {}/{}  {}  {}",
             f.id,
             f.have,
-            f.chunks,
+            human::count(f.chunks, "chunk", "chunks"),
             f.record.name,
             f.record.path.display()
         ));
@@ -1239,7 +1373,10 @@ fn repaired_text(r: &Repaired) -> String {
     for s in &r.skipped {
         lines.push(format!("skipped   {s}"));
     }
-    lines.push(format!("state rebuilt: {} files", r.files.len()));
+    lines.push(format!(
+        "state rebuilt: {}",
+        human::count_usize(r.files.len(), "file", "files")
+    ));
     lines.join("\n")
 }
 
@@ -1278,14 +1415,15 @@ async fn status(home: &Home, json: bool) -> Result<(), CommandError> {
             );
             let dash = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
             if let Some(r) = &report {
+                let reg = &r.registry;
                 s.push_str(&format!(
-                    "\ncommit   {}\napplied  {}\nregistry {} users, {} files, {} owners, {} peers",
+                    "\ncommit   {}\napplied  {}\nregistry {}, {}, {}, {}",
                     dash(r.commit_index),
                     dash(r.applied_index),
-                    r.registry.users,
-                    r.registry.files,
-                    r.registry.owners,
-                    r.registry.peers
+                    human::count(reg.users, "user", "users"),
+                    human::count(reg.files, "file", "files"),
+                    human::count(reg.owners, "owner", "owners"),
+                    human::count(reg.peers, "peer", "peers")
                 ));
             }
             s.push_str("\nmembers");

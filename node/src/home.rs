@@ -1,7 +1,8 @@
 //! The node's home folder (`--home`, `QUORRENT_HOME`, else `~/.quorrent`,
 //! else `./.quorrent`): its key pair (`node.key`, `node.pem`), its session
 //! (`session.json`, mode 0600), its configuration (`--config FILE`, else
-//! `config.json` in the home, else the defaults), the manifests of the
+//! `config.json` in the home, else the defaults, with `ca_cert` HOME/ca.pem
+//! when that file exists), the manifests of the
 //! files it owns (`manifests/ID`) and the state file (`state.json`, with
 //! its lock `state.lock`; see `state.rs`) that lists the files it owns or
 //! partly has, so that `seed` can serve them.
@@ -20,6 +21,7 @@ use protocol::{
     ids::FileId,
     stop::Stop,
     tls::{NodeIdentity, TlsError},
+    tracker_api::FileMeta,
 };
 use serde::{Deserialize, Serialize};
 
@@ -112,6 +114,12 @@ impl Home {
                 c.validate(path)?;
                 c
             }
+            // With no configuration file, a CA certificate kept in the
+            // home (by a link, see `link.rs`) is the one the node trusts.
+            None if dir.join("ca.pem").is_file() => NodeConfig {
+                ca_cert: dir.join("ca.pem"),
+                ..NodeConfig::default()
+            },
             None => NodeConfig::default(),
         };
         let identity = NodeIdentity::load_or_create(&dir)?;
@@ -201,13 +209,15 @@ impl Home {
 
     /// Records a download in progress in `dir` (so `seed` serves its
     /// verified part); a complete record of the same file is kept.
-    pub fn record_partial(&self, id: &FileId, name: &str, size: u64, dir: &Path) -> Result<(), HomeError> {
+    pub fn record_partial(&self, file: &FileMeta, dir: &Path) -> Result<(), HomeError> {
         let dir = std::fs::canonicalize(dir).map_err(io(dir))?;
+        let id = &file.id;
+        let data = if file.files > 0 { "tree" } else { "part" };
         self.update_state(|s| {
             s.files.entry(id.to_hex()).or_insert_with(|| FileRecord {
-                name: name.to_owned(),
-                size,
-                path: crate::download::sidecar(&dir, id, "part"),
+                name: file.name.clone(),
+                size: file.size,
+                path: crate::download::sidecar(&dir, id, data),
                 partial_in: Some(dir),
             });
         })

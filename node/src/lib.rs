@@ -6,8 +6,11 @@
 pub mod cli;
 pub mod commands;
 pub mod daemon;
+pub mod data;
 pub mod download;
 pub mod home;
+pub mod human;
+pub mod link;
 pub mod local;
 pub mod peer_server;
 pub mod rate;

@@ -14,6 +14,7 @@ use crate::{
     commands::{emit, logged_in, CommandError},
     download,
     home::Home,
+    human,
     state::FileRecord,
     store::HaveBits,
 };
@@ -112,13 +113,14 @@ pub fn list(home: &Home, json: bool) -> Result<(), CommandError> {
         }
         rows.iter()
             .map(|r| {
+                let n = |k: &str| r[k].as_u64().unwrap_or(0);
                 format!(
-                    "{:<8}  {}  {}/{} chunks  {} bytes  {}",
+                    "{:<8}  {}  {:>10}  {}/{}  {}",
                     r["state"].as_str().unwrap_or(""),
                     r["file_id"].as_str().unwrap_or(""),
-                    r["have"],
-                    r["chunks"],
-                    r["size"],
+                    human::size(n("size")),
+                    n("have"),
+                    human::count(n("chunks"), "chunk", "chunks"),
                     r["name"].as_str().unwrap_or("")
                 )
             })
@@ -140,8 +142,8 @@ pub async fn verify(home: &Home, id_or_name: &str, json: bool) -> Result<(), Com
     let checked = claimed.count();
     let m2 = m.clone();
     let good = tokio::task::spawn_blocking(move || -> std::io::Result<HaveBits> {
-        let file = std::fs::File::open(&path)?;
-        Ok(download::reverify(&m2, &file, &claimed))
+        let data = crate::data::Data::open(&m2, &path, false)?;
+        Ok(download::reverify(&m2, &data, &claimed))
     })
     .await
     .map_err(|_| CommandError::Stopped("verify"))?
@@ -159,19 +161,19 @@ pub async fn verify(home: &Home, id_or_name: &str, json: bool) -> Result<(), Com
         "bad": bad,
     });
     emit(json, value, || {
+        let total = human::count_usize(m.chunks.len(), "chunk", "chunks");
         if bad.is_empty() {
-            format!(
-                "{}: {checked} of {} chunks checked, all good",
-                f.rec.name,
-                m.chunks.len()
-            )
+            format!("{}: {checked} of {total} checked, all good", f.rec.name)
         } else {
+            let verb = if bad.len() == 1 { "is" } else { "are" };
             format!(
-                "{}: {} of {checked} checked chunks are bad: {:?} (run `quorrent get {}` to fetch them again)",
+                "{}: {} of {} {verb} bad: {:?} (run `quorrent get {}` to fetch {} again)",
                 f.rec.name,
                 bad.len(),
+                human::count(checked, "checked chunk", "checked chunks"),
                 bad,
-                f.id.to_hex()
+                f.id.to_hex(),
+                if bad.len() == 1 { "it" } else { "them" }
             )
         }
     });

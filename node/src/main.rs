@@ -92,6 +92,7 @@ fn usage(e: &clap::Error) -> Failure {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    let explicit_config = cli.config.is_some();
     let mut home = Home::open(cli.home, cli.config)?;
     let file = format!("node-{}.log", home.identity.peer_id.short());
     let _log = protocol::logging::init(
@@ -105,6 +106,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         message: format!("cannot open the log folder {}: {e}", home.config.log_dir.display()),
         stopped: false,
     })?;
+    // A link's CA is checked, and its network set up, before anything
+    // connects.
+    node::link::prepare(&mut home, &cli.command, explicit_config, cli.json).map_err(commands::CommandError::from)?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure {
         code: "internal",
         message: format!("cannot start the async runtime: {e}"),

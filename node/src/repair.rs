@@ -201,8 +201,8 @@ fn partials_in(dir: &Path, state: &mut State, out: &mut Repaired) -> Result<(), 
                 continue;
             }
         };
-        let part = download::sidecar(dir, &id, "part");
-        let Ok(data) = std::fs::File::open(&part) else {
+        let part = download::data_path(dir, &id, &m);
+        let Ok(data) = crate::data::Data::open(&m, &part, false) else {
             out.skipped.push(format!("{}: no part file beside it", path.display()));
             continue;
         };

@@ -5,7 +5,6 @@
 
 use std::{
     collections::HashMap,
-    fs::File,
     sync::{
         atomic::{AtomicU32, AtomicU64, Ordering},
         Arc, RwLock,
@@ -14,7 +13,10 @@ use std::{
 
 use protocol::{content::Manifest, ids::FileId};
 
-use crate::daemon::metrics::{FileTraffic, NodeMetrics};
+use crate::{
+    daemon::metrics::{FileTraffic, NodeMetrics},
+    data::Data,
+};
 
 /// A bit set of verified chunks, shared without locks between the
 /// downloader (which sets bits) and the peer server (which reads them).
@@ -108,8 +110,9 @@ pub struct SharedFile {
     pub manifest: Manifest,
     /// The encoded manifest, served as is.
     pub manifest_bytes: Vec<u8>,
-    /// Open for reading; stays valid across the final rename of a download.
-    pub file: File,
+    /// Its bytes; stay readable across the final rename of a download
+    /// (shared with the download, which tells a moved folder).
+    pub data: Arc<Data>,
     pub have: Arc<HaveBits>,
 }
 

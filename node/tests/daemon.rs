@@ -279,6 +279,13 @@ async fn daemon_api_share_download_pause_remove_and_refusals() {
         (Some("second.bin"), Some(1 << 20))
     );
     let id2 = out["file_id"].as_str().unwrap().to_owned();
+    assert!(
+        out["link"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(&format!("quorrent:?v=1&id={id2}&name=second.bin&")),
+        "{out}"
+    );
     a.await_file(&id2, "served", |e| e["state"] == "seeding" && e["chunks"] == 4)
         .await;
     // By name: the command resolves it, the daemon downloads.

@@ -32,12 +32,14 @@ fn script() -> PathBuf {
 }
 
 /// The binaries of this build: `quorrent` from Cargo, the tracker and the
-/// proxy beside it (built here if missing: they belong to other packages).
+/// proxy beside it (built here, since they belong to other packages: a
+/// binary left from an older build would speak an older protocol; a
+/// build with nothing to do takes a moment).
 fn binaries() -> (PathBuf, PathBuf, PathBuf) {
     let node = PathBuf::from(env!("CARGO_BIN_EXE_quorrent"));
     let dir = node.parent().expect("target dir").to_owned();
     let (tracker, proxy) = (dir.join("quorrent-tracker"), dir.join("quorrent-proxy"));
-    if !tracker.exists() || !proxy.exists() {
+    {
         let release = dir.ends_with("release");
         let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
         build.args(["build", "-p", "tracker-cluster", "-p", "proxy", "--bins"]);

@@ -11,13 +11,14 @@ use std::{
 };
 
 use node::{
+    data::Data,
     download::{self, DownloadError, DownloadPlan, DownloadReport, ProgressFn},
     peer_server::PeerServer,
     store::{HaveBits, SharedFile, Store},
 };
 use protocol::{
     config::SharingConfig,
-    content::{hash_file, Manifest},
+    content::{hash_file, hash_folder, Entry, Manifest, Tree},
     tls::NodeIdentity,
     tracker_api::PeerInfo,
 };
@@ -54,7 +55,7 @@ impl Node {
         node.store.insert(SharedFile {
             manifest: manifest.clone(),
             manifest_bytes: manifest.encode(),
-            file: File::open(data_path).unwrap(),
+            data: Arc::new(Data::open(manifest, data_path, false).unwrap()),
             have: Arc::new(HaveBits::full(manifest.chunks.len() as u32)),
         });
         node
@@ -83,6 +84,8 @@ impl Node {
             progress: None,
             live: None,
             download_limit: None,
+            only: Vec::new(),
+            sequential: false,
         }
     }
 }
@@ -266,6 +269,164 @@ async fn manifest_with_a_path_in_its_name_is_refused() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// A folder with nested and empty folders, a zero-byte file and files
+/// from a few bytes to several chunks, served by two seeders: the tree
+/// comes back identical (paths, sizes, bytes, the empty folder), and an
+/// existing folder of that name is kept (the download takes `NAME (1)`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folder_round_trips_from_two_seeders() {
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path().join("album");
+    std::fs::create_dir_all(root.join("cd1/empty")).unwrap();
+    std::fs::create_dir_all(root.join("cd2")).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(40);
+    for i in 0..40 {
+        let mut data = vec![0u8; (i * 997) % 5000];
+        rng.fill_bytes(&mut data);
+        std::fs::write(
+            root.join(if i % 2 == 0 { "cd1" } else { "cd2" })
+                .join(format!("t{i}.bin")),
+            data,
+        )
+        .unwrap();
+    }
+    std::fs::write(root.join("zero"), b"").unwrap();
+    random_file(&root.join("cd2"), "big.bin", 3 * CHUNK as usize + 77, 41);
+    let m = hash_folder(&root, "album".into(), CHUNK, false, |_| {}).unwrap();
+    let seeders = [Node::seeding(&m, &root), Node::seeding(&m, &root)];
+    let me = Node::start();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::create_dir(out.path().join("album")).unwrap();
+    let report = get(me.plan(&m, &[&seeders[0], &seeders[1]], out.path())).await.unwrap();
+    assert_eq!(report.path, out.path().join("album (1)"));
+    let diff = std::process::Command::new("diff")
+        .arg("-r")
+        .arg(&root)
+        .arg(&report.path)
+        .output()
+        .unwrap();
+    assert!(diff.status.success(), "{}", String::from_utf8_lossy(&diff.stdout));
+    assert!(report.path.join("cd1/empty").is_dir());
+    assert_eq!(report.fetched_chunks as usize, m.chunks.len());
+    // What the downloader holds is served from its new place.
+    let third = Node::start();
+    let dir3 = tempfile::tempdir().unwrap();
+    let again = get(third.plan(&m, &[&me], dir3.path())).await.unwrap();
+    assert!(std::process::Command::new("diff")
+        .arg("-r")
+        .arg(&root)
+        .arg(&again.path)
+        .status()
+        .unwrap()
+        .success());
+    // Part of it: the selected files only, byte for byte, and the
+    // folders holding them.
+    let dir4 = tempfile::tempdir().unwrap();
+    let fourth = Node::start();
+    let mut plan = fourth.plan(&m, &[&me], dir4.path());
+    plan.only = vec!["cd2/big*".into(), "cd1/t1?.bin".into()];
+    let part = get(plan).await.unwrap();
+    let got: Vec<String> = walk(&part.path)
+        .iter()
+        .map(|p| p.strip_prefix(&part.path).unwrap().to_string_lossy().into_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let want = [
+        "cd1",
+        "cd1/t10.bin",
+        "cd1/t12.bin",
+        "cd1/t14.bin",
+        "cd1/t16.bin",
+        "cd1/t18.bin",
+        "cd2",
+        "cd2/big.bin",
+    ];
+    assert_eq!(got, want);
+    for rel in &want[1..] {
+        if !rel.ends_with(".bin") {
+            continue;
+        }
+        assert_eq!(
+            std::fs::read(part.path.join(rel)).unwrap(),
+            std::fs::read(root.join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+    let mut plan = fourth.plan(&m, &[&me], dir4.path());
+    plan.only = vec!["nothing-like-this".into()];
+    let err = get(plan).await.unwrap_err();
+    assert!(err.to_string().contains("no file of the folder matches"), "{err}");
+}
+
+/// Folder manifests that would write outside the output folder, or that
+/// a file system could not hold, are refused before anything is written:
+/// `..` and absolute components, deep nesting, long names, duplicates,
+/// paths that differ only by case, too many entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_folder_manifests_are_refused_before_anything_is_written() {
+    let src = tempfile::tempdir().unwrap();
+    let (path, _) = random_file(src.path(), "f.bin", 1000, 8);
+    let file = |p: &str| Entry::File {
+        path: p.into(),
+        size: 1000,
+    };
+    let dir = |p: &str| Entry::Dir { path: p.into() };
+    let deep: Vec<Entry> = (1..=40)
+        .map(|n| dir(&vec!["d"; n].join("/")))
+        .chain([file(&format!("{}/f", vec!["d"; 40].join("/")))])
+        .collect();
+    let many: Vec<Entry> = (0..100_001)
+        .map(|i| dir(&format!("d{i:06}")))
+        .chain([file("f")])
+        .collect();
+    let cases: Vec<(Vec<Entry>, &str)> = vec![
+        (vec![file("../escape")], "relative path component"),
+        (vec![file("/etc/passwd")], "empty component"),
+        (deep, "levels deep"),
+        (vec![file(&"n".repeat(400))], "over the limit"),
+        (vec![file("twice"), file("twice")], "listed twice"),
+        (vec![file("Case"), file("case")], "differ only by case"),
+        (many, "more than 100000 entries"),
+    ];
+    for (entries, want) in cases {
+        let files = entries.iter().filter(|e| matches!(e, Entry::File { .. })).count() as u64;
+        // Built by hand: Tree::new sorts, and a peer need not.
+        let evil = Manifest {
+            name: "evil".into(),
+            size: 1000 * files,
+            chunk_size: CHUNK,
+            chunks: vec![*blake3::hash(&std::fs::read(&path).unwrap()).as_bytes(); files as usize],
+            tree: Some(Tree::new(entries)),
+        };
+        let seeder = Node::start();
+        seeder.store.insert(SharedFile {
+            manifest: evil.clone(),
+            manifest_bytes: evil.encode(),
+            data: Arc::new(Data::File(File::open(&path).unwrap())),
+            have: Arc::new(HaveBits::full(evil.chunks.len() as u32)),
+        });
+        let me = Node::start();
+        let out = tempfile::tempdir().unwrap();
+        let err = get(me.plan(&evil, &[&seeder], out.path())).await.unwrap_err();
+        assert!(matches!(err, DownloadError::BadManifest(_)), "{want}: {err}");
+        assert!(err.to_string().contains(want), "{want}: {err}");
+        let written: Vec<_> = walk(out.path());
+        assert!(written.iter().all(|p| p.ends_with(".quorrent")), "{want}: {written:?}");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        out.push(e.path());
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_reachable_peer_is_a_clear_error() {
     let src = tempfile::tempdir().unwrap();
@@ -300,7 +461,7 @@ async fn partial_peer_serves_what_it_has_and_bad_frames_leave_the_connection_usa
     partial.store.insert(SharedFile {
         manifest: m.clone(),
         manifest_bytes: m.encode(),
-        file: File::open(&path).unwrap(),
+        data: Arc::new(Data::File(File::open(&path).unwrap())),
         have: Arc::new(half),
     });
 

@@ -624,6 +624,12 @@ pub struct NodeConfig {
     /// Folders the daemon may share from when asked over HTTP (besides
     /// the storage folder). Default: none.
     pub share_roots: Vec<PathBuf>,
+    /// The watch folder: the daemon shares every file or folder that
+    /// appears in it once it stops changing. Default: none.
+    pub watch_dir: Option<PathBuf>,
+    /// How long an entry of the watch folder must stay unchanged before it
+    /// is shared, milliseconds (at least 100).
+    pub watch_settle_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -640,6 +646,8 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             http_addr: None,
             share_roots: Vec::new(),
+            watch_dir: None,
+            watch_settle_ms: 2000,
         }
     }
 }
@@ -665,6 +673,12 @@ impl NodeConfig {
         }
         for (i, a) in self.proxies.iter().enumerate() {
             crate::net::check_host_port(&format!("proxies[{i}]"), a).map_err(bad)?;
+        }
+        if self.watch_settle_ms < 100 {
+            return Err(bad(format!(
+                "field `watch_settle_ms`: {} is under 100 (an entry still being written would be shared)",
+                self.watch_settle_ms
+            )));
         }
         Ok(())
     }

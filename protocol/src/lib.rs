@@ -14,6 +14,7 @@ pub mod content;
 pub mod durable;
 pub mod http;
 pub mod ids;
+pub mod link;
 pub mod listen;
 pub mod logging;
 pub mod metrics;

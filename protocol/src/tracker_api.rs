@@ -89,6 +89,10 @@ pub struct FileMeta {
     pub size: u64,
     pub chunk_size: u32,
     pub chunk_count: u32,
+    /// 0 for a single file; for a folder, how many files it holds (each
+    /// file's chunks start a new chunk, so a folder has between
+    /// `size / chunk_size` and that plus `files` chunks).
+    pub files: u32,
 }
 
 /// Where a peer can be reached.

@@ -1,7 +1,7 @@
 //! Fuzz targets of the decoders in `protocol` (issue 7, part 4): the
 //! tracker `Envelope` and `Answer`, the peer `PeerRequest`/`PeerResponse`,
 //! the `Manifest` with the checks the node applies before use, the frame
-//! reader, and the JSON configurations. Each target runs
+//! reader, the JSON configurations and the `quorrent:` link. Each target runs
 //! `QUORRENT_FUZZ_CASES` cases (see `fuzzkit`) of arbitrary bytes and
 //! structure-aware mutations of valid encodings, and checks: no panic,
 //! errors not crashes, the most memory one decode holds stays within its
@@ -14,8 +14,9 @@ use fuzzkit::{ensure, proptest::test_runner::TestCaseError};
 use protocol::{
     codec::{self, CodecError},
     config::{self, Limits, NodeConfig, ProxyConfig, TrackerConfig},
-    content::{chunk_count, Manifest, ManifestError, MAX_CHUNK, MAX_MANIFEST_BYTES, MIN_CHUNK},
+    content::{chunk_count, Entry, Manifest, ManifestError, Tree, MAX_CHUNK, MAX_MANIFEST_BYTES, MIN_CHUNK},
     ids::{check_file_name, FileId, NameError, PeerId},
+    link::{CaFingerprint, Link, MAX_LINK_LEN},
     peer::{PeerError, PeerRequest, PeerResponse, MAX_FRAME},
     tracker_api::{
         Answer, ApiError, ClusterStatus, Consistency, Envelope, FileMeta, FollowerLag, MemberInfo, MemberReport,
@@ -126,6 +127,7 @@ fn meta(name: &str) -> FileMeta {
         size: 1 << 30,
         chunk_size: 256 << 10,
         chunk_count: 4096,
+        files: 0,
     }
 }
 
@@ -369,6 +371,7 @@ fn sample_manifest(chunks: u64) -> Manifest {
         chunks: (0..chunks)
             .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
             .collect(),
+        tree: None,
     }
 }
 
@@ -382,12 +385,38 @@ fn manifests() -> Vec<Manifest> {
             size: MAX_CHUNK as u64 * 3,
             chunk_size: MAX_CHUNK,
             chunks: vec![[9; 32]; 3],
+            tree: None,
         },
         Manifest {
             name: "ü".repeat(127),
             size: 0,
             chunk_size: 1 << 20,
             chunks: vec![],
+            tree: None,
+        },
+        Manifest {
+            name: "album".into(),
+            size: 3 + MIN_CHUNK as u64 + 1,
+            chunk_size: MIN_CHUNK,
+            chunks: vec![[1; 32], [2; 32], [3; 32]],
+            tree: Some(Tree::new(vec![
+                Entry::Dir { path: "cd1".into() },
+                Entry::Dir {
+                    path: "cd1/empty".into(),
+                },
+                Entry::File {
+                    path: "cd1/one.bin".into(),
+                    size: MIN_CHUNK as u64 + 1,
+                },
+                Entry::File {
+                    path: "read me.txt".into(),
+                    size: 3,
+                },
+                Entry::File {
+                    path: "zero".into(),
+                    size: 0,
+                },
+            ])),
         },
     ]
 }
@@ -464,7 +493,7 @@ fn fuzz_manifest() {
         match res {
             Ok(m) => check_manifest_in_use(&m, id),
             Err(ManifestError::Codec(_) | ManifestError::Name(_) | ManifestError::ChunkSize(_))
-            | Err(ManifestError::ChunkCount { .. }) => Ok(()),
+            | Err(ManifestError::ChunkCount { .. } | ManifestError::Tree(_) | ManifestError::TreeSize { .. }) => Ok(()),
             Err(e) => Err(TestCaseError::fail(format!("unexpected manifest error: {e}"))),
         }
     });
@@ -474,9 +503,20 @@ fn fuzz_manifest() {
 fn check_manifest_in_use(m: &Manifest, id: FileId) -> Result<(), TestCaseError> {
     ensure(check_file_name(&m.name).is_ok(), || format!("unsafe name {:?}", m.name))?;
     ensure((MIN_CHUNK..=MAX_CHUNK).contains(&m.chunk_size), || "chunk size".into())?;
-    ensure(m.chunks.len() as u64 == chunk_count(m.size, m.chunk_size), || {
-        "chunk count".into()
-    })?;
+    let want = match &m.tree {
+        None => chunk_count(m.size, m.chunk_size),
+        Some(t) => t.chunk_total(m.chunk_size),
+    };
+    ensure(m.chunks.len() as u64 == want, || "chunk count".into())?;
+    if let Some(t) = &m.tree {
+        for e in &t.entries {
+            let p = e.path();
+            ensure(
+                !p.starts_with('/') && p.split('/').all(|c| check_file_name(c).is_ok()),
+                || format!("unsafe path {p:?}"),
+            )?;
+        }
+    }
     // The node files it under `m.id()` (store, state, the tracker's
     // metadata): it must be the id it was fetched by.
     ensure(m.id() == id, || {
@@ -490,6 +530,49 @@ fn check_manifest_in_use(m: &Manifest, id: FileId) -> Result<(), TestCaseError> 
     ensure(meta.chunk_count as usize == m.chunks.len(), || {
         "meta chunk count".into()
     })
+}
+
+/// A link as a friend pastes it (command-line text, so UTF-8): no panic,
+/// a refusal names a field, an accepted link re-formats within the length
+/// limit and parses back to itself, and a parse holds little memory.
+#[test]
+fn fuzz_link() {
+    let sample = Link {
+        id: FileId([0x3c; 32]),
+        name: "a b%c ü.iso".into(),
+        size: 4_700_000_000,
+        proxies: vec![
+            "10.0.0.21:7400".into(),
+            "[2001:db8::21]:7400".into(),
+            "p.example.org:1".into(),
+        ],
+        ca: CaFingerprint([0xa5; 32]),
+    };
+    let corpus = vec![
+        sample.to_string().into_bytes(),
+        format!("quorrent:?x=1&{}", &sample.to_string()["quorrent:?".len()..]).into_bytes(),
+        b"quorrent:?v=1&id=00&name=%zz&size=-1&proxy=[::1]:0&ca=sha256:".to_vec(),
+    ];
+    const FIELDS: [&str; 8] = ["link", "scheme", "v", "id", "name", "size", "proxy", "ca"];
+    fuzzkit::run("quorrent: link", fuzzkit::inputs(corpus), |bytes| {
+        let text = String::from_utf8_lossy(bytes);
+        let (res, peak) = fuzzkit::measure(|| Link::parse(&text));
+        ensure(peak <= 4 * MAX_LINK_LEN + SMALL, || {
+            format!("link parse held {peak} bytes")
+        })?;
+        match res {
+            Err(e) => ensure(FIELDS.contains(&e.field), || format!("refusal names no field: {e}")),
+            Ok(link) => {
+                let again = link.to_string();
+                ensure(again.len() <= MAX_LINK_LEN, || {
+                    format!("re-formatted link is {} bytes", again.len())
+                })?;
+                ensure(Link::parse(&again).as_ref() == Ok(&link), || {
+                    format!("{again} does not parse back")
+                })
+            }
+        }
+    });
 }
 
 #[test]
@@ -641,10 +724,11 @@ fn regression_tiny_frame_with_large_limit() {
 /// `0xfb 0xe8 0x03`, a u16 form bincode accepts) hashes to the id it is
 /// fetched by, but decodes to a manifest whose own id (of the canonical
 /// encoding, under which the node stores, serves and announces it) is
-/// another. Such bytes are now refused.
+/// another. Such bytes are now refused. (The last byte is the manifest's
+/// `tree: None`.)
 #[test]
 fn regression_non_canonical_manifest() {
-    let bytes = b"\x11holiday video.mp4\xfb\xe8\x00\xfb\x00@\x01q\xe0\xa9\x91sVI1\xc0\xb8\xac\xc5-&\x85\xa8\xe3\x9cd\xdcR\xe3\xd0#\x90\xfd\xac*\x12\xb1U\xcb";
+    let bytes = b"\x11holiday video.mp4\xfb\xe8\x00\xfb\x00@\x01q\xe0\xa9\x91sVI1\xc0\xb8\xac\xc5-&\x85\xa8\xe3\x9cd\xdcR\xe3\xd0#\x90\xfd\xac*\x12\xb1U\xcb\x00";
     let id = FileId(*blake3::hash(bytes).as_bytes());
     let err = Manifest::decode_checked(bytes, id).unwrap_err();
     assert!(err.to_string().contains("canonical"), "{err}");

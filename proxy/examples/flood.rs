@@ -149,6 +149,7 @@ async fn behave(
                         size: 10,
                         chunk_size: 1 << 20,
                         chunk_count: 1,
+                        files: 0,
                     },
                 }
             }

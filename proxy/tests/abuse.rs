@@ -125,6 +125,7 @@ fn meta(i: usize) -> FileMeta {
         size: 10,
         chunk_size: 1 << 20,
         chunk_count: 1,
+        files: 0,
     }
 }
 

@@ -109,6 +109,7 @@ async fn write_load(proxy: SocketAddr, certs: &std::path::Path, user: &str, n: O
             size: 10,
             chunk_size: 1 << 20,
             chunk_count: 1,
+            files: 0,
         };
         let r = via(Request::Own { peer_id: peer, file }).await;
         // The endless load runs across a failover: the proxy's retries

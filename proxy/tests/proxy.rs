@@ -41,6 +41,7 @@ fn meta(client: usize, i: usize) -> FileMeta {
         size: 10,
         chunk_size: 1 << 20,
         chunk_count: 1,
+        files: 0,
     }
 }
 

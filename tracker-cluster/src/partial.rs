@@ -296,6 +296,7 @@ mod tests {
             size: chunks as u64 * 16384,
             chunk_size: 16384,
             chunk_count: chunks,
+            files: 0,
         }
     }
 

@@ -23,7 +23,7 @@ use crate::cow::{CowMap, Segments};
 use protocol::codec::{FrameReader, FrameWriter};
 use protocol::{
     config::Quotas,
-    content::{chunk_count, MAX_CHUNK, MIN_CHUNK},
+    content::{chunk_count, MAX_CHUNK, MAX_TREE_ENTRIES, MIN_CHUNK},
     ids::{check_file_name, check_user, ClientId, FileId, PeerId},
     tracker_api::{Answer, ApiError, FileMeta, PeerInfo, Reply, SearchHit, WriteId, MAX_OWN_MANY},
 };
@@ -896,10 +896,16 @@ pub fn check_meta(m: &FileMeta) -> Result<(), ApiError> {
             m.chunk_size
         )));
     }
-    if chunk_count(m.size, m.chunk_size) != m.chunk_count as u64 {
+    let least = chunk_count(m.size, m.chunk_size);
+    let fits = if m.files == 0 {
+        least == m.chunk_count as u64
+    } else {
+        m.files as usize <= MAX_TREE_ENTRIES && (least..=least + m.files as u64).contains(&(m.chunk_count as u64))
+    };
+    if !fits {
         return Err(ApiError::Invalid(format!(
-            "chunk count {} does not match size {} and chunk size {}",
-            m.chunk_count, m.size, m.chunk_size
+            "chunk count {} does not match size {} and chunk size {} ({} files)",
+            m.chunk_count, m.size, m.chunk_size, m.files
         )));
     }
     Ok(())
@@ -1124,6 +1130,7 @@ mod tests {
             size: 100,
             chunk_size: MIN_CHUNK,
             chunk_count: 1,
+            files: 0,
         }
     }
 
@@ -1677,6 +1684,7 @@ mod tests {
                     size: 100,
                     chunk_size: MIN_CHUNK,
                     chunk_count: 1,
+                    files: 0,
                 }
             })
             .collect()

@@ -493,6 +493,7 @@ pub fn load_file(run: u64, c: usize, i: u64) -> protocol::tracker_api::FileMeta 
         size: 1 << 20,
         chunk_size: 1 << 20,
         chunk_count: 1,
+        files: 0,
     }
 }
 

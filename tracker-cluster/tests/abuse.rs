@@ -22,6 +22,7 @@ fn meta(name: &str, n: u64) -> FileMeta {
         size: 1000,
         chunk_size: 1 << 20,
         chunk_count: 1,
+        files: 0,
     }
 }
 

@@ -131,6 +131,7 @@ fn batch() -> Batch {
                 size: 1 << 33,
                 chunk_size: 1 << 18,
                 chunk_count: 1 << 15,
+                files: 0,
             },
         },
         Op::Disown {

@@ -58,6 +58,7 @@ async fn health_status_and_metrics() {
         size: 10,
         chunk_size: 1 << 20,
         chunk_count: 1,
+        files: 0,
     };
     let own = alice.envelope(Request::Own { peer_id: peer, file });
     assert!(matches!(alice.leader_send(&members, &own, T).await, Ok(Reply::Done)));

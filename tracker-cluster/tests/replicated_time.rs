@@ -53,6 +53,7 @@ async fn leader_clock_forward_then_back() {
         size: 10,
         chunk_size: 1 << 20,
         chunk_count: 1,
+        files: 0,
     };
     let own = alice.envelope(Request::Own {
         peer_id: peer,

@@ -42,6 +42,7 @@ fn big_file(n: u64) -> FileMeta {
         size: 1 << 20,
         chunk_size: 1 << 20,
         chunk_count: 1,
+        files: 0,
     }
 }
 

@@ -227,6 +227,9 @@ struct DownloadBody {
     #[serde(default)]
     #[allow(dead_code)]
     name: Option<String>,
+    /// Chunks in order, lowest first (streaming).
+    #[serde(default)]
+    sequential: bool,
 }
 
 async fn start_download(d: &Arc<Daemon>, req: &Request) -> Response {
@@ -238,7 +241,7 @@ async fn start_download(d: &Arc<Daemon>, req: &Request) -> Response {
         Ok(id) => id,
         Err(r) => return r,
     };
-    match d.download(id).await {
+    match d.download(id, body.sequential).await {
         Ok(entry) => http::json(StatusCode::ACCEPTED, &entry),
         Err(r) => refused(r),
     }

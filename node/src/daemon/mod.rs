@@ -22,6 +22,7 @@
 pub mod api;
 pub mod client;
 pub mod metrics;
+pub mod watch;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -84,6 +85,8 @@ struct Job {
     live: Arc<Live>,
     /// What `get` prints once done: JSON and text.
     result: Option<(serde_json::Value, String)>,
+    /// Chunks in order (kept for a resume).
+    sequential: bool,
 }
 
 /// Bytes counted at instants, for a rate over [`RATE_WINDOW`].
@@ -282,8 +285,15 @@ pub async fn run(home: &Home, limits: Limits) -> Result<(), CommandError> {
         info!(addr = %h.addr, "node daemon: web page at http://{}/", h.addr);
     }
     let sampler = tokio::spawn(sample_loop(daemon.clone()));
+    let watcher = home.config.watch_dir.clone().map(|dir| {
+        let settle = Duration::from_millis(home.config.watch_settle_ms);
+        tokio::spawn(watch::watch_loop(daemon.clone(), dir, settle))
+    });
     let result = commands::serve_until_stopped(home, &client, server, &store).await;
     sampler.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
     // The HTTP server first, so no request starts a job after the jobs
     // are stopped.
     if let Some(h) = http {
@@ -372,13 +382,15 @@ impl Daemon {
         self.token_required
     }
 
-    /// The folders requests may name: the storage folder and the
-    /// configuration's `share_roots`, canonical (those that exist).
+    /// The folders requests may name: the storage folder, the
+    /// configuration's `share_roots` and its `watch_dir`, canonical (those
+    /// that exist).
     pub fn roots(&self) -> Vec<PathBuf> {
         let storage = self.home.storage_dir();
         let _ = std::fs::create_dir_all(&storage);
         std::iter::once(storage)
             .chain(self.home.config.share_roots.iter().cloned())
+            .chain(self.home.config.watch_dir.iter().cloned())
             .filter_map(|p| std::fs::canonicalize(p).ok())
             .collect()
     }
@@ -499,7 +511,13 @@ impl Daemon {
             })
             .collect();
         let connected = peers.iter().filter(|p| p["connected"] == true).count();
-        json!({ "peers": peers, "peers_connected": connected, "chunk_map": self.chunk_map_json(id) })
+        let sequential = self.lock_jobs().get(id).is_some_and(|j| j.sequential);
+        let prefix_bytes = self
+            .store
+            .get(id)
+            .map_or(0, |f| download::prefix_of(&f.manifest, &f.have, 0).1);
+        json!({ "peers": peers, "peers_connected": connected, "chunk_map": self.chunk_map_json(id),
+                "sequential": sequential, "prefix_bytes": prefix_bytes })
     }
 
     /// The have bits in at most [`MAP_CELLS`] cells, each a digit: 0 none
@@ -512,8 +530,9 @@ impl Daemon {
         json!({ "cells": map.len(), "chunks": f.have.len(), "map": map })
     }
 
-    /// Starts (or resumes) downloading `id` into the storage folder.
-    pub async fn download(self: &Arc<Self>, id: FileId) -> Result<FileEntry, Refusal> {
+    /// Starts (or resumes) downloading `id` into the storage folder;
+    /// `sequential`: chunks in order (streaming).
+    pub async fn download(self: &Arc<Self>, id: FileId, sequential: bool) -> Result<FileEntry, Refusal> {
         // (The jobs' lock is released before `file` takes it again.)
         let running = self
             .lock_jobs()
@@ -524,7 +543,7 @@ impl Daemon {
         }
         let home = &self.home;
         if let Some(rec) = home.state()?.files.get(&id.to_hex()) {
-            if rec.partial_in.is_none() && rec.path.is_file() {
+            if rec.partial_in.is_none() && rec.path.exists() {
                 // Already here: nothing to fetch. A job left paused or
                 // failed after the file was recorded (a pause or a tracker
                 // error at the very end) would hide that: it goes.
@@ -544,7 +563,7 @@ impl Daemon {
             path: dir.clone(),
             source,
         })?;
-        tokio::task::block_in_place(|| home.record_partial(&id, &file.name, file.size, &dir))?;
+        tokio::task::block_in_place(|| home.record_partial(&file, &dir))?;
         let live = Arc::new(Live::default());
         {
             let mut jobs = self.lock_jobs();
@@ -565,6 +584,8 @@ impl Daemon {
                 progress: None,
                 live: Some(live.clone()),
                 download_limit: Some(self.limits.down.clone()),
+                only: Vec::new(),
+                sequential,
             };
             let task = tokio::spawn(self.clone().run_job(plan));
             jobs.insert(
@@ -577,6 +598,7 @@ impl Daemon {
                     task: Some(task.abort_handle()),
                     live,
                     result: None,
+                    sequential,
                 },
             );
         }
@@ -698,7 +720,10 @@ impl Daemon {
                 format!("{id} is complete; nothing to resume"),
             )),
             Some(e) if e.state == "downloading" => Ok(e),
-            Some(_) => self.download(*id).await,
+            Some(_) => {
+                let sequential = self.lock_jobs().get(id).is_some_and(|j| j.sequential);
+                self.download(*id, sequential).await
+            }
         }
     }
 
@@ -707,14 +732,14 @@ impl Daemon {
     pub async fn share(&self, path: &Path) -> Result<FileEntry, Refusal> {
         let md =
             std::fs::metadata(path).map_err(|e| Refusal::new(404, "not_found", format!("{}: {e}", path.display())))?;
-        if !md.is_file() {
+        if !md.is_file() && !md.is_dir() {
             return Err(Refusal::new(
                 400,
                 "bad_input",
-                format!("{} is not a regular file", path.display()),
+                format!("{} is neither a regular file nor a folder", path.display()),
             ));
         }
-        let m = commands::hash_one(&self.home, path, true).await?;
+        let m = commands::hash_one(&self.home, path, false, true).await?;
         self.own(&m).await?;
         let home = &self.home;
         tokio::task::block_in_place(|| home.record_owned(&m, path))?;
@@ -772,22 +797,28 @@ impl Daemon {
         if let (true, Some(rec)) = (delete_data, &rec) {
             // Only what the daemon wrote: files in its storage folder (never
             // the originals a share root holds), and a link there is
-            // removed, not followed.
+            // removed, not followed (a downloaded folder goes whole; the
+            // removal of a folder never follows the links inside it).
             let storage = std::fs::canonicalize(self.home.storage_dir()).ok();
             let inside = |p: &Path| {
                 let dir = std::fs::canonicalize(p.parent()?).ok()?;
                 let c = dir.join(p.file_name()?);
                 let ours = storage.as_ref().is_some_and(|s| dir.starts_with(s));
-                let file = std::fs::symlink_metadata(&c).is_ok_and(|m| !m.is_dir());
-                (ours && file).then_some(c)
+                ours.then_some(c)
             };
             let mut targets = vec![rec.path.clone()];
             if let Some(dir) = &rec.partial_in {
-                targets.extend(["part", "have", "manifest"].map(|e| download::sidecar(dir, id, e)));
+                targets.extend(["part", "tree", "have", "manifest"].map(|e| download::sidecar(dir, id, e)));
             }
             for t in targets {
                 if let Some(c) = inside(&t) {
-                    if std::fs::remove_file(&c).is_ok() {
+                    let folder = std::fs::symlink_metadata(&c).is_ok_and(|m| m.is_dir());
+                    let removed = if folder {
+                        std::fs::remove_dir_all(&c)
+                    } else {
+                        std::fs::remove_file(&c)
+                    };
+                    if removed.is_ok() {
                         deleted.push(c);
                     }
                 }

@@ -31,15 +31,19 @@
 //! a refetch, never a wrong byte. On completion the data moves to
 //! `DIR/NAME`; an existing different file of that name is never replaced:
 //! the download takes the first free `NAME (1)`, `NAME (2)`, ... instead.
+//!
+//! Sequential (`DownloadPlan::sequential`, `get --sequential`): chunks are
+//! asked for lowest first, so `ID.part` (full size from the start) holds
+//! verified bytes from offset 0 up to `Progress::prefix_bytes`, which only
+//! grows; a player may read that far while the rest arrives.
 
 pub mod scheduler;
 
 use std::{
     collections::{HashMap, VecDeque},
-    fs::{File, OpenOptions},
+    fs::OpenOptions,
     io::ErrorKind,
     net::SocketAddr,
-    os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -67,6 +71,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     daemon::metrics::{Direction, FileTraffic, NodeMetrics},
+    data::Data,
     rate::RateLimit,
     store::{HaveBits, SharedFile, Store},
 };
@@ -118,6 +123,11 @@ pub struct DownloadPlan {
     /// When given, every chunk request waits here for its bytes first
     /// (the process's download limit, shared by all its downloads).
     pub download_limit: Option<Arc<RateLimit>>,
+    /// Of a folder, only the files these patterns select
+    /// ([`crate::data::selects`]); empty: everything.
+    pub only: Vec<String>,
+    /// Lowest missing chunk first (streaming), instead of rarest first.
+    pub sequential: bool,
 }
 
 /// The peers of a running download as others may watch them: changed
@@ -178,6 +188,9 @@ pub struct Progress {
     pub peers: usize,
     /// Chunks fetched in this run (not counting those resumed).
     pub fetched: u32,
+    /// Verified bytes from the start of the file with no gap: what a
+    /// player may read of the part file.
+    pub prefix_bytes: u64,
 }
 
 /// What one peer contributed.
@@ -226,14 +239,16 @@ pub enum DownloadError {
     Unreachable(String),
     #[error("refusing the file: {0}")]
     BadManifest(String),
-    #[error("every peer failed; {verified} of {total} chunks verified and kept, run get again to resume")]
+    #[error("every peer failed; {verified} of {} verified and kept, run get again to resume", crate::human::count(*total, "chunk", "chunks"))]
     AllPeersFailed { verified: u32, total: u32 },
-    #[error("{missing} chunks are held by no reachable peer; {verified} of {total} verified and kept")]
+    #[error("{} held by no reachable peer; {verified} of {total} verified and kept", crate::human::count(*missing, "chunk is", "chunks are"))]
     Unavailable { missing: u32, verified: u32, total: u32 },
     #[error("cannot write {path}: {source}; the verified part is kept, run get again to resume")]
     Disk { path: PathBuf, source: std::io::Error },
     #[error("cannot open a UDP socket: {0}")]
     Socket(std::io::Error),
+    #[error("no file of the folder matches {0}")]
+    NothingSelected(String),
     #[error("peer connection set-up: {0}")]
     Tls(#[from] protocol::tls::TlsError),
 }
@@ -345,13 +360,20 @@ struct Member {
 /// The open output of a download once its manifest is known.
 struct Output {
     manifest: Arc<Manifest>,
+    /// The part file, or the folder being built.
     part: PathBuf,
-    file: Arc<File>,
+    data: Arc<Data>,
     have: Arc<HaveBits>,
+    /// Bytes of the verified chunks.
+    bytes_done: u64,
+    /// Bytes to fetch in all (of the selected files only, with `only`).
+    size: u64,
     saver: HaveSaver,
     sched: Scheduler,
     resumed: u32,
     traffic: FileTraffic,
+    /// Chunks verified from the start with no gap.
+    prefix: u32,
 }
 
 /// Downloads `plan.file_id` into `plan.dir`; see the module documentation.
@@ -571,7 +593,7 @@ impl<'a> Download<'a> {
             let fetch = fetch_chunk(
                 conn,
                 o.manifest.clone(),
-                o.file.clone(),
+                o.data.clone(),
                 self.plan.file_id,
                 peer,
                 chunk,
@@ -729,6 +751,7 @@ impl<'a> Download<'a> {
                     m.chunks_verified.inc();
                 }
                 if o.have.set(chunk) {
+                    o.bytes_done += len;
                     o.traffic.down.inc_by(len);
                     member.bytes.inc_by(len);
                     if let Some(c) = &member.metric {
@@ -746,7 +769,7 @@ impl<'a> Download<'a> {
                         }
                     }
                     if let Some(f) = &self.plan.progress {
-                        f(&progress_of(o, &o.sched, self.fetched));
+                        f(&progress_of(o, self.fetched));
                     }
                 }
             }
@@ -798,14 +821,20 @@ impl<'a> Download<'a> {
         };
         let finished_ms = protocol::unix_ms();
         self.tasks.abort_all();
-        let file = o.file.clone();
-        tokio::task::spawn_blocking(move || file.sync_data())
+        let data = o.data.clone();
+        tokio::task::spawn_blocking(move || data.sync())
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r)
             .map_err(disk(&o.part))?;
         let dir = &self.plan.dir;
-        let path = finish_file(dir, &o.part, &o.manifest).map_err(disk(dir))?;
+        let path = if o.manifest.is_folder() {
+            let path = finish_folder(dir, &o.part, &o.manifest).map_err(disk(dir))?;
+            o.data.moved_to(&path);
+            path
+        } else {
+            finish_file(dir, &o.part, &o.manifest).map_err(disk(dir))?
+        };
         o.saver.armed = false;
         let _ = std::fs::remove_file(&o.saver.path);
         let _ = std::fs::remove_file(sidecar(dir, &self.plan.file_id, "manifest"));
@@ -852,20 +881,29 @@ fn drop_peer(m: &mut Member, why: &[u8]) {
     }
 }
 
-fn progress_of(o: &Output, sched: &Scheduler, fetched: u32) -> Progress {
+/// Verified bytes from the start of the file with no gap, for the first
+/// `from` chunks known verified; returns the chunks of the prefix too.
+pub fn prefix_of(m: &Manifest, have: &HaveBits, from: u32) -> (u32, u64) {
+    let mut c = from;
+    while c < have.len() && have.get(c) {
+        c += 1;
+    }
+    let bytes = (c as u64 * m.chunk_size as u64).min(m.size);
+    (c, bytes)
+}
+
+fn progress_of(o: &mut Output, fetched: u32) -> Progress {
+    let (prefix, prefix_bytes) = prefix_of(&o.manifest, &o.have, o.prefix);
+    o.prefix = prefix;
     let chunks_done = o.have.count();
-    let bytes_done = if o.have.get(o.have.len().saturating_sub(1)) {
-        (chunks_done as u64 - 1) * o.manifest.chunk_size as u64 + o.manifest.chunk_len(o.have.len() - 1) as u64
-    } else {
-        chunks_done as u64 * o.manifest.chunk_size as u64
-    };
     Progress {
-        bytes_done,
-        size: o.manifest.size,
+        bytes_done: o.bytes_done,
+        size: o.size,
         chunks_done,
         chunks: o.have.len(),
-        peers: sched.alive_peers(),
+        peers: o.sched.alive_peers(),
         fetched,
+        prefix_bytes,
     }
 }
 
@@ -879,28 +917,43 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
     if !manifest_path.exists() {
         std::fs::write(&manifest_path, manifest.encode()).map_err(disk(&manifest_path))?;
     }
-    let part = sidecar(&plan.dir, &id, "part");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&part)
-        .map_err(disk(&part))?;
-    file.set_len(manifest.size).map_err(disk(&part))?;
+    let part = data_path(&plan.dir, &id, &manifest);
     let n = manifest.chunks.len() as u32;
+    let wanted = crate::data::wanted_chunks(&manifest, &plan.only);
+    if wanted.as_ref().is_some_and(|w| w.count() == 0) {
+        return Err(DownloadError::NothingSelected(plan.only.join(", ")));
+    }
+    let data = if manifest.is_folder() {
+        crate::data::create_tree(&manifest, &part, &plan.only).map_err(disk(&part))?;
+        Data::open(&manifest, &part, true).map_err(disk(&part))?
+    } else {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&part)
+            .map_err(disk(&part))?;
+        file.set_len(manifest.size).map_err(disk(&part))?;
+        Data::File(file)
+    };
     let claimed = load_have(&plan.dir, &id, n);
     let manifest = Arc::new(manifest);
-    let file = Arc::new(file);
+    let data = Arc::new(data);
     let have = {
-        let (m, f) = (manifest.clone(), file.clone());
-        tokio::task::spawn_blocking(move || reverify(&m, &f, &claimed))
+        let (m, d) = (manifest.clone(), data.clone());
+        tokio::task::spawn_blocking(move || reverify(&m, &d, &claimed))
             .await
             .map_err(std::io::Error::other)
             .map_err(disk(&part))?
     };
     let have = Arc::new(have);
     let resumed = have.count();
+    let bytes_done = manifest.bytes_in(|c| have.get(c));
+    let size = match &wanted {
+        Some(w) => manifest.bytes_in(|c| w.get(c)),
+        None => manifest.size,
+    };
     if resumed > 0 {
         info!(file = %id.short(), resumed, of = n, "resuming");
     }
@@ -909,7 +962,7 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
         store.insert(SharedFile {
             manifest: (*manifest).clone(),
             manifest_bytes: manifest.encode(),
-            file: file.try_clone().map_err(disk(&part))?,
+            data: data.clone(),
             have: have.clone(),
         });
         traffic = store.traffic(&id).unwrap_or_default();
@@ -920,7 +973,9 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
     let mut cfg = SchedConfig::new(max_depth, max_total);
     // Downloaders that start together ask for different chunks first.
     cfg.seed = rand::random::<u64>() | 1;
-    let mut sched = Scheduler::new(n, cfg, |c| have.get(c));
+    cfg.sequential = plan.sequential;
+    // Chunks not selected count as done for the scheduler.
+    let mut sched = Scheduler::new(n, cfg, |c| have.get(c) || wanted.as_ref().is_some_and(|w| !w.get(c)));
     // Every peer has a slot from the start, empty until it says what it holds.
     for _ in 0..peers {
         sched.add_peer(&[]);
@@ -933,22 +988,30 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
         },
         manifest,
         part,
-        file,
+        data,
         have,
+        bytes_done,
+        size,
         sched,
         resumed,
         traffic,
+        prefix: 0,
     })
 }
 
+/// Where a download's data is while it runs: `ID.part`, or for a folder
+/// the folder `ID.tree` being built.
+pub fn data_path(dir: &Path, id: &FileId, m: &Manifest) -> PathBuf {
+    sidecar(dir, id, if m.is_folder() { "tree" } else { "part" })
+}
+
 /// Keeps the claimed chunks whose bytes on disk still match their hash.
-pub fn reverify(m: &Manifest, file: &File, claimed: &HaveBits) -> HaveBits {
+pub fn reverify(m: &Manifest, data: &Data, claimed: &HaveBits) -> HaveBits {
     let have = HaveBits::new(claimed.len());
     let mut buf = Vec::new();
     for c in (0..claimed.len()).filter(|&c| claimed.get(c)) {
         buf.resize(m.chunk_len(c) as usize, 0);
-        let ok = file.read_exact_at(&mut buf, c as u64 * m.chunk_size as u64).is_ok()
-            && blake3::hash(&buf).as_bytes() == &m.chunks[c as usize];
+        let ok = data.read_chunk(m, c, &mut buf).is_ok() && blake3::hash(&buf).as_bytes() == &m.chunks[c as usize];
         if ok {
             have.set(c);
         }
@@ -996,9 +1059,51 @@ fn finish_file(dir: &Path, part: &Path, m: &Manifest) -> std::io::Result<PathBuf
     ))
 }
 
-/// Whether the file at `path` is exactly the file `m` describes (hashed
-/// again in full).
+/// Moves the finished folder to `dir/NAME`, or to the first free
+/// `NAME (k)`: an existing folder is never merged into or replaced, unless
+/// it holds exactly this folder (then it is kept and the new copy
+/// dropped).
+fn finish_folder(dir: &Path, built: &Path, m: &Manifest) -> std::io::Result<PathBuf> {
+    for k in 0..1000 {
+        let name = if k == 0 {
+            m.name.clone()
+        } else {
+            format!("{} ({k})", m.name)
+        };
+        let target = dir.join(&name);
+        if std::fs::symlink_metadata(&target).is_ok() {
+            if same_content(&target, m) {
+                std::fs::remove_dir_all(built)?;
+                return Ok(target);
+            }
+            continue;
+        }
+        // rename(2) onto a missing name; a name taken between the check
+        // and here fails with an error rather than being replaced, since
+        // a folder never replaces a non-empty folder or a file.
+        match std::fs::rename(built, &target) {
+            Ok(()) => return Ok(target),
+            Err(e) if target.exists() => {
+                debug!("{} taken meanwhile: {e}", target.display());
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        ErrorKind::AlreadyExists,
+        "no free name for the folder",
+    ))
+}
+
+/// Whether the file or folder at `path` is exactly what `m` describes
+/// (hashed again in full).
 pub fn same_content(path: &Path, m: &Manifest) -> bool {
+    if m.is_folder() {
+        return std::fs::symlink_metadata(path).is_ok_and(|md| md.is_dir())
+            && protocol::content::hash_folder(path, m.name.clone(), m.chunk_size, false, |_| {})
+                .is_ok_and(|got| got.chunks == m.chunks && got.tree == m.tree);
+    }
     std::fs::metadata(path).is_ok_and(|md| md.is_file() && md.len() == m.size)
         && protocol::content::hash_file(path, m.name.clone(), m.chunk_size, |_| {})
             .is_ok_and(|got| got.chunks == m.chunks)
@@ -1100,7 +1205,7 @@ async fn refresh_have(conn: quinn::Connection, id: FileId, peer: PeerIdx) -> Tas
 async fn fetch_chunk(
     conn: quinn::Connection,
     manifest: Arc<Manifest>,
-    file: Arc<File>,
+    data: Arc<Data>,
     id: FileId,
     peer: PeerIdx,
     chunk: u32,
@@ -1113,14 +1218,13 @@ async fn fetch_chunk(
         Err(_) => Err(FetchError::Transport("timed out".into())),
         Ok(Err(e)) => Err(e),
         Ok(Ok(())) => {
-            let offset = chunk as u64 * manifest.chunk_size as u64;
             // Hashed and written in place, on the runtime thread (about
             // 100 us for 256 KiB from a buffer in cache): cheaper than a
             // hand-off to the blocking pool per chunk, see bench_p2p.
             if blake3::hash(&buf).as_bytes() != &manifest.chunks[chunk as usize] {
                 Err(FetchError::Bad)
             } else {
-                file.write_all_at(&buf, offset).map_err(FetchError::Disk)
+                data.write_chunk(&manifest, chunk, &buf).map_err(FetchError::Disk)
             }
         }
     };

@@ -26,6 +26,11 @@
 //!   useful for the rest; after `max_strikes` it is dropped, which bounds
 //!   what a lying peer can waste.
 //! - A peer that vanishes hands its outstanding chunks back to the pool.
+//! - Sequential (`SchedConfig::sequential`, for streaming): rarity and the
+//!   seed are ignored and every free slot takes the lowest missing chunk
+//!   the peer holds, so the verified part grows from the start; the slots
+//!   and depths are the same as above, so the peers still share the work
+//!   and the throughput stays.
 
 use std::collections::BTreeSet;
 
@@ -47,6 +52,9 @@ pub struct SchedConfig {
     /// Order among equally rare chunks: 0 for index order, else a
     /// permutation drawn from this seed.
     pub seed: u64,
+    /// Lowest missing chunk first, whatever its rarity (see the module
+    /// documentation).
+    pub sequential: bool,
 }
 
 impl SchedConfig {
@@ -61,6 +69,7 @@ impl SchedConfig {
             max_failures: 5,
             max_dup: 2,
             seed: 0,
+            sequential: false,
         }
     }
 }
@@ -139,7 +148,7 @@ pub struct Scheduler {
     /// Requests in flight for each chunk.
     outstanding: Vec<u8>,
     /// Missing chunks with no request in flight, rarest first, as
-    /// (holders, rank); `order[rank]` is the chunk.
+    /// (holders, rank); `order[rank]` is the chunk. Sequential: (0, chunk).
     pool: BTreeSet<(u16, u32)>,
     /// Rank of each chunk among equally rare ones, and its inverse.
     rank: Vec<u32>,
@@ -156,7 +165,7 @@ impl Scheduler {
     pub fn new(chunks: u32, cfg: SchedConfig, have: impl Fn(u32) -> bool) -> Self {
         let done: Vec<bool> = (0..chunks).map(have).collect();
         let remaining = done.iter().filter(|d| !**d).count() as u32;
-        let order = permutation(chunks, cfg.seed);
+        let order = permutation(chunks, if cfg.sequential { 0 } else { cfg.seed });
         let mut rank = vec![0; chunks as usize];
         for (r, &c) in order.iter().enumerate() {
             rank[c as usize] = r as u32;
@@ -251,6 +260,9 @@ impl Scheduler {
         let old = self.avail[i];
         let new = (old as i32 + by).clamp(0, u16::MAX as i32) as u16;
         self.avail[i] = new;
+        if self.cfg.sequential {
+            return;
+        }
         let r = self.rank[i];
         if self.pool.remove(&(old, r)) {
             self.pool.insert((new, r));
@@ -330,10 +342,16 @@ impl Scheduler {
         if self.outstanding[i] == 0 {
             self.requested.remove(&c);
             if !self.done[i] {
-                self.pool.insert((self.avail[i], self.rank[i]));
+                self.pool.insert(self.pool_key(i));
             }
         }
         Some(sent)
+    }
+
+    /// The key of chunk `i` in the pool.
+    fn pool_key(&self, i: usize) -> (u16, u32) {
+        let holders = if self.cfg.sequential { 0 } else { self.avail[i] };
+        (holders, self.rank[i])
     }
 
     /// Chunk `c` of `bytes` bytes arrived from `p` and verified at `now`.
@@ -356,7 +374,7 @@ impl Scheduler {
         }
         self.done[i] = true;
         self.remaining -= 1;
-        self.pool.remove(&(self.avail[i], self.rank[i]));
+        self.pool.remove(&self.pool_key(i));
         self.peers[p].stats.chunks += 1;
         self.peers[p].stats.bytes += bytes;
         let mut cancel = Vec::new();
@@ -508,7 +526,11 @@ mod tests {
     }
 
     fn sim(n: u32, peers: Vec<(Vec<u8>, SimPeer)>, max_depth: usize) -> (Scheduler, Vec<(u64, u32)>) {
-        let mut s = Scheduler::new(n, SchedConfig::new(max_depth, 64), |_| false);
+        sim_with(n, peers, SchedConfig::new(max_depth, 64))
+    }
+
+    fn sim_with(n: u32, peers: Vec<(Vec<u8>, SimPeer)>, cfg: SchedConfig) -> (Scheduler, Vec<(u64, u32)>) {
+        let mut s = Scheduler::new(n, cfg, |_| false);
         let mut sims: Vec<SimPeer> = Vec::new();
         for (have, p) in peers {
             s.add_peer(&have);
@@ -726,6 +748,61 @@ mod tests {
         let mut p = permutation(1000, 5);
         p.sort();
         assert_eq!(p, (0..1000).collect::<Vec<_>>());
+    }
+
+    fn sequential(max_depth: usize, max_total: usize) -> SchedConfig {
+        let mut cfg = SchedConfig::new(max_depth, max_total);
+        cfg.seed = 99; // ignored when sequential
+        cfg.sequential = true;
+        cfg
+    }
+
+    #[test]
+    fn sequential_takes_the_lowest_missing_chunks_over_every_peer() {
+        let mut rare = all(64);
+        rare[7] = 0; // chunks 56..64 held by one peer only: rarest
+        let mut s = Scheduler::new(64, sequential(4, 8), |c| c == 1);
+        let peers: Vec<PeerIdx> = (0..3).map(|_| s.add_peer(&all(64))).collect();
+        s.add_peer(&rare);
+        let sent = s.assign(0);
+        let mut got: Vec<u32> = sent.iter().map(|&(_, c)| c).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![0, 2, 3, 4, 5, 6, 7, 8],
+            "rarity ignored, the held chunk skipped"
+        );
+        for p in peers {
+            assert!(sent.iter().any(|&(q, _)| q == p), "peer {p} idle: {sent:?}");
+        }
+        // A freed slot takes the lowest chunk still missing and unrequested.
+        let (p, c) = sent[0];
+        s.chunk_ok(p, c, CHUNK, 10);
+        assert_eq!(s.assign(10).iter().map(|&(_, c)| c).collect::<Vec<_>>(), vec![9]);
+        // A failed request goes back and is the next one asked.
+        let (p, c) = sent[1];
+        s.request_failed(p, c, false);
+        assert_eq!(s.assign(11).iter().map(|&(_, c)| c).collect::<Vec<_>>(), vec![c]);
+    }
+
+    #[test]
+    fn sequential_completes_in_about_index_order() {
+        let (s, log) = sim_with(200, (0..3).map(|_| (all(200), peer(100))).collect(), sequential(4, 8));
+        assert_eq!(s.progress(), Progress::Done);
+        // The verified prefix trails the chunks held by at most the
+        // requests in flight.
+        let mut held = [false; 200];
+        let mut prefix = 0;
+        for (k, &(_, c)) in log.iter().enumerate() {
+            held[c as usize] = true;
+            while prefix < 200 && held[prefix] {
+                prefix += 1;
+            }
+            assert!(k + 1 - prefix <= 8, "{} held, prefix {prefix}", k + 1);
+        }
+        for p in 0..3 {
+            assert!(s.stats(p).chunks > 40, "peer {p}: {:?}", s.stats(p));
+        }
     }
 
     #[test]

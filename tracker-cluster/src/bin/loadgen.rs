@@ -299,6 +299,7 @@ fn synthetic(n: u64) -> FileMeta {
         size,
         chunk_size,
         chunk_count: size.div_ceil(u64::from(chunk_size)) as u32,
+        files: 0,
     }
 }
 

@@ -1,0 +1,78 @@
+//! The watch folder with the real binary and a real cluster: a daemon
+//! configured with `watch_dir` shares a file and a folder dropped into it
+//! once they stop changing (a file still growing is not shared half
+//! written), logs what it shared, and another node finds and downloads
+//! them; hidden names are left alone.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tracker_cluster::testing::TestCluster;
+
+/// Searches until `text` is found with an owner (bounded by LIMIT).
+async fn await_hit(h: &Home, text: &str) -> serde_json::Value {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let hits = ok_json(h, &["search", text]).await;
+        if let Some(hit) = hits
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["owners"].as_u64() >= Some(1)))
+        {
+            return hit.clone();
+        }
+        assert!(Instant::now() < deadline, "{text} never became searchable: {hits}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_dropped_in_the_watch_folder_become_searchable() {
+    let mut c = TestCluster::new(3);
+    c.start_all();
+    c.wait_leader(LIMIT).await;
+    let p = start_proxy(&c, "proxy-1", 0).await;
+    let root = tempfile::tempdir().unwrap();
+    let inbox = root.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let alice = home_with(root.path(), "alice", &[p.addr], &c, |j| {
+        j["watch_dir"] = serde_json::json!(inbox);
+        j["watch_settle_ms"] = serde_json::json!(400);
+    });
+    let bob = home(root.path(), "bob", &[p.addr], &c);
+    sign_up(&alice, "alice").await;
+    sign_up(&bob, "bob").await;
+    let daemon = start_daemon(&alice).await;
+
+    // A file written in pieces: shared once whole.
+    let src = random_file(&root.path().join("src"), "lecture.mp4", 3 << 20, 5);
+    let bytes = std::fs::read(&src).unwrap();
+    let target = inbox.join("lecture.mp4");
+    std::fs::write(&target, &bytes[..1 << 20]).unwrap();
+    std::fs::write(inbox.join(".lecture.tmp"), b"hidden").unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::fs::write(&target, &bytes).unwrap();
+    let hit = await_hit(&bob, "lecture").await;
+    assert_eq!(hit["size"], bytes.len(), "{hit}");
+
+    // A folder.
+    let album = inbox.join("album");
+    random_file(&album.join("cd1"), "01.flac", 300_000, 6);
+    random_file(&album, "cover.jpg", 20_000, 7);
+    let hit = await_hit(&bob, "album").await;
+    assert_eq!(hit["files"], 2, "{hit}");
+
+    let out = root.path().join("bob-out");
+    let got = ok_json(&bob, &["get", "lecture.mp4", "-o", out.to_str().unwrap(), "--no-seed"]).await;
+    assert_eq!(std::fs::read(got["path"].as_str().unwrap()).unwrap(), bytes);
+    let hidden = ok_json(&bob, &["search", "lecture.tmp"]).await;
+    assert_eq!(hidden, serde_json::json!([]), "hidden names are not shared");
+    daemon.stop().await;
+    let log = std::fs::read_to_string(alice.dir.with_extension("seed.err")).unwrap();
+    assert!(
+        log.contains("watch folder: shared") && log.contains("lecture.mp4") && log.contains("album"),
+        "{log}"
+    );
+    p.shutdown().await;
+}
