@@ -1,6 +1,7 @@
 // The quorrent node page: polls /api/files, draws the detail of the
 // selected file (chunk map as SVG, the last minute's rate on a canvas),
-// searches, downloads, shares, pauses, resumes and removes. No external
+// searches, downloads, shares, pauses, resumes and removes, and shows and
+// sets the rate limits (empty: no limit). No external
 // resources; the API token, when the daemon needs one, comes once as
 // #token=... in the page's address (a fragment: never sent to a server,
 // so in no request line or log) and is kept in sessionStorage.
@@ -266,6 +267,33 @@
     }
   });
 
+  // Rate limits: MB/s in the form, bytes per second in the API.
+  const mb = (r) => (r === null || r === undefined ? "" : String(r / 1e6));
+  function showLimits(l) {
+    $("limit-up").value = mb(l.max_upload_rate);
+    $("limit-down").value = mb(l.max_download_rate);
+    const say = (r) => (r ? mb(r) + " MB/s" : "no limit");
+    $("limits-now").textContent = "upload: " + say(l.max_upload_rate) + " · download: " + say(l.max_download_rate);
+  }
+  async function loadLimits() {
+    try { showLimits(await api("GET", "/api/limits")); } catch (e) { showError(e.message); }
+  }
+  $("limits-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const field = (id) => {
+      // A number input reads "" for what is not a number: refused, not "no limit".
+      if ($(id).validity.badInput) throw new Error(id + ": not a number of MB/s");
+      const t = $(id).value.trim();
+      return t === "" ? null : Math.round(Number(t) * 1e6);
+    };
+    try {
+      showLimits(await api("PUT", "/api/limits", { max_upload_rate: field("limit-up"), max_download_rate: field("limit-down") }));
+      showError(null);
+    } catch (e) {
+      showError(e.message);
+    }
+  });
+
   $("detail-close").addEventListener("click", closeDetail);
 
   // One poll after another (never two at once), paused while the page is
@@ -276,5 +304,6 @@
   }
   document.addEventListener("visibilitychange", () => { if (!document.hidden) poll(); });
   status();
+  loadLimits();
   loop();
 })();

@@ -95,6 +95,7 @@ async fn main() {
             }
         })),
         live: None,
+        download_limit: None,
         only: Vec::new(),
         sequential: false,
     })

@@ -91,7 +91,7 @@ pub enum Command {
         #[arg(long)]
         sequential: bool,
         #[command(flatten)]
-        upload: UploadArgs,
+        rates: RateArgs,
     },
     /// The daemon: serve every file owned or partly downloaded, and the
     /// HTTP API and web page (`http_addr`, default 127.0.0.1:7490), until
@@ -99,7 +99,19 @@ pub enum Command {
     #[command(alias = "daemon")]
     Seed {
         #[command(flatten)]
-        upload: UploadArgs,
+        rates: RateArgs,
+    },
+    /// Show or change the rate limits of the running daemon of the home,
+    /// at once for the transfers under way (until it stops; lasting
+    /// limits are `sharing.max_upload_rate` and
+    /// `sharing.max_download_rate` of the configuration).
+    Limits {
+        /// New upload limit: a rate (e.g. 40MB/s) or `none`.
+        #[arg(long, value_name = "RATE|none", value_parser = crate::rate::parse_limit)]
+        up: Option<crate::rate::LimitArg>,
+        /// New download limit: a rate (e.g. 40MB/s) or `none`.
+        #[arg(long, value_name = "RATE|none", value_parser = crate::rate::parse_limit)]
+        down: Option<crate::rate::LimitArg>,
     },
     /// Show the node id, the session and the cluster.
     Status,
@@ -147,15 +159,20 @@ pub struct NetworkArgs {
     pub ca: Option<PathBuf>,
 }
 
-/// The upload rate limit of a serving command.
+/// The rate limits of a command that sends and receives chunk data.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct UploadArgs {
+pub struct RateArgs {
     /// Send chunk data to other nodes at most this fast, over all
     /// connections: bytes per second, or with a unit, e.g. 40MB/s,
     /// 512KiB/s (B, kB, MB, GB, KiB, MiB, GiB). Overrides
     /// `sharing.max_upload_rate` of the configuration; default: no limit.
     #[arg(long, value_name = "RATE", value_parser = protocol::config::parse_byte_rate)]
     pub max_upload_rate: Option<u64>,
+    /// Receive chunk data from other nodes at most this fast, over all
+    /// downloads of the process (RATE as for --max-upload-rate).
+    /// Overrides `sharing.max_download_rate`; default: no limit.
+    #[arg(long, value_name = "RATE", value_parser = protocol::config::parse_byte_rate)]
+    pub max_download_rate: Option<u64>,
 }
 
 impl Command {

@@ -27,13 +27,13 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::{
-    cli::{Command, UploadArgs},
+    cli::{Command, RateArgs},
     data::Data,
     download::{self, DownloadError, DownloadPlan, Sources},
     home::{Home, HomeError, Session},
     human,
     peer_server::{PeerServer, ServeError},
-    rate::UploadLimit,
+    rate::{Limits, RateLimit},
     repair::Repaired,
     store::{HaveBits, SharedFile, Store},
     tracker::{TrackerClient, TrackerError},
@@ -163,7 +163,7 @@ pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), Comman
             no_partial,
             only,
             sequential,
-            upload,
+            rates,
             ..
         } => {
             // A link: its network was set up by `link::prepare`.
@@ -175,12 +175,13 @@ pub async fn run(home: &Home, command: Command, json: bool) -> Result<(), Comman
                 partial: !no_partial,
                 only,
                 sequential,
-                upload: upload_limit(home, &upload),
+                limits: limits(home, &rates),
                 link,
             };
             get(home, &id_or_name, opts, json).await
         }
-        Command::Seed { upload } => seed(home, upload_limit(home, &upload)).await,
+        Command::Seed { rates } => seed(home, limits(home, &rates)).await,
+        Command::Limits { up, down } => crate::rate::limits_command(home, up, down, json).await,
         Command::Status => status(home, json).await,
         Command::Repair { folders } => repair(home, folders, json).await,
         Command::List => crate::local::list(home, json),
@@ -744,12 +745,14 @@ pub(crate) fn listen_addr(home: &Home) -> Result<SocketAddr, CommandError> {
         .map_err(|_| CommandError::Listen(home.config.listen.clone()))
 }
 
-/// The upload limit of a serving command: the flag, else the
+/// The rate limits of the process, each direction: the flag, else the
 /// configuration, else none.
-fn upload_limit(home: &Home, args: &UploadArgs) -> Option<Arc<UploadLimit>> {
-    args.max_upload_rate
-        .or(home.config.sharing.max_upload_rate)
-        .map(|rate| Arc::new(UploadLimit::new(rate)))
+fn limits(home: &Home, args: &RateArgs) -> Limits {
+    let sharing = &home.config.sharing;
+    Limits::new(
+        args.max_upload_rate.or(sharing.max_upload_rate),
+        args.max_download_rate.or(sharing.max_download_rate),
+    )
 }
 
 /// How `get` runs, from its flags.
@@ -763,7 +766,7 @@ struct GetOptions {
     only: Vec<String>,
     /// Chunks in order (streaming).
     sequential: bool,
-    upload: Option<Arc<UploadLimit>>,
+    limits: Limits,
     /// `get LINK`: the file's name and size must be the link's.
     link: Option<protocol::link::Link>,
 }
@@ -866,9 +869,10 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
         partial: use_partial,
         only,
         sequential,
-        upload,
+        limits,
         link,
     } = opts;
+    let upload = Some(limits.up.clone());
     let (client, _) = logged_in(home)?;
     let id = resolve(&client, id_or_name).await?;
     let (file, owners, partial) = all_owners(&client, id).await?;
@@ -962,6 +966,7 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
         store: Some(store.clone()),
         progress,
         live: None,
+        download_limit: Some(limits.down.clone()),
         only: only.clone(),
         sequential,
     };
@@ -1140,7 +1145,7 @@ async fn owned_already(
     id: FileId,
     path: &Path,
     no_seed: bool,
-    upload: Option<Arc<UploadLimit>>,
+    upload: Option<Arc<RateLimit>>,
     json: bool,
 ) -> Result<(), CommandError> {
     let store = Store::new();
@@ -1163,8 +1168,8 @@ async fn owned_already(
     serve_until_stopped(home, client, server, &store).await
 }
 
-async fn seed(home: &Home, upload: Option<Arc<UploadLimit>>) -> Result<(), CommandError> {
-    crate::daemon::run(home, upload).await
+async fn seed(home: &Home, limits: Limits) -> Result<(), CommandError> {
+    crate::daemon::run(home, limits).await
 }
 
 /// Announces the server, registers every complete owned file, then

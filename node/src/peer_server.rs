@@ -13,7 +13,7 @@
 //! chunk the peer does not take in time is abandoned. Chunk buffers are
 //! reused through a small pool.
 //!
-//! Upload rate: with a limit ([`UploadLimit`], one per process) each chunk
+//! Upload rate: with a limit ([`RateLimit`], one per process) each chunk
 //! waits for its bytes in arrival order before it is read, so the limit
 //! holds over all connections and no peer starves.
 
@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     daemon::metrics::Direction,
-    rate::UploadLimit,
+    rate::RateLimit,
     store::{SharedFile, Store},
 };
 
@@ -79,7 +79,7 @@ struct Shared {
     guard: Guard,
     memory: Semaphore,
     buffers: Mutex<Vec<Vec<u8>>>,
-    upload: Option<Arc<UploadLimit>>,
+    upload: Option<Arc<RateLimit>>,
 }
 
 impl PeerServer {
@@ -94,7 +94,7 @@ impl PeerServer {
         identity: &NodeIdentity,
         listen: SocketAddr,
         store: Arc<Store>,
-        upload: Option<Arc<UploadLimit>>,
+        upload: Option<Arc<RateLimit>>,
     ) -> Result<Self, ServeError> {
         let crypto = protocol::tls::server_crypto(&identity.identity, &[ALPN], ClientAuth::None)?;
         let mut transport = protocol::quic::bulk_transport();
@@ -120,7 +120,7 @@ impl PeerServer {
             buffers: Mutex::new(Vec::new()),
             upload,
         });
-        let limit = shared.upload.as_ref().map(|u| u.rate());
+        let limit = shared.upload.as_ref().and_then(|u| u.rate());
         let task = tokio::spawn(accept_loop(endpoint.clone(), shared));
         info!(%addr, max_upload_rate = ?limit, "peer server listening");
         Ok(PeerServer { endpoint, addr, task })

@@ -83,6 +83,7 @@ impl Node {
             store: Some(self.store.clone()),
             progress: None,
             live: None,
+            download_limit: None,
             only: Vec::new(),
             sequential: false,
         }

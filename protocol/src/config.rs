@@ -520,6 +520,11 @@ pub struct SharingConfig {
     /// string such as `"40MB/s"`, `"512KiB/s"` (see [`parse_byte_rate`]).
     #[serde(deserialize_with = "de_byte_rate")]
     pub max_upload_rate: Option<u64>,
+    /// Chunk data this node receives from other nodes, bytes per second
+    /// over all its downloads; `null` (the default) for no limit. Written
+    /// as `max_upload_rate` is.
+    #[serde(deserialize_with = "de_byte_rate")]
+    pub max_download_rate: Option<u64>,
 }
 
 /// Parses a rate in bytes per second: a whole number (`"40000000"`), or a
@@ -585,6 +590,7 @@ impl Default for SharingConfig {
             max_in_flight_per_peer: 8,
             heartbeat_secs: 10,
             max_upload_rate: None,
+            max_download_rate: None,
         }
     }
 }
@@ -834,7 +840,7 @@ mod tests {
     }
 
     #[test]
-    fn upload_rates_parse_numbers_and_units() {
+    fn rates_parse_numbers_and_units() {
         assert_eq!(parse_byte_rate("40MB/s"), Ok(40_000_000));
         assert_eq!(parse_byte_rate(" 1.5 MiB/s "), Ok(1_572_864));
         assert_eq!(parse_byte_rate("512KiB"), Ok(524_288));
@@ -850,10 +856,18 @@ mod tests {
         assert_eq!(n.sharing.max_upload_rate, Some(1234));
         let n: NodeConfig = parse(p, r#"{"sharing": {"max_upload_rate": null}}"#).unwrap();
         assert_eq!(n.sharing.max_upload_rate, None);
+        let n: NodeConfig = parse(p, r#"{"sharing": {"max_download_rate": "10MB/s"}}"#).unwrap();
+        assert_eq!(
+            (n.sharing.max_download_rate, n.sharing.max_upload_rate),
+            (Some(10_000_000), None)
+        );
         for bad in [r#"0"#, r#""lots""#, r#"-5"#] {
             let text = format!(r#"{{"sharing": {{"max_upload_rate": {bad}}}}}"#);
             let e = parse::<NodeConfig>(p, &text).unwrap_err().to_string();
             assert!(e.contains("sharing.max_upload_rate"), "{bad}: {e}");
+            let text = format!(r#"{{"sharing": {{"max_download_rate": {bad}}}}}"#);
+            let e = parse::<NodeConfig>(p, &text).unwrap_err().to_string();
+            assert!(e.contains("sharing.max_download_rate"), "{bad}: {e}");
         }
     }
 }

@@ -79,6 +79,11 @@ async fn route(d: Arc<Daemon>, req: Request) -> Response {
             Err(r) => refused(r),
         },
         "/api/search" => search(&d, &req).await,
+        "/api/limits" => match req.method {
+            Method::GET => ok(&d.limits.to_json()),
+            Method::PUT => set_limits(&d, &req),
+            _ => http::method_not_allowed(&req, "GET, PUT"),
+        },
         "/api/downloads" | "/api/shares" if !post => http::method_not_allowed(&req, "POST"),
         "/api/downloads" => start_download(&d, &req).await,
         "/api/shares" => share(&d, &req).await,
@@ -266,6 +271,74 @@ async fn share(d: &Daemon, req: &Request) -> Response {
         Ok(entry) => http::json(StatusCode::CREATED, &entry),
         Err(r) => refused(r),
     }
+}
+
+/// `PUT /api/limits`: each field present is set (a number of bytes per
+/// second, or null for no limit), at once for the transfers under way;
+/// a field left out keeps its limit.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    #[serde(default, deserialize_with = "present")]
+    max_upload_rate: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    max_download_rate: Option<serde_json::Value>,
+}
+
+/// A field that is present, null included (absent stays None).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+/// A limit from a request: null for none, else a number of bytes per
+/// second from 1 to 10^15 (rounded); a 400 naming `field` otherwise.
+#[allow(clippy::result_large_err)]
+fn limit_of(field: &str, v: &serde_json::Value) -> Result<Option<u64>, Response> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    match v.as_f64() {
+        Some(n) if (1.0..=1e15).contains(&n) => Ok(Some(n.round() as u64)),
+        _ => Err(http::error(
+            StatusCode::BAD_REQUEST,
+            "bad_input",
+            format!(
+                "`{field}`: {} is not a rate; give bytes per second as a number from 1 to 1e15, \
+                 or null for no limit",
+                truncate(&v.to_string())
+            ),
+        )),
+    }
+}
+
+fn set_limits(d: &Daemon, req: &Request) -> Response {
+    // An object (serde would take a struct from an array too), then its fields.
+    if let Err(r) = req.json::<serde_json::Map<String, serde_json::Value>>() {
+        return r;
+    }
+    let body: LimitsBody = match req.json() {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    // Every field is checked before anything changes.
+    let mut changes = Vec::new();
+    for (field, value, limit) in [
+        ("max_upload_rate", &body.max_upload_rate, &d.limits.up),
+        ("max_download_rate", &body.max_download_rate, &d.limits.down),
+    ] {
+        if let Some(v) = value {
+            match limit_of(field, v) {
+                Ok(rate) => changes.push((limit, rate)),
+                Err(r) => return r,
+            }
+        }
+    }
+    for (limit, rate) in changes {
+        limit.set_rate(rate);
+    }
+    let now = d.limits.to_json();
+    tracing::info!(limits = %now, "rate limits set");
+    ok(&now)
 }
 
 async fn file_route(d: &Arc<Daemon>, req: &Request, rest: &str) -> Response {

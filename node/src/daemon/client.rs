@@ -1,5 +1,5 @@
 //! How a command finds the running daemon of its home and hands it work
-//! (`get`, `share`): `HOME/daemon.json` names its pid and HTTP address;
+//! (`get`, `share`, `limits`): `HOME/daemon.json` names its pid and HTTP address;
 //! the daemon counts as running when that pid is alive and `/livez`
 //! answers. Requests go through `protocol::http::fetch`: one HTTP/1.1
 //! request per connection, the answer bounded in size and time. No TLS
@@ -102,6 +102,11 @@ impl Link {
     /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CommandError> {
         self.json("POST", path, Some(body)).await
+    }
+
+    /// `PUT path` with a JSON body.
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, CommandError> {
+        self.json("PUT", path, Some(body)).await
     }
 
     async fn json(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CommandError> {

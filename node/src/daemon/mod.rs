@@ -50,7 +50,7 @@ use crate::{
     download::{self, DownloadPlan, Live},
     home::{Home, HomeError},
     peer_server::PeerServer,
-    rate::UploadLimit,
+    rate::Limits,
     state::FileRecord,
     store::Store,
     tracker::{TrackerClient, TrackerError},
@@ -145,6 +145,9 @@ pub struct Daemon {
     pub token: String,
     jobs: Mutex<HashMap<FileId, Job>>,
     rates: Mutex<HashMap<FileId, Rates>>,
+    /// The process's rate limits (the peer server's upload, every
+    /// download's), changed live by `PUT /api/limits`.
+    pub limits: Limits,
 }
 
 /// What went wrong with a request, as the API answers it.
@@ -219,13 +222,18 @@ pub struct FileEntry {
 }
 
 /// Starts the daemon and runs it until SIGINT/SIGTERM.
-pub async fn run(home: &Home, upload: Option<Arc<UploadLimit>>) -> Result<(), CommandError> {
+pub async fn run(home: &Home, limits: Limits) -> Result<(), CommandError> {
     let (client, _) = commands::logged_in(home)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(NodeMetrics::new(&mut registry));
     let store = Store::with_metrics(metrics.clone());
     commands::load_owned(home, &store)?;
-    let server = PeerServer::start_limited(&home.identity, commands::listen_addr(home)?, store.clone(), upload)?;
+    let server = PeerServer::start_limited(
+        &home.identity,
+        commands::listen_addr(home)?,
+        store.clone(),
+        Some(limits.up.clone()),
+    )?;
     let peer_addr = server.local_addr();
     info!(files = store.len(), addr = %peer_addr, "seeding");
     let token = ensure_token(&home.dir)?;
@@ -253,6 +261,7 @@ pub async fn run(home: &Home, upload: Option<Arc<UploadLimit>>) -> Result<(), Co
         token,
         jobs: Mutex::new(HashMap::new()),
         rates: Mutex::new(HashMap::new()),
+        limits,
     });
     let options = protocol::http::Options::default();
     let http = match protocol::http::serve(bind, options, api::handler(daemon.clone()), &home.stop).await {
@@ -581,6 +590,7 @@ impl Daemon {
                 store: Some(self.store.clone()),
                 progress: None,
                 live: Some(live.clone()),
+                download_limit: Some(self.limits.down.clone()),
                 only: Vec::new(),
                 sequential,
             };

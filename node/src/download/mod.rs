@@ -18,6 +18,11 @@
 //! re-asking the tracker) add the peers not known yet and update what
 //! partial peers hold.
 //!
+//! Download rate: with a limit (`DownloadPlan::download_limit`, one per
+//! process, see `rate.rs`) each chunk request waits for its bytes in
+//! arrival order before it is sent, so the limit holds over every
+//! download of the process and is shared fairly by their peers and files.
+//!
 //! On disk, a download in progress lives in `DIR/.quorrent/`: `ID.part`
 //! (the data, written in place), `ID.have` (the verified-chunk bit set,
 //! saved every few chunks and whenever the download stops, even when its
@@ -67,6 +72,7 @@ use tracing::{debug, info, warn};
 use crate::{
     daemon::metrics::{Direction, FileTraffic, NodeMetrics},
     data::Data,
+    rate::RateLimit,
     store::{HaveBits, SharedFile, Store},
 };
 use scheduler::{PeerIdx, Progress as SchedProgress, SchedConfig, Scheduler};
@@ -114,6 +120,9 @@ pub struct DownloadPlan {
     /// When given, the peers taking part are listed here as they join
     /// (the daemon's API shows them with their byte counts).
     pub live: Option<Arc<Live>>,
+    /// When given, every chunk request waits here for its bytes first
+    /// (the process's download limit, shared by all its downloads).
+    pub download_limit: Option<Arc<RateLimit>>,
     /// Of a folder, only the files these patterns select
     /// ([`crate::data::selects`]); empty: everything.
     pub only: Vec<String>,
@@ -590,6 +599,15 @@ impl<'a> Download<'a> {
                 chunk,
                 buf,
             );
+            // The download limit paces the requests, before a request's
+            // timeout starts: the bytes asked for are the bytes received.
+            let (limit, len) = (self.plan.download_limit.clone(), o.manifest.chunk_len(chunk) as u64);
+            let fetch = async move {
+                if let Some(limit) = limit {
+                    limit.acquire(len).await;
+                }
+                fetch.await
+            };
             self.running.insert((peer, chunk), self.tasks.spawn(fetch));
         }
         let missing = match o.sched.progress() {
