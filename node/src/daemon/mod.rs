@@ -647,6 +647,7 @@ impl Daemon {
                 other?;
             }
         }
+        commands::pool(&self.client, me, m).await;
         Ok(())
     }
 
