@@ -517,8 +517,8 @@ impl<'a> Download<'a> {
             for info in item.owners {
                 // A peer known already (an owner of this item, or pooled
                 // through another item) is not dialled twice.
-                if !self.known.contains_key(&info.peer_id) {
-                    self.known.insert(info.peer_id, None);
+                if let std::collections::hash_map::Entry::Vacant(e) = self.known.entry(info.peer_id) {
+                    e.insert(None);
                     self.reserve.push_back(Candidate {
                         info,
                         have: None,
