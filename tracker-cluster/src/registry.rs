@@ -182,6 +182,9 @@ pub struct Registry {
     user_peers: HashMap<String, u64>,
     /// User -> ownership records over all its peers (derived; quota).
     user_owned: HashMap<String, u64>,
+    /// File position -> contents the pooling index holds it under
+    /// (derived; only pooled files have an entry).
+    pool_counts: HashMap<u32, u32>,
 }
 
 impl Registry {
@@ -349,7 +352,10 @@ impl Registry {
     /// A content keeps at most [`MAX_POOL_FILES`] files: when full, a new
     /// file takes the place of the one with the fewest owners (the newest
     /// of those) if it has more owners than that one, so files nobody else
-    /// owns cannot crowd out a popular one for good. Idempotent.
+    /// owns cannot crowd out a popular one for good. A file is held under
+    /// at most as many contents as it can have ([`pool_cap`]: one for a
+    /// single file), over all its Pool requests, so repeated requests
+    /// cannot grow the index. Idempotent.
     fn pool(&mut self, now: u64, token: &TokenHash, peer: &PeerId, file: &FileId, contents: &[ContentId]) -> Answer {
         self.check_peer(token, peer, now)?;
         check_pool_contents(contents.len())?;
@@ -358,15 +364,30 @@ impl Registry {
             .get(&self.data.files, file)
             .ok_or(ApiError::UnknownFile(*file))?;
         let files = &self.data.files;
-        if files[pos as usize].owners.binary_search(peer).is_err() {
+        let rec = &files[pos as usize];
+        if rec.owners.binary_search(peer).is_err() {
             return Err(ApiError::Invalid(format!(
                 "peer {peer} does not own file {file}: only an owner may pool it (Own it first)"
             )));
         }
+        let mut distinct = contents.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let held = |c: &ContentId| self.data.pools.get(c).is_some_and(|l| l.binary_search(&pos).is_ok());
+        let new = distinct.iter().filter(|c| !held(c)).count();
+        let recorded = self.pool_counts.get(&pos).copied().unwrap_or(0) as usize;
+        let cap = pool_cap(&rec.meta);
+        if recorded + new > cap {
+            return Err(ApiError::Invalid(format!(
+                "file {file} can hold at most {cap} contents ({recorded} recorded, {new} new)"
+            )));
+        }
         let owners = |p: u32| files[p as usize].owners.len();
-        for c in contents {
+        let counts = &mut self.pool_counts;
+        for c in &distinct {
             let Some(list) = self.data.pools.get_mut(c) else {
                 self.data.pools.insert(*c, vec![pos]);
+                *counts.entry(pos).or_default() += 1;
                 continue;
             };
             let Err(at) = list.binary_search(&pos) else {
@@ -374,6 +395,7 @@ impl Registry {
             };
             if list.len() < MAX_POOL_FILES {
                 list.insert(at, pos);
+                *counts.entry(pos).or_default() += 1;
                 continue;
             }
             let (weakest, &wpos) = list
@@ -385,6 +407,13 @@ impl Registry {
                 list.remove(weakest);
                 let at = list.binary_search(&pos).unwrap_err();
                 list.insert(at, pos);
+                *counts.entry(pos).or_default() += 1;
+                if let Some(n) = counts.get_mut(&wpos) {
+                    *n -= 1;
+                    if *n == 0 {
+                        counts.remove(&wpos);
+                    }
+                }
             }
         }
         Ok(Reply::Done)
@@ -851,6 +880,9 @@ impl Registry {
                     "content {c}: files {list:?} not 1 to {MAX_POOL_FILES} ascending positions of the {files} files"
                 )));
             }
+            for &p in list {
+                *reg.pool_counts.entry(p).or_default() += 1;
+            }
         }
         for p in reg.data.peers.values() {
             *reg.user_peers.entry(p.user.clone()).or_default() += 1;
@@ -1047,6 +1079,12 @@ pub fn check_meta(m: &FileMeta) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+/// Most contents a file can be pooled under: one for a single file; for a
+/// folder, its file count, at most [`MAX_POOL_CONTENTS`].
+pub fn pool_cap(m: &FileMeta) -> usize {
+    (m.files.max(1) as usize).min(MAX_POOL_CONTENTS)
 }
 
 /// Checks the number of contents of a Pool or GetPooled request.
@@ -2052,6 +2090,10 @@ mod tests {
         }
     }
 
+    fn pos_of(reg: &Registry, id: &FileId) -> u32 {
+        reg.position(id).unwrap()
+    }
+
     fn pooled_ids(reg: &Registry, contents: &[ContentId]) -> Vec<FileId> {
         reg.pooled(contents, 32, |_| true).iter().map(|i| i.file.id).collect()
     }
@@ -2074,7 +2116,12 @@ mod tests {
             };
             apply(&mut reg, op).unwrap();
         }
-        let (a, b) = (meta("song.flac", 1), meta("renamed.flac", 2));
+        // A folder of two files, and a single file.
+        let a = FileMeta {
+            files: 2,
+            ..meta("album", 1)
+        };
+        let b = meta("renamed.flac", 2);
         apply(&mut reg, own(t, 9, a.clone())).unwrap();
         apply(&mut reg, own(t, 10, b.clone())).unwrap();
         let (c1, c2) = (ContentId([0xc1; 32]), ContentId([0xc2; 32]));
@@ -2101,6 +2148,13 @@ mod tests {
         assert_eq!(index(&reg), once);
         assert_eq!(pooled_ids(&reg, &[c1]), [a.id, b.id]);
         assert_eq!(pooled_ids(&reg, &[c2, c1]), [a.id, b.id]);
+        // A file holds no more contents than it has files, over all its
+        // requests: a single file one.
+        let e = apply(&mut reg, pool_op(t, 10, b.id, vec![c2])).unwrap_err();
+        assert!(e.to_string().contains("at most 1 contents (1 recorded, 1 new)"), "{e}");
+        let e = apply(&mut reg, pool_op(t, 9, a.id, vec![ContentId([3; 32])])).unwrap_err();
+        assert!(e.to_string().contains("at most 2 contents"), "{e}");
+        assert_eq!(index(&reg), once);
         assert_eq!(pooled_ids(&reg, &[c2]), [a.id]);
         assert!(pooled_ids(&reg, &[ContentId([3; 32])]).is_empty());
         // Owners: live ones only, capped; items without one left out.
@@ -2130,9 +2184,14 @@ mod tests {
         assert_eq!(ids.len(), MAX_POOL_FILES);
         assert!(ids.contains(&popular.id) && !ids.contains(&extra[MAX_POOL_FILES - 3].id));
         assert_eq!(ids[..2], [a.id, b.id]);
-        // Snapshot round trip.
+        // The counts follow evictions.
+        let evicted = pos_of(&reg, &extra[MAX_POOL_FILES - 3].id);
+        assert_eq!(reg.pool_counts.get(&evicted), None);
+        assert_eq!(reg.pool_counts.get(&pos_of(&reg, &a.id)), Some(&2));
+        // Snapshot round trip, the derived counts included.
         let copy = Registry::from_bytes(&reg.to_bytes()).unwrap();
         assert_eq!(copy.digest(), reg.digest());
+        assert_eq!(copy.pool_counts, reg.pool_counts);
         assert_eq!(pooled_ids(&copy, &[c1, c2]), pooled_ids(&reg, &[c1, c2]));
         // A damaged index in a snapshot is refused.
         let mut bad = Registry::from_bytes(&reg.to_bytes()).unwrap();
