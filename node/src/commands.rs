@@ -19,9 +19,9 @@ use std::{
 use indicatif::ProgressBar;
 use protocol::{
     content::{hash_file, Manifest, ManifestError, MAX_CHUNK, MIN_CHUNK},
-    ids::PeerId,
+    ids::{ContentId, PeerId},
     ids::{FileId, NameError},
-    tracker_api::{ApiError, FileMeta, PartialOwner, PeerInfo, Reply, Request, SearchHit},
+    tracker_api::{ApiError, FileMeta, PartialOwner, PeerInfo, Reply, Request, SearchHit, MAX_POOL_CONTENTS},
 };
 use serde_json::json;
 use tracing::{info, warn};
@@ -553,6 +553,7 @@ pub(crate) async fn own_one(
             other?;
         }
     }
+    pool(client, home.identity.peer_id, m).await;
     // The state lock may be held by another command of this home (up
     // to its bound): wait off the async workers.
     tokio::task::block_in_place(|| home.record_owned(m, path))?;
@@ -795,6 +796,7 @@ pub(crate) async fn partial_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut announced: Option<tokio::time::Instant> = None;
     let mut queried = tokio::time::Instant::now();
+    let mut pooled_at: Option<tokio::time::Instant> = None;
     let mut warned = false;
     loop {
         tick.tick().await;
@@ -825,7 +827,10 @@ pub(crate) async fn partial_loop(
                 Err(e) => tracing::debug!("partial announce failed: {e}"),
             }
         }
-        if queried.elapsed() >= REQUERY_EVERY {
+        // The first list with pooled sources goes as soon as the manifest
+        // is known, not a re-query later.
+        let pool_due = pooled_at.is_none() && store.get(&id).is_some();
+        if queried.elapsed() >= REQUERY_EVERY || pool_due {
             queried = tokio::time::Instant::now();
             let request = Request::GetOwners {
                 file_id: id,
@@ -837,6 +842,7 @@ pub(crate) async fn partial_loop(
                     let sources = Sources {
                         owners: owners.into_iter().filter(|o| o.peer_id != me).collect(),
                         partial: partial.into_iter().filter(|o| o.peer.peer_id != me).collect(),
+                        pooled: pooled_sources(&client, &store, id, me, &mut pooled_at).await,
                     };
                     // A download that is busy skips one list: the next one
                     // comes in a moment.
@@ -849,6 +855,84 @@ pub(crate) async fn partial_loop(
                 Err(e) => tracing::debug!("owners re-query failed: {e}"),
             }
         }
+    }
+}
+
+/// How often a download asks again for other items holding its contents.
+const POOL_REQUERY_EVERY: Duration = Duration::from_secs(5);
+/// Owners per pooled item asked for.
+const POOLED_OWNERS: u32 = 16;
+
+/// The other items holding `id`'s contents, with their live owners (this
+/// node left out), once `id`'s manifest is known (the store has it), and
+/// then every [`POOL_REQUERY_EVERY`]; empty otherwise or on a failure.
+async fn pooled_sources(
+    client: &TrackerClient,
+    store: &Store,
+    id: FileId,
+    me: PeerId,
+    at: &mut Option<tokio::time::Instant>,
+) -> Vec<protocol::tracker_api::PooledItem> {
+    if at.is_some_and(|t| t.elapsed() < POOL_REQUERY_EVERY) {
+        return Vec::new();
+    }
+    let Some(f) = store.get(&id) else { return Vec::new() };
+    *at = Some(tokio::time::Instant::now());
+    let contents = pool_contents(&f.manifest);
+    if contents.is_empty() {
+        return Vec::new();
+    }
+    match client
+        .call(Request::GetPooled {
+            contents,
+            limit: POOLED_OWNERS,
+        })
+        .await
+    {
+        Ok(Reply::Pooled { mut items }) => {
+            items.retain(|i| i.file.id != id);
+            for i in &mut items {
+                i.owners.retain(|o| o.peer_id != me);
+            }
+            items
+        }
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            tracing::debug!("pooled sources query failed: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// The contents an item is pooled under: each non-empty file's, the
+/// largest first, each once, at most [`MAX_POOL_CONTENTS`].
+pub(crate) fn pool_contents(m: &Manifest) -> Vec<ContentId> {
+    let mut contents = m.contents();
+    contents.sort_by_key(|c| std::cmp::Reverse(c.chunks));
+    let mut seen = std::collections::HashSet::new();
+    contents
+        .into_iter()
+        .map(|c| c.id)
+        .filter(|c| seen.insert(*c))
+        .take(MAX_POOL_CONTENTS)
+        .collect()
+}
+
+/// Tells the tracker which contents `m`, just owned by this node, holds,
+/// so downloaders of the same bytes under other names find this copy.
+/// Best effort: a failure is logged, the item stays owned.
+pub(crate) async fn pool(client: &TrackerClient, me: PeerId, m: &Manifest) {
+    let contents = pool_contents(m);
+    if contents.is_empty() {
+        return;
+    }
+    let request = Request::Pool {
+        peer_id: me,
+        file_id: m.id(),
+        contents,
+    };
+    if let Err(e) = client.call(request).await {
+        warn!(file = %m.id().short(), "cannot pool its contents (other names of the same bytes will not find this copy): {e}");
     }
 }
 
@@ -1022,6 +1106,7 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
             file: report.manifest.meta(),
         })
         .await?;
+    pool(&client, me, &report.manifest).await;
     let (value, text) = get_output(&report);
     emit(json, value, || text);
     if no_seed {
@@ -1237,6 +1322,7 @@ pub(crate) async fn register_owned(
                     file: f.manifest.meta(),
                 })
                 .await?;
+            pool(client, home.identity.peer_id, &f.manifest).await;
         }
     }
     Ok(())

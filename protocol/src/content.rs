@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     codec,
-    ids::{check_file_name, FileId, NameError},
+    ids::{check_file_name, ContentId, FileId, NameError},
     tracker_api::FileMeta,
 };
 
@@ -270,6 +270,35 @@ pub enum ManifestError {
     Io(#[from] std::io::Error),
 }
 
+/// Domain tag of [`ContentId`]s, so a content id is never equal to any
+/// other hash the protocol makes.
+const CONTENT_TAG: &[u8] = b"quorrent content v1\0";
+
+/// The id of one file's content: its size, the chunk size and its chunk
+/// hashes, nothing else (no name, no path), so the same bytes cut with the
+/// same chunk size have the same content id under any name, alone or
+/// inside any folder.
+pub fn content_id(size: u64, chunk_size: u32, chunks: &[[u8; 32]]) -> ContentId {
+    let mut h = blake3::Hasher::new();
+    h.update(CONTENT_TAG);
+    h.update(&size.to_le_bytes());
+    h.update(&chunk_size.to_le_bytes());
+    h.update(&(chunks.len() as u64).to_le_bytes());
+    for c in chunks {
+        h.update(c);
+    }
+    ContentId(*h.finalize().as_bytes())
+}
+
+/// One file's content inside an item ([`Manifest::contents`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Content {
+    pub id: ContentId,
+    /// Where its chunks are in the item's chunk list.
+    pub first_chunk: u32,
+    pub chunks: u32,
+}
+
 /// Number of chunks a file of `size` bytes has.
 pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
     size.div_ceil(chunk_size as u64)
@@ -345,6 +374,34 @@ impl Manifest {
             .filter(|&c| have(c))
             .map(|c| self.chunk_len(c) as u64)
             .sum()
+    }
+
+    /// The content of each file of the item that has at least one chunk
+    /// (a single file: the item itself; a folder: each of its non-empty
+    /// files, in tree order). Call on a validated manifest.
+    pub fn contents(&self) -> Vec<Content> {
+        match &self.tree {
+            None if self.chunks.is_empty() => Vec::new(),
+            None => vec![Content {
+                id: content_id(self.size, self.chunk_size, &self.chunks),
+                first_chunk: 0,
+                chunks: self.chunks.len() as u32,
+            }],
+            Some(t) => t
+                .spans(self.chunk_size)
+                .iter()
+                .filter(|s| s.chunks > 0)
+                .filter_map(|s| {
+                    let range = s.first_chunk as usize..(s.first_chunk + s.chunks) as usize;
+                    let chunks = self.chunks.get(range)?;
+                    Some(Content {
+                        id: content_id(s.size, self.chunk_size, chunks),
+                        first_chunk: s.first_chunk,
+                        chunks: s.chunks,
+                    })
+                })
+                .collect(),
+        }
     }
 
     /// Whether this is a folder.
@@ -614,6 +671,41 @@ mod tests {
         assert!(e.to_string().contains("symbolic link"), "{e}");
         let m = hash_folder(&root, "album".into(), MIN_CHUNK, true, |_| {}).unwrap();
         assert_eq!(m.size, 40_010);
+    }
+
+    #[test]
+    fn content_ids_ignore_names_and_folders() {
+        let d = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(d.path().join("song.flac"), &bytes).unwrap();
+        let root = d.path().join("album");
+        std::fs::create_dir_all(root.join("cd1")).unwrap();
+        std::fs::write(root.join("a.txt"), b"hello").unwrap();
+        std::fs::write(root.join("cd1/track.flac"), &bytes).unwrap();
+        std::fs::write(root.join("empty"), b"").unwrap();
+        let one = hash_file(&d.path().join("song.flac"), "song.flac".into(), MIN_CHUNK, |_| {}).unwrap();
+        let other = hash_file(&d.path().join("song.flac"), "renamed.flac".into(), MIN_CHUNK, |_| {}).unwrap();
+        assert_ne!(one.id(), other.id(), "names make items");
+        assert_eq!(one.contents(), other.contents(), "the same bytes make one content");
+        assert_eq!(one.contents().len(), 1);
+        assert_eq!((one.contents()[0].first_chunk, one.contents()[0].chunks), (0, 7));
+        let album = hash_folder(&root, "album".into(), MIN_CHUNK, false, |_| {}).unwrap();
+        let c = album.contents();
+        // a.txt and cd1/track.flac; the empty file has no content.
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[1].id, one.contents()[0].id);
+        assert_eq!((c[1].first_chunk, c[1].chunks), (1, 7));
+        assert_eq!(album.chunks[1..8], one.chunks[..]);
+        // Another chunk size, another content; so is another length.
+        let big = hash_file(&d.path().join("song.flac"), "song.flac".into(), 2 * MIN_CHUNK, |_| {}).unwrap();
+        assert_ne!(big.contents()[0].id, one.contents()[0].id);
+        let mut short = one.clone();
+        short.size -= 1;
+        assert_ne!(short.contents()[0].id, one.contents()[0].id);
+        // An empty single file has none.
+        std::fs::write(d.path().join("zero"), b"").unwrap();
+        let zero = hash_file(&d.path().join("zero"), "zero".into(), MIN_CHUNK, |_| {}).unwrap();
+        assert!(zero.contents().is_empty());
     }
 
     #[test]

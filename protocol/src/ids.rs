@@ -61,6 +61,12 @@ hash_id!(
     /// A file's identity: BLAKE3 of its manifest.
     FileId
 );
+hash_id!(
+    /// What one file is made of, whatever its name or the folder holding
+    /// it: BLAKE3 of its size, chunk size and chunk hashes
+    /// (`content::Manifest::contents`). Owners are pooled by it.
+    ContentId
+);
 
 impl PeerId {
     /// The peer id that belongs to a DER SubjectPublicKeyInfo.

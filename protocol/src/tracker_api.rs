@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ClientId, FileId, NameError, PeerId};
+use crate::ids::{ClientId, ContentId, FileId, NameError, PeerId};
 
 /// ALPN of the tracker API.
 pub const ALPN: &[u8] = b"quorrent-tracker/1";
@@ -29,6 +29,17 @@ pub const ALPN: &[u8] = b"quorrent-tracker/1";
 /// a frame of about 100 KiB, and one Raft entry holds at most `max_batch`
 /// files of such requests.
 pub const MAX_OWN_MANY: usize = 1024;
+
+/// Most contents one [`Request::Pool`] or [`Request::GetPooled`] may name
+/// (32 KiB of ids); an item with more non-empty files pools its largest.
+pub const MAX_POOL_CONTENTS: usize = 1024;
+/// Most files the tracker keeps per content (the pool of a content is at
+/// most this many items; see `ARCHITECTURE.md`, "One swarm per content").
+pub const MAX_POOL_FILES: usize = 16;
+/// Most other items one [`Reply::Pooled`] names.
+pub const MAX_POOLED_FILES: usize = 64;
+/// Most live owners [`Reply::Pooled`] gives per item.
+pub const MAX_POOLED_OWNERS: u32 = 32;
 
 /// Identifies one write for exactly-once application: the client's id and
 /// its sequence number. A client has one write outstanding at a time and
@@ -272,6 +283,23 @@ pub enum Request {
     /// The answering member's own figures ([`MemberReport`]); any member
     /// answers, and the proxy sends it to a member of its choice.
     MemberStatus,
+    /// "`file_id`, which `peer_id` owns, holds these contents" (1 to
+    /// [`MAX_POOL_CONTENTS`], see `content::Manifest::contents`): a write
+    /// an owner sends after Own, so that downloaders of other items holding
+    /// the same content find it. Idempotent; answered with `Done`.
+    Pool {
+        peer_id: PeerId,
+        file_id: FileId,
+        contents: Vec<ContentId>,
+    },
+    /// The other items holding any of these contents (1 to
+    /// [`MAX_POOL_CONTENTS`]), each with its live complete owners (at most
+    /// `limit`, capped at [`MAX_POOLED_OWNERS`]); at most
+    /// [`MAX_POOLED_FILES`] items. Answered with [`Reply::Pooled`].
+    GetPooled {
+        contents: Vec<ContentId>,
+        limit: u32,
+    },
 }
 
 impl Request {
@@ -287,11 +315,12 @@ impl Request {
                 | Request::Own { .. }
                 | Request::Disown { .. }
                 | Request::OwnMany { .. }
+                | Request::Pool { .. }
         )
     }
 
     /// Every [`Request::kind`], for metrics that keep a handle per kind.
-    pub const KINDS: [&'static str; 14] = [
+    pub const KINDS: [&'static str; 16] = [
         "register",
         "login",
         "logout",
@@ -306,6 +335,8 @@ impl Request {
         "own-many",
         "announce-partial",
         "member-status",
+        "pool",
+        "get-pooled",
     ];
 
     /// A short name for logs (never the fields: they may hold a password).
@@ -325,6 +356,8 @@ impl Request {
             Request::OwnMany { .. } => "own-many",
             Request::AnnouncePartial { .. } => "announce-partial",
             Request::MemberStatus => "member-status",
+            Request::Pool { .. } => "pool",
+            Request::GetPooled { .. } => "get-pooled",
         }
     }
 }
@@ -363,6 +396,19 @@ pub enum Reply {
         newly_owned: u32,
     },
     Member(Box<MemberReport>),
+    /// The answer to [`Request::GetPooled`].
+    Pooled {
+        items: Vec<PooledItem>,
+    },
+}
+
+/// An item holding a content asked about, with its live owners. Its
+/// manifest (fetched from an owner, checked against `file.id`) says which
+/// of its chunks hold the content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PooledItem {
+    pub file: FileMeta,
+    pub owners: Vec<PeerInfo>,
 }
 
 /// Errors that cross the wire. Bad input is answered precisely; internal

@@ -15,12 +15,12 @@ use protocol::{
     codec::{self, CodecError},
     config::{self, Limits, NodeConfig, ProxyConfig, TrackerConfig},
     content::{chunk_count, Entry, Manifest, ManifestError, Tree, MAX_CHUNK, MAX_MANIFEST_BYTES, MIN_CHUNK},
-    ids::{check_file_name, FileId, NameError, PeerId},
+    ids::{check_file_name, ContentId, FileId, NameError, PeerId},
     link::{CaFingerprint, Link, MAX_LINK_LEN},
     peer::{PeerError, PeerRequest, PeerResponse, MAX_FRAME},
     tracker_api::{
         Answer, ApiError, ClusterStatus, Consistency, Envelope, FileMeta, FollowerLag, MemberInfo, MemberReport,
-        PartialOwner, PeerInfo, RegistryCounts, Reply, Request, SearchHit, WriteId,
+        PartialOwner, PeerInfo, PooledItem, RegistryCounts, Reply, Request, SearchHit, WriteId,
     },
 };
 use serde::{de::DeserializeOwned, Serialize};
@@ -182,6 +182,15 @@ fn requests() -> Vec<Request> {
             file_id: FileId([4; 32]),
             have: vec![0b1010_0101, 0xff, 0x03],
         },
+        Request::Pool {
+            peer_id,
+            file_id: FileId([5; 32]),
+            contents: (0..3).map(|i| ContentId([i; 32])).collect(),
+        },
+        Request::GetPooled {
+            contents: (0..2).map(|i| ContentId([i; 32])).collect(),
+            limit: 32,
+        },
     ]
 }
 
@@ -262,6 +271,19 @@ fn answers() -> Vec<Answer> {
         }),
         Ok(Reply::Status(status)),
         Ok(Reply::Owned { newly_owned: 1024 }),
+        Ok(Reply::Pooled {
+            items: (0..2)
+                .map(|i| PooledItem {
+                    file: meta("renamed.flac"),
+                    owners: (0..i)
+                        .map(|j| PeerInfo {
+                            peer_id: PeerId([j as u8; 32]),
+                            addrs: vec![addr(j)],
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }),
         Ok(Reply::Member(Box::new(MemberReport {
             id: 2,
             api_addr: "127.0.0.1:7402".into(),

@@ -84,6 +84,8 @@ impl Proposer {
 fn weight(w: &Write) -> usize {
     match &w.op {
         Op::OwnMany { files, .. } => files.len().max(1),
+        // A Pool touches one map entry per content: 64 weigh one Own.
+        Op::Pool { contents, .. } => contents.len().div_ceil(64).max(1),
         _ => 1,
     }
 }

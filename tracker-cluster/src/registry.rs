@@ -24,8 +24,11 @@ use protocol::codec::{FrameReader, FrameWriter};
 use protocol::{
     config::Quotas,
     content::{chunk_count, MAX_CHUNK, MAX_TREE_ENTRIES, MIN_CHUNK},
-    ids::{check_file_name, check_user, ClientId, FileId, PeerId},
-    tracker_api::{Answer, ApiError, FileMeta, PeerInfo, Reply, SearchHit, WriteId, MAX_OWN_MANY},
+    ids::{check_file_name, check_user, ClientId, ContentId, FileId, PeerId},
+    tracker_api::{
+        Answer, ApiError, FileMeta, PeerInfo, PooledItem, Reply, SearchHit, WriteId, MAX_OWN_MANY, MAX_POOLED_FILES,
+        MAX_POOL_CONTENTS, MAX_POOL_FILES,
+    },
 };
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +80,13 @@ pub enum Op {
         token: TokenHash,
         peer: PeerId,
         files: Vec<FileMeta>,
+    },
+    /// `file`, owned by `peer`, holds these contents (`Request::Pool`).
+    Pool {
+        token: TokenHash,
+        peer: PeerId,
+        file: FileId,
+        contents: Vec<ContentId>,
     },
 }
 
@@ -151,6 +161,10 @@ struct Data {
     /// Files in registration order; the position is the search cursor.
     files: Segments<FileRecord>,
     clients: CowMap<ClientId, ClientRecord>,
+    /// Content -> positions of the files holding it (ascending, at most
+    /// [`MAX_POOL_FILES`]): the pooling index. Only files whose owners sent
+    /// `Pool` appear, so a file without contents costs nothing here.
+    pools: CowMap<ContentId, Vec<u32>>,
     last_prune_ms: u64,
     /// The replicated clock: the largest `now_ms` of the batches applied.
     clock_ms: u64,
@@ -168,6 +182,9 @@ pub struct Registry {
     user_peers: HashMap<String, u64>,
     /// User -> ownership records over all its peers (derived; quota).
     user_owned: HashMap<String, u64>,
+    /// File position -> contents the pooling index holds it under
+    /// (derived; only pooled files have an entry).
+    pool_counts: HashMap<u32, u32>,
 }
 
 impl Registry {
@@ -320,7 +337,86 @@ impl Registry {
                 Ok(Reply::Done)
             }
             Op::OwnMany { token, peer, files } => self.own_many(now, quotas, token, peer, files),
+            Op::Pool {
+                token,
+                peer,
+                file,
+                contents,
+            } => self.pool(now, token, peer, file, contents),
         }
+    }
+
+    /// [`Op::Pool`]: records that `file` holds `contents`. Only an owner of
+    /// the file may say so (the tracker cannot check the claim; a
+    /// downloader checks it against the file's manifest before using it).
+    /// A content keeps at most [`MAX_POOL_FILES`] files: when full, a new
+    /// file takes the place of the one with the fewest owners (the newest
+    /// of those) if it has more owners than that one, so files nobody else
+    /// owns cannot crowd out a popular one for good. A file is held under
+    /// at most as many contents as it can have ([`pool_cap`]: one for a
+    /// single file), over all its Pool requests, so repeated requests
+    /// cannot grow the index. Idempotent.
+    fn pool(&mut self, now: u64, token: &TokenHash, peer: &PeerId, file: &FileId, contents: &[ContentId]) -> Answer {
+        self.check_peer(token, peer, now)?;
+        check_pool_contents(contents.len())?;
+        let pos = self
+            .by_id
+            .get(&self.data.files, file)
+            .ok_or(ApiError::UnknownFile(*file))?;
+        let files = &self.data.files;
+        let rec = &files[pos as usize];
+        if rec.owners.binary_search(peer).is_err() {
+            return Err(ApiError::Invalid(format!(
+                "peer {peer} does not own file {file}: only an owner may pool it (Own it first)"
+            )));
+        }
+        let mut distinct = contents.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let held = |c: &ContentId| self.data.pools.get(c).is_some_and(|l| l.binary_search(&pos).is_ok());
+        let new = distinct.iter().filter(|c| !held(c)).count();
+        let recorded = self.pool_counts.get(&pos).copied().unwrap_or(0) as usize;
+        let cap = pool_cap(&rec.meta);
+        if recorded + new > cap {
+            return Err(ApiError::Invalid(format!(
+                "file {file} can hold at most {cap} contents ({recorded} recorded, {new} new)"
+            )));
+        }
+        let owners = |p: u32| files[p as usize].owners.len();
+        let counts = &mut self.pool_counts;
+        for c in &distinct {
+            let Some(list) = self.data.pools.get_mut(c) else {
+                self.data.pools.insert(*c, vec![pos]);
+                *counts.entry(pos).or_default() += 1;
+                continue;
+            };
+            let Err(at) = list.binary_search(&pos) else {
+                continue;
+            };
+            if list.len() < MAX_POOL_FILES {
+                list.insert(at, pos);
+                *counts.entry(pos).or_default() += 1;
+                continue;
+            }
+            let (weakest, &wpos) = list
+                .iter()
+                .enumerate()
+                .min_by_key(|&(_, &p)| (owners(p), std::cmp::Reverse(p)))
+                .expect("a full list");
+            if owners(wpos) < owners(pos) {
+                list.remove(weakest);
+                let at = list.binary_search(&pos).unwrap_err();
+                list.insert(at, pos);
+                *counts.entry(pos).or_default() += 1;
+                if let Some(n) = counts.get_mut(&wpos) {
+                    *n -= 1;
+                    if *n == 0 {
+                        counts.remove(&wpos);
+                    }
+                }
+            }
+        }
+        Ok(Reply::Done)
     }
 
     /// [`Op::OwnMany`]: every file is checked first (metadata, a conflict
@@ -556,6 +652,47 @@ impl Registry {
         self.by_id.get(&self.data.files, file)
     }
 
+    /// The items holding any of `contents` (in the order asked, each item
+    /// once, at most [`MAX_POOLED_FILES`]), each with at most `limit` owners
+    /// that pass `live` (at most [`OWNERS_SCAN`] looked at per item); items
+    /// without a live owner are left out.
+    pub fn pooled(&self, contents: &[ContentId], limit: u32, live: impl Fn(&PeerId) -> bool) -> Vec<PooledItem> {
+        let mut seen = std::collections::HashSet::new();
+        let mut items = Vec::new();
+        for pos in contents.iter().filter_map(|c| self.data.pools.get(c)).flatten() {
+            if items.len() == MAX_POOLED_FILES {
+                break;
+            }
+            if !seen.insert(*pos) {
+                continue;
+            }
+            let Some(rec) = self.data.files.get(*pos as usize) else {
+                continue;
+            };
+            let owners: Vec<PeerInfo> = rec
+                .owners
+                .iter()
+                .take(OWNERS_SCAN)
+                .filter(|p| live(p))
+                .filter_map(|p| {
+                    let r = self.data.peers.get(p)?;
+                    Some(PeerInfo {
+                        peer_id: *p,
+                        addrs: r.addrs.clone(),
+                    })
+                })
+                .take(limit as usize)
+                .collect();
+            if !owners.is_empty() {
+                items.push(PooledItem {
+                    file: rec.meta.clone(),
+                    owners,
+                });
+            }
+        }
+        items
+    }
+
     /// All owners of a file, with addresses.
     pub fn owners(&self, file: &FileId, live: impl Fn(&PeerId) -> bool) -> Result<(FileMeta, Vec<PeerInfo>), ApiError> {
         let (meta, owners, _) = self.owners_page(file, None, u32::MAX, live)?;
@@ -698,6 +835,11 @@ impl Registry {
                         return Err(dup("client"));
                     }
                 }
+                Record::Pool(c, files) => {
+                    if data.pools.insert(c, files).is_some() {
+                        return Err(dup("content"));
+                    }
+                }
                 Record::End => break,
             }
         }
@@ -728,6 +870,19 @@ impl Registry {
                 return Err(SnapshotError::Invalid(format!("file {} registered twice", f.meta.id)));
             }
             reg.names.push(&f.meta.name);
+        }
+        let files = reg.data.files.len();
+        for (c, list) in reg.data.pools.iter() {
+            let sorted = list.windows(2).all(|w| w[0] < w[1]);
+            let in_range = list.last().is_some_and(|&p| (p as usize) < files);
+            if !sorted || !in_range || list.len() > MAX_POOL_FILES {
+                return Err(SnapshotError::Invalid(format!(
+                    "content {c}: files {list:?} not 1 to {MAX_POOL_FILES} ascending positions of the {files} files"
+                )));
+            }
+            for &p in list {
+                *reg.pool_counts.entry(p).or_default() += 1;
+            }
         }
         for p in reg.data.peers.values() {
             *reg.user_peers.entry(p.user.clone()).or_default() += 1;
@@ -764,6 +919,13 @@ impl Registry {
         let mut clients: Vec<_> = self.data.clients.iter().collect();
         clients.sort_by_key(|(k, _)| **k);
         feed(enc(&clients));
+        // Only when there is an index, so the digest of a state without one
+        // is what it was before pooling existed.
+        if !self.data.pools.is_empty() {
+            let mut pools: Vec<_> = self.data.pools.iter().collect();
+            pools.sort_by_key(|(k, _)| **k);
+            feed(enc(&pools));
+        }
         *h.finalize().as_bytes()
     }
 }
@@ -837,6 +999,10 @@ enum Record {
     Owners(Vec<PeerId>),
     Client(ClientId, ClientRecord),
     End,
+    /// A content and the positions of the files holding it (after `End`
+    /// in the enum so earlier record kinds keep their tags; written before
+    /// the end record).
+    Pool(ContentId, Vec<u32>),
 }
 
 #[derive(Serialize)]
@@ -849,6 +1015,7 @@ enum RecordRef<'a> {
     Owners(&'a [PeerId]),
     Client(&'a ClientId, &'a ClientRecord),
     End,
+    Pool(&'a ContentId, &'a [u32]),
 }
 
 /// A frozen view of the replicated state ([`Registry::freeze`]).
@@ -883,6 +1050,9 @@ impl Frozen {
         for (c, rec) in d.clients.iter() {
             w.write(&RecordRef::Client(c, rec))?;
         }
+        for (c, files) in d.pools.iter() {
+            w.write(&RecordRef::Pool(c, files))?;
+        }
         w.write(&RecordRef::End)
     }
 }
@@ -906,6 +1076,22 @@ pub fn check_meta(m: &FileMeta) -> Result<(), ApiError> {
         return Err(ApiError::Invalid(format!(
             "chunk count {} does not match size {} and chunk size {} ({} files)",
             m.chunk_count, m.size, m.chunk_size, m.files
+        )));
+    }
+    Ok(())
+}
+
+/// Most contents a file can be pooled under: one for a single file; for a
+/// folder, its file count, at most [`MAX_POOL_CONTENTS`].
+pub fn pool_cap(m: &FileMeta) -> usize {
+    (m.files.max(1) as usize).min(MAX_POOL_CONTENTS)
+}
+
+/// Checks the number of contents of a Pool or GetPooled request.
+pub fn check_pool_contents(n: usize) -> Result<(), ApiError> {
+    if n == 0 || n > MAX_POOL_CONTENTS {
+        return Err(ApiError::Invalid(format!(
+            "{n} contents in one request, 1 to {MAX_POOL_CONTENTS} allowed"
         )));
     }
     Ok(())
@@ -1885,5 +2071,134 @@ mod tests {
         let again = reg.apply(&batch(5004, q, vec![write]));
         assert_eq!(refused, again);
         assert_eq!(reg.file_count(), 4);
+    }
+
+    fn pool_op(t: TokenHash, peer: u8, file: FileId, contents: Vec<ContentId>) -> Op {
+        Op::Pool {
+            token: t,
+            peer: PeerId([peer; 32]),
+            file,
+            contents,
+        }
+    }
+
+    fn own(t: TokenHash, peer: u8, file: FileMeta) -> Op {
+        Op::Own {
+            token: t,
+            peer: PeerId([peer; 32]),
+            file,
+        }
+    }
+
+    fn pos_of(reg: &Registry, id: &FileId) -> u32 {
+        reg.position(id).unwrap()
+    }
+
+    fn pooled_ids(reg: &Registry, contents: &[ContentId]) -> Vec<FileId> {
+        reg.pooled(contents, 32, |_| true).iter().map(|i| i.file.id).collect()
+    }
+
+    #[test]
+    fn pool_index_applies_checks_bounds_and_survives_a_snapshot() {
+        let mut reg = Registry::default();
+        let t = setup(&mut reg);
+        let q = Quotas::default();
+        let mut seq = 10;
+        let mut apply = |reg: &mut Registry, op: Op| {
+            seq += 1;
+            reg.apply(&batch(5000 + seq, q, vec![w(7, seq, op)])).remove(0)
+        };
+        for p in 10..40u8 {
+            let op = Op::AnnouncePeer {
+                token: t,
+                peer: PeerId([p; 32]),
+                addrs: vec![format!("127.0.0.1:{p}").parse().unwrap()],
+            };
+            apply(&mut reg, op).unwrap();
+        }
+        // A folder of two files, and a single file.
+        let a = FileMeta {
+            files: 2,
+            ..meta("album", 1)
+        };
+        let b = meta("renamed.flac", 2);
+        apply(&mut reg, own(t, 9, a.clone())).unwrap();
+        apply(&mut reg, own(t, 10, b.clone())).unwrap();
+        let (c1, c2) = (ContentId([0xc1; 32]), ContentId([0xc2; 32]));
+        // Refusals change nothing.
+        let e = apply(&mut reg, pool_op(t, 10, a.id, vec![c1])).unwrap_err();
+        assert!(e.to_string().contains("does not own"), "{e}");
+        let e = apply(&mut reg, pool_op(t, 9, FileId([77; 32]), vec![c1])).unwrap_err();
+        assert_eq!(e, ApiError::UnknownFile(FileId([77; 32])));
+        for n in [0, MAX_POOL_CONTENTS + 1] {
+            let e = apply(&mut reg, pool_op(t, 9, a.id, vec![c1; n])).unwrap_err();
+            assert!(e.to_string().contains("1 to 1024 allowed"), "{e}");
+        }
+        assert!(reg.data.pools.is_empty(), "refusals change nothing");
+        // Applied, and idempotent.
+        assert_eq!(apply(&mut reg, pool_op(t, 9, a.id, vec![c1, c2])), Ok(Reply::Done));
+        assert_eq!(apply(&mut reg, pool_op(t, 10, b.id, vec![c1])), Ok(Reply::Done));
+        let index = |reg: &Registry| {
+            let mut v: Vec<_> = reg.data.pools.iter().map(|(c, l)| (*c, l.clone())).collect();
+            v.sort();
+            v
+        };
+        let once = index(&reg);
+        assert_eq!(apply(&mut reg, pool_op(t, 9, a.id, vec![c2, c1, c1])), Ok(Reply::Done));
+        assert_eq!(index(&reg), once);
+        assert_eq!(pooled_ids(&reg, &[c1]), [a.id, b.id]);
+        assert_eq!(pooled_ids(&reg, &[c2, c1]), [a.id, b.id]);
+        // A file holds no more contents than it has files, over all its
+        // requests: a single file one.
+        let e = apply(&mut reg, pool_op(t, 10, b.id, vec![c2])).unwrap_err();
+        assert!(e.to_string().contains("at most 1 contents (1 recorded, 1 new)"), "{e}");
+        let e = apply(&mut reg, pool_op(t, 9, a.id, vec![ContentId([3; 32])])).unwrap_err();
+        assert!(e.to_string().contains("at most 2 contents"), "{e}");
+        assert_eq!(index(&reg), once);
+        assert_eq!(pooled_ids(&reg, &[c2]), [a.id]);
+        assert!(pooled_ids(&reg, &[ContentId([3; 32])]).is_empty());
+        // Owners: live ones only, capped; items without one left out.
+        let items = reg.pooled(&[c1], 32, |p| *p == PeerId([10; 32]));
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].file, b);
+        assert_eq!(items[0].owners[0].addrs, vec!["127.0.0.1:10".parse().unwrap()]);
+        // A full content keeps MAX_POOL_FILES files; a file with more
+        // owners takes the place of the newest of those with the fewest.
+        let extra: Vec<FileMeta> = (0..MAX_POOL_FILES as u8)
+            .map(|i| meta(&format!("x{i}"), 100 + i))
+            .collect();
+        for (i, f) in extra.iter().enumerate() {
+            apply(&mut reg, own(t, 11 + i as u8, f.clone())).unwrap();
+            apply(&mut reg, pool_op(t, 11 + i as u8, f.id, vec![c1])).unwrap();
+        }
+        let ids = pooled_ids(&reg, &[c1]);
+        assert_eq!(ids.len(), MAX_POOL_FILES);
+        assert!(!ids.contains(&extra[MAX_POOL_FILES - 1].id) && ids.contains(&extra[MAX_POOL_FILES - 3].id));
+        let popular = meta("popular", 200);
+        apply(&mut reg, own(t, 30, popular.clone())).unwrap();
+        apply(&mut reg, pool_op(t, 30, popular.id, vec![c1])).unwrap();
+        assert!(!pooled_ids(&reg, &[c1]).contains(&popular.id), "a tie does not evict");
+        apply(&mut reg, own(t, 31, popular.clone())).unwrap();
+        apply(&mut reg, pool_op(t, 31, popular.id, vec![c1])).unwrap();
+        let ids = pooled_ids(&reg, &[c1]);
+        assert_eq!(ids.len(), MAX_POOL_FILES);
+        assert!(ids.contains(&popular.id) && !ids.contains(&extra[MAX_POOL_FILES - 3].id));
+        assert_eq!(ids[..2], [a.id, b.id]);
+        // The counts follow evictions.
+        let evicted = pos_of(&reg, &extra[MAX_POOL_FILES - 3].id);
+        assert_eq!(reg.pool_counts.get(&evicted), None);
+        assert_eq!(reg.pool_counts.get(&pos_of(&reg, &a.id)), Some(&2));
+        // Snapshot round trip, the derived counts included.
+        let copy = Registry::from_bytes(&reg.to_bytes()).unwrap();
+        assert_eq!(copy.digest(), reg.digest());
+        assert_eq!(copy.pool_counts, reg.pool_counts);
+        assert_eq!(pooled_ids(&copy, &[c1, c2]), pooled_ids(&reg, &[c1, c2]));
+        // A damaged index in a snapshot is refused.
+        let mut bad = Registry::from_bytes(&reg.to_bytes()).unwrap();
+        bad.data.pools.insert(ContentId([9; 32]), vec![5, 3]);
+        let e = Registry::from_bytes(&bad.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("ascending positions"), "{e}");
+        bad.data.pools.insert(ContentId([9; 32]), vec![10_000]);
+        assert!(Registry::from_bytes(&bad.to_bytes()).is_err());
     }
 }

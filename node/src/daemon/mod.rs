@@ -685,6 +685,7 @@ impl Daemon {
                 other?;
             }
         }
+        commands::pool(&self.client, me, m).await;
         Ok(())
     }
 

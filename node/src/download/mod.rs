@@ -23,6 +23,16 @@
 //! arrival order before it is sent, so the limit holds over every
 //! download of the process and is shared fairly by their peers and files.
 //!
+//! Pooled sources: owners of *other* items holding some of this item's
+//! contents (the same bytes under another name, or inside a folder; see
+//! `ARCHITECTURE.md`, "One swarm per content"), sent in
+//! [`Sources::pooled`]. Such a peer joins as a member with a [`Via`]: its
+//! item's manifest is fetched and checked against that item's id, the
+//! chunks of each shared content are mapped onto this item's chunk
+//! indices, and the scheduler sees a peer holding exactly those chunks. A
+//! chunk is asked for under the other item's id and index, and verified
+//! against this item's hash like any other.
+//!
 //! On disk, a download in progress lives in `DIR/.quorrent/`: `ID.part`
 //! (the data, written in place), `ID.have` (the verified-chunk bit set,
 //! saved every few chunks and whenever the download stops, even when its
@@ -58,10 +68,10 @@ use protocol::{
     codec,
     config::SharingConfig,
     content::{Manifest, ManifestError, MIN_CHUNK},
-    ids::FileId,
+    ids::{ContentId, FileId},
     peer::{PeerError, PeerRequest, PeerResponse, ALPN, MAX_FRAME},
     tls::Identity,
-    tracker_api::{PartialOwner, PeerInfo},
+    tracker_api::{PartialOwner, PeerInfo, PooledItem},
 };
 use tokio::{
     sync::mpsc,
@@ -175,6 +185,9 @@ impl Live {
 pub struct Sources {
     pub owners: Vec<PeerInfo>,
     pub partial: Vec<PartialOwner>,
+    /// Other items holding some of this item's contents, with their live
+    /// owners (`Request::GetPooled`); used once the manifest is known.
+    pub pooled: Vec<PooledItem>,
 }
 
 /// A snapshot of a download's progress.
@@ -205,6 +218,10 @@ pub struct PeerReport {
     pub partial: bool,
     /// When the first chunk from it was verified (Unix ms).
     pub first_chunk_ms: Option<u64>,
+    /// A pooled source: the id of the other item (same content under
+    /// another name or in a folder) its chunks were asked for under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pooled_from: Option<String>,
 }
 
 /// The result of a finished download.
@@ -338,9 +355,27 @@ enum FetchError {
     Disk(std::io::Error),
 }
 
+/// How a pooled member serves this item: as chunks of another item.
+struct Via {
+    file: FileId,
+    /// This item's chunk index -> the other item's; empty until joined.
+    map: Arc<HashMap<u32, u32>>,
+}
+
+/// An owner not dialled yet.
+struct Candidate {
+    info: PeerInfo,
+    /// A partial owner's chunks as the tracker last heard them.
+    have: Option<Vec<u8>>,
+    /// A pooled source: the other item it owns.
+    via: Option<FileId>,
+}
+
 /// A peer taking part.
 struct Member {
     info: PeerInfo,
+    /// A pooled source (see the module documentation).
+    via: Option<Via>,
     /// Connected and not dropped.
     conn: Option<quinn::Connection>,
     /// Still being dialled.
@@ -418,7 +453,7 @@ struct Download<'a> {
     members: Vec<Member>,
     /// Owners beyond `max_peers`, standing by to replace peers that fail,
     /// with the tracker's bit set for partial ones.
-    reserve: VecDeque<(PeerInfo, Option<Vec<u8>>)>,
+    reserve: VecDeque<Candidate>,
     /// Every peer ever seen (members and reserve), by id.
     known: HashMap<protocol::ids::PeerId, Option<PeerIdx>>,
     tasks: JoinSet<TaskOut>,
@@ -481,6 +516,7 @@ impl<'a> Download<'a> {
         d.on_sources(Sources {
             owners: plan.peers.clone(),
             partial: plan.partial.clone(),
+            pooled: Vec::new(),
         });
         d.top_up_peers()?;
         Ok(d)
@@ -490,24 +526,50 @@ impl<'a> Download<'a> {
     /// hold is merged (the tracker's copy only adds chunks).
     fn on_sources(&mut self, sources: Sources) {
         let partial = sources.partial.into_iter().map(|p| (p.peer, Some(p.have)));
+        // Pooled sources only once this item's manifest is known (to map
+        // their chunks), and only of items cut in chunks of the same size.
+        let chunk_size = self.out.as_ref().map(|o| o.manifest.chunk_size);
+        let own = self.plan.file_id;
+        for item in sources
+            .pooled
+            .into_iter()
+            .filter(|i| i.file.id != own && Some(i.file.chunk_size) == chunk_size)
+        {
+            for info in item.owners {
+                // A peer known already (an owner of this item, or pooled
+                // through another item) is not dialled twice.
+                if let std::collections::hash_map::Entry::Vacant(e) = self.known.entry(info.peer_id) {
+                    e.insert(None);
+                    self.reserve.push_back(Candidate {
+                        info,
+                        have: None,
+                        via: Some(item.file.id),
+                    });
+                }
+            }
+        }
         for (info, have) in sources.owners.into_iter().map(|i| (i, None)).chain(partial) {
             match self.known.get(&info.peer_id) {
                 None => {
                     self.known.insert(info.peer_id, None);
-                    self.reserve.push_back((info, have));
+                    self.reserve.push_back(Candidate { info, have, via: None });
                 }
                 Some(Some(p)) => {
                     let p = *p;
                     let m = &self.members[p];
-                    if let (Some(o), Some(bits), true) = (self.out.as_mut(), &have, m.conn.is_some()) {
+                    if let (Some(o), Some(bits), true, None) = (self.out.as_mut(), &have, m.conn.is_some(), &m.via) {
                         o.sched.add_have(p, bits);
                     }
                 }
                 Some(None) => {
                     // Still in the reserve: keep the newer bit set.
-                    if let Some(r) = self.reserve.iter_mut().find(|(i, _)| i.peer_id == info.peer_id) {
+                    if let Some(r) = self
+                        .reserve
+                        .iter_mut()
+                        .find(|c| c.info.peer_id == info.peer_id && c.via.is_none())
+                    {
                         if have.is_some() {
-                            r.1 = have;
+                            r.have = have;
                         }
                     }
                 }
@@ -525,9 +587,19 @@ impl<'a> Download<'a> {
     fn top_up_peers(&mut self) -> Result<(), DownloadError> {
         let max_peers = self.plan.sharing.max_peers.max(1);
         while self.members.iter().filter(|m| m.joining || m.conn.is_some()).count() < max_peers {
-            let Some((info, tracker_have)) = self.reserve.pop_front() else {
+            let Some(Candidate {
+                info,
+                have: tracker_have,
+                via,
+            }) = self.reserve.pop_front()
+            else {
                 break;
             };
+            if via.is_some() && self.out.is_none() {
+                // Cannot be mapped yet; a later list brings it again.
+                self.known.remove(&info.peer_id);
+                continue;
+            }
             let cfg = protocol::tls::quic_client(
                 protocol::tls::peer_client_crypto(info.peer_id, &self.plan.identity, ALPN)?,
                 protocol::quic::bulk_transport(),
@@ -537,12 +609,16 @@ impl<'a> Download<'a> {
                 cfg,
                 self.members.len(),
                 info.clone(),
-                self.plan.file_id,
-                self.out.is_none(),
+                via.unwrap_or(self.plan.file_id),
+                self.out.is_none() || via.is_some(),
             ));
             self.known.insert(info.peer_id, Some(self.members.len()));
             self.members.push(Member {
                 info,
+                via: via.map(|file| Via {
+                    file,
+                    map: Arc::default(),
+                }),
                 conn: None,
                 joining: true,
                 complete: false,
@@ -590,15 +666,13 @@ impl<'a> Download<'a> {
                 continue;
             };
             let buf = self.buffers.pop().unwrap_or_default();
-            let fetch = fetch_chunk(
-                conn,
-                o.manifest.clone(),
-                o.data.clone(),
-                self.plan.file_id,
-                peer,
-                chunk,
-                buf,
-            );
+            // A pooled member holds only mapped chunks (its have set), so
+            // the map has every chunk the scheduler gives it.
+            let target = match &self.members[peer].via {
+                None => (self.plan.file_id, chunk),
+                Some(v) => (v.file, v.map.get(&chunk).copied().unwrap_or(chunk)),
+            };
+            let fetch = fetch_chunk(conn, o.manifest.clone(), o.data.clone(), target, peer, chunk, buf);
             // The download limit paces the requests, before a request's
             // timeout starts: the bytes asked for are the bytes received.
             let (limit, len) = (self.plan.download_limit.clone(), o.manifest.chunk_len(chunk) as u64);
@@ -651,7 +725,8 @@ impl<'a> Download<'a> {
         let Some(conn) = m.conn.clone() else { return };
         m.refreshing = true;
         self.pending_haves += 1;
-        self.tasks.spawn(refresh_have(conn, self.plan.file_id, p));
+        let file = m.via.as_ref().map_or(self.plan.file_id, |v| v.file);
+        self.tasks.spawn(refresh_have(conn, file, p));
     }
 
     async fn on_event(&mut self, event: TaskOut) -> Result<(), DownloadError> {
@@ -659,11 +734,31 @@ impl<'a> Download<'a> {
             TaskOut::Joined {
                 peer,
                 conn,
-                manifest,
-                have,
+                mut manifest,
+                mut have,
                 complete,
             } => {
                 let plan = self.plan;
+                if self.members[peer].via.is_some() {
+                    // A pooled source: its manifest is the other item's.
+                    let (Some(o), Some(theirs)) = (self.out.as_ref(), manifest.take()) else {
+                        self.join_failed(peer, "pooled source without a manifest".into(), false);
+                        return Ok(());
+                    };
+                    let map = chunk_map(&o.manifest, &theirs);
+                    if map.is_empty() {
+                        conn.close(1u32.into(), b"no shared content");
+                        let error = format!("item {} shares no content with this one", theirs.id());
+                        self.join_failed(peer, error, false);
+                        return Ok(());
+                    }
+                    have = map_have(&map, &have, o.manifest.chunks.len() as u32);
+                    info!(peer = %self.members[peer].info.peer_id.short(), via = %theirs.id().short(),
+                        chunks = map.len(), "pooled source joined");
+                    if let Some(v) = self.members[peer].via.as_mut() {
+                        v.map = Arc::new(map);
+                    }
+                }
                 let m = &mut self.members[peer];
                 info!(peer = %m.info.peer_id.short(), complete, "peer joined");
                 m.joining = false;
@@ -695,21 +790,14 @@ impl<'a> Download<'a> {
                 peer,
                 error,
                 bad_manifest,
-            } => {
-                let m = &mut self.members[peer];
-                warn!(peer = %m.info.peer_id.short(), "peer failed: {error}");
-                m.joining = false;
-                let line = format!("peer {}: {error}", m.info.peer_id.short());
-                if bad_manifest {
-                    self.bad_manifests.push(line);
-                } else {
-                    self.join_errors.push(line);
-                }
-                self.waiting.push((peer, None));
-            }
+            } => self.join_failed(peer, error, bad_manifest),
             TaskOut::Have { peer, bits, complete } => {
                 self.pending_haves -= 1;
                 self.members[peer].refreshing = false;
+                let bits = match (&self.members[peer].via, &self.out, bits) {
+                    (Some(v), Some(o), Some(b)) => Some(map_have(&v.map, &b, o.manifest.chunks.len() as u32)),
+                    (_, _, b) => b,
+                };
                 if let (Some(o), Some(bits)) = (self.out.as_mut(), bits) {
                     o.sched.update_have(peer, &bits);
                     self.members[peer].complete = complete;
@@ -730,6 +818,20 @@ impl<'a> Download<'a> {
             }
         }
         Ok(())
+    }
+
+    fn join_failed(&mut self, peer: PeerIdx, error: String, bad_manifest: bool) {
+        let m = &mut self.members[peer];
+        warn!(peer = %m.info.peer_id.short(), "peer failed: {error}");
+        m.joining = false;
+        let line = format!("peer {}: {error}", m.info.peer_id.short());
+        // A pooled source's failure never makes this item's manifest bad.
+        if bad_manifest && m.via.is_none() {
+            self.bad_manifests.push(line);
+        } else {
+            self.join_errors.push(line);
+        }
+        self.waiting.push((peer, None));
     }
 
     fn on_fetched(&mut self, peer: PeerIdx, chunk: u32, result: Result<(), FetchError>) -> Result<(), DownloadError> {
@@ -856,6 +958,7 @@ impl<'a> Download<'a> {
                     dropped: s.dropped,
                     partial: m.partial,
                     first_chunk_ms: m.first_chunk_ms,
+                    pooled_from: m.via.as_ref().map(|v| v.file.to_hex()),
                 }
             })
             .collect();
@@ -1203,19 +1306,65 @@ async fn refresh_have(conn: quinn::Connection, id: FileId, peer: PeerIdx) -> Tas
     TaskOut::Have { peer, bits, complete }
 }
 
-/// Fetches one chunk into `buf`, verifies it and writes it at its offset.
+/// This item's chunk index -> `theirs`' for every content the two share
+/// (a content appearing twice in this item maps both places onto its first
+/// place in `theirs`). Both manifests are checked ones; the chunk hashes
+/// are compared again, so a map never holds a chunk whose hash differs.
+pub fn chunk_map(mine: &Manifest, theirs: &Manifest) -> HashMap<u32, u32> {
+    let mut map = HashMap::new();
+    if mine.chunk_size != theirs.chunk_size {
+        return map;
+    }
+    let mut held: HashMap<ContentId, (u32, u32)> = HashMap::new();
+    for c in theirs.contents() {
+        held.entry(c.id).or_insert((c.first_chunk, c.chunks));
+    }
+    for c in mine.contents() {
+        let Some(&(first, chunks)) = held.get(&c.id) else {
+            continue;
+        };
+        if chunks != c.chunks {
+            continue;
+        }
+        for k in 0..chunks {
+            let (x, y) = (c.first_chunk + k, first + k);
+            if mine.chunks.get(x as usize).is_some() && mine.chunks.get(x as usize) == theirs.chunks.get(y as usize) {
+                map.insert(x, y);
+            }
+        }
+    }
+    map
+}
+
+/// A have bit set of the other item (`bits`, its indices) as this item's:
+/// bit `x` set when `map[x]` is set there.
+fn map_have(map: &HashMap<u32, u32>, bits: &[u8], chunks: u32) -> Vec<u8> {
+    let mut out = vec![0u8; chunks.div_ceil(8) as usize];
+    for (&x, &y) in map {
+        let set = bits.get((y / 8) as usize).is_some_and(|b| b >> (y % 8) & 1 == 1);
+        if set && x < chunks {
+            out[(x / 8) as usize] |= 1 << (x % 8);
+        }
+    }
+    out
+}
+
+/// Fetches one chunk into `buf` (asked for as `target`: this item's id and
+/// index, or a pooled source's), verifies it against this item's chunk
+/// `chunk` and writes it at its offset.
 async fn fetch_chunk(
     conn: quinn::Connection,
     manifest: Arc<Manifest>,
     data: Arc<Data>,
-    id: FileId,
+    target: (FileId, u32),
     peer: PeerIdx,
     chunk: u32,
     mut buf: Vec<u8>,
 ) -> TaskOut {
     let len = manifest.chunk_len(chunk) as usize;
     buf.resize(len, 0);
-    let received = tokio::time::timeout(REQUEST_TIMEOUT, receive_chunk(&conn, id, chunk, &mut buf)).await;
+    let (id, index) = target;
+    let received = tokio::time::timeout(REQUEST_TIMEOUT, receive_chunk(&conn, id, index, &mut buf)).await;
     let result = match received {
         Err(_) => Err(FetchError::Transport("timed out".into())),
         Ok(Err(e)) => Err(e),
@@ -1257,5 +1406,41 @@ async fn receive_chunk(conn: &quinn::Connection, id: FileId, chunk: u32, buf: &m
         ))),
         PeerResponse::Error(e) => Err(FetchError::Refused(e)),
         _ => Err(FetchError::Transport("unexpected answer".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::content::{hash_file, hash_folder, MIN_CHUNK};
+
+    #[test]
+    fn chunk_maps_join_names_and_folders() {
+        let d = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        std::fs::write(d.path().join("song.flac"), &bytes).unwrap();
+        let root = d.path().join("album");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("a.txt"), b"hello").unwrap();
+        std::fs::write(root.join("b.flac"), &bytes).unwrap();
+        let song = hash_file(&d.path().join("song.flac"), "song.flac".into(), MIN_CHUNK, |_| {}).unwrap();
+        let renamed = Manifest {
+            name: "renamed.flac".into(),
+            ..song.clone()
+        };
+        let album = hash_folder(&root, "album".into(), MIN_CHUNK, false, |_| {}).unwrap();
+        let same: HashMap<u32, u32> = (0..7).map(|i| (i, i)).collect();
+        assert_eq!(chunk_map(&song, &renamed), same);
+        // The song is chunks 1..8 of the album (a.txt is chunk 0).
+        assert_eq!(chunk_map(&song, &album), (0..7).map(|i| (i, i + 1)).collect());
+        assert_eq!(chunk_map(&album, &song), (1..8).map(|i| (i, i - 1)).collect());
+        let other = hash_file(&root.join("a.txt"), "a.txt".into(), MIN_CHUNK, |_| {}).unwrap();
+        assert!(chunk_map(&song, &other).is_empty());
+        // Have sets cross over: the album's chunks 1 and 7 are the song's 0 and 6.
+        let map = chunk_map(&song, &album);
+        assert_eq!(map_have(&map, &[0b1000_0010], 7), vec![0b0100_0001]);
+        assert_eq!(map_have(&map, &[0, 0b1], 7), vec![0]);
+        assert_eq!(map_have(&map, &[0x80], 7), vec![0b0100_0000]);
+        assert_eq!(map_have(&map, &[], 7), vec![0]);
     }
 }

@@ -15,7 +15,10 @@ use std::{
 use protocol::{
     codec::{self, CodecError},
     ids::{check_query, check_user},
-    tracker_api::{Answer, ApiError, Consistency, Envelope, PartialOwner, PeerInfo, Reply, Request, MAX_OWN_MANY},
+    tracker_api::{
+        Answer, ApiError, Consistency, Envelope, PartialOwner, PeerInfo, Reply, Request, MAX_OWN_MANY,
+        MAX_POOLED_OWNERS,
+    },
 };
 
 use crate::{
@@ -216,6 +219,34 @@ async fn dispatch(app: &App, env: Envelope, origin: IpAddr) -> Answer {
                 }
             }
             answer
+        }
+        Request::Pool {
+            peer_id,
+            file_id,
+            contents,
+        } => {
+            app.leader_check()?;
+            let token = token.ok_or(ApiError::NotLoggedIn)?;
+            crate::registry::check_pool_contents(contents.len())?;
+            let op = Op::Pool {
+                token,
+                peer: peer_id,
+                file: file_id,
+                contents,
+            };
+            propose_from_peer(app, write_id, peer_id, op).await
+        }
+        Request::GetPooled { contents, limit } => {
+            let token = token.ok_or(ApiError::NotLoggedIn)?;
+            crate::registry::check_pool_contents(contents.len())?;
+            read_barrier(app, consistency).await?;
+            let limit = limit.clamp(1, MAX_POOLED_OWNERS);
+            let live = app.live_fn();
+            let st = app.state.read();
+            st.registry
+                .session_user(&token, st.registry.now_ms(app.clock.now_ms()))?;
+            let items = st.registry.pooled(&contents, limit, live);
+            Ok(Reply::Pooled { items })
         }
         Request::Disown { peer_id, file_id } => {
             app.leader_check()?;
