@@ -22,54 +22,18 @@
 # figures, it does not judge them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/lib/procs.sh
 
+BENCH=bench-rate.sh
 BASE="${QUORRENT_BASE_PORT:-17700}"
-export QUORRENT_BASE_PORT="$BASE"
+DIR=run/bench-rate
+BENCH_TOOLS="curl"
+BENCH_KEEP="${RATE_KEEP:-}"
+. scripts/lib/bench.sh
 read -r -a CAPS <<<"${RATE_CAPS:-10 50 200}"
 RUNS="${RATE_RUNS:-3}"
 WINDOW="${RATE_WINDOW:-10}"
 SETTLE="${RATE_SETTLE:-1}"
 CEILING="${RATE_CEILING:-1}"
-BIN="${CARGO_TARGET_DIR:-target}/release"
-DIR=run/bench-rate
-
-die() { echo "bench-rate.sh: $*" >&2; exit 1; }
-q() { local u="$1"; shift; "$BIN/quorrent" --home "$DIR/$u" "$@"; }
-now() { date +%s.%N; }
-
-PIDS=()
-STARTED_CLUSTER=0
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  stop_pids "${PIDS[@]}"
-  if [ "$STARTED_CLUSTER" = 1 ]; then scripts/cluster.sh stop >/dev/null 2>&1 || true; fi
-  [ -n "${RATE_KEEP:-}" ] || rm -rf "$DIR"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-for tool in cargo jq curl bc; do command -v "$tool" >/dev/null || die "$tool is needed"; done
-for f in run/*.pid; do
-  [ -e "$f" ] || continue
-  if kill -0 "$(cat "$f")" 2>/dev/null; then
-    die "a cluster already runs from this checkout (run/*.pid); stop it with scripts/cluster.sh stop"
-  fi
-done
-
-echo "building release binaries into $BIN ..." >&2
-cargo build --release --quiet -p tracker-cluster -p proxy -p node || die "the build failed"
-scripts/cluster.sh stop --wipe >/dev/null 2>&1 || true
-STARTED_CLUSTER=1
-scripts/cluster.sh start >/dev/null || die "the cluster did not start"
-
-rm -rf "$DIR"
-mkdir -p "$DIR" logs
-PW="rate-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-TAG="$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
 # The file must outlast every window at its cap, plus the starts.
 TOTAL_MB=0
@@ -78,47 +42,10 @@ for cap in "${CAPS[@]}"; do TOTAL_MB=$((TOTAL_MB + cap * (WINDOW + SETTLE + 1)))
 [ "$CEILING" = 0 ] || TOTAL_MB=$((TOTAL_MB + 500 * (WINDOW + SETTLE + 1)))
 SIZE=$(((TOTAL_MB * 1000000 * 5 / 4 + (1 << 20)) >> 20 << 20))
 
-# make_home NAME: a home whose daemon's HTTP address is chosen by the
-# system (read from daemon.json).
-make_home() {
-  mkdir -p "$DIR/$1/files"
-  cat >"$DIR/$1/config.json" <<JSON
-{
-  "proxies": ["127.0.0.1:$BASE"],
-  "ca_cert": "certs/ca.pem",
-  "log_dir": "logs",
-  "log_level": "warn",
-  "storage_dir": "$DIR/$1/files",
-  "listen": "127.0.0.1:0",
-  "http_addr": "127.0.0.1:0"
-}
-JSON
-  printf '%s\n' "$PW" | q "$1" register "rate-$1-$TAG" --password-stdin >/dev/null
-  QUORRENT_PASSWORD="$PW" q "$1" login "rate-$1-$TAG" >/dev/null
-}
-
-# start_daemon NAME: sets HTTP_<NAME> to its API address.
-start_daemon() {
-  local u="$1" pid
-  rm -f "$DIR/$u/daemon.json"
-  "$BIN/quorrent" --home "$DIR/$u" seed >"$DIR/$u-seed.out" 2>&1 &
-  pid=$!
-  PIDS+=("$pid")
-  for _ in $(seq 1 100); do
-    if [ -s "$DIR/$u/daemon.json" ]; then
-      printf -v "HTTP_$u" '%s' "$(jq -r .http "$DIR/$u/daemon.json")"
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || die "$u's daemon exited: $(tail -n 3 "$DIR/$u-seed.out")"
-    sleep 0.1
-  done
-  die "$u's daemon wrote no daemon.json within 10 s"
-}
-
-make_home seeder
-make_home dl
-start_daemon seeder
-start_daemon dl
+bench_home seeder 127.0.0.1:0
+bench_home dl 127.0.0.1:0
+bench_daemon seeder
+bench_daemon dl
 
 # verified ID: "BYTES STATE" of the download in the downloader.
 verified() {
@@ -126,7 +53,6 @@ verified() {
     jq -r 'if .chunks > 0 then "\((.have * .size / .chunks) | floor) \(.state)" else "0 \(.state)" end'
 }
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 declare -A MEASURED
 # one_run DIRECTION RUN: one transfer, the caps in turn; fills MEASURED.

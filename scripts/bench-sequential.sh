@@ -16,95 +16,27 @@
 # run/bench-sequential; every process it starts is stopped when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/lib/procs.sh
 
+BENCH=bench-sequential.sh
 BASE="${QUORRENT_BASE_PORT:-17700}"
-export QUORRENT_BASE_PORT="$BASE"
+DIR=run/bench-sequential
+BENCH_TOOLS="awk"
+. scripts/lib/bench.sh
 SIZE_MIB="${BENCH_SIZE_MIB:-512}"
 RUNS="${BENCH_RUNS:-3}"
-BIN="${CARGO_TARGET_DIR:-target}/release"
-DIR=run/bench-sequential
 NAME="stream-${SIZE_MIB}MiB.bin"
 SEEDERS=(s1 s2 s3 s4)
-
-die() { echo "bench-sequential.sh: $*" >&2; exit 1; }
-udp_bound() { ss -Hlun "sport = :$1" 2>/dev/null | grep -q .; }
-q() { local u="$1"; shift; "$BIN/quorrent" --home "$DIR/$u" "$@"; }
-now() { date +%s.%N; }
-
-PIDS=()
-STARTED_CLUSTER=0
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  stop_pids "${PIDS[@]}"
-  if [ "$STARTED_CLUSTER" = 1 ]; then scripts/cluster.sh stop >/dev/null 2>&1 || true; fi
-  rm -rf "$DIR"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-for tool in cargo jq ss od awk bc; do command -v "$tool" >/dev/null || die "$tool is needed"; done
-for f in run/*.pid; do
-  [ -e "$f" ] || continue
-  if kill -0 "$(cat "$f")" 2>/dev/null; then
-    die "a cluster already runs from this checkout (run/*.pid); stop it with scripts/cluster.sh stop"
-  fi
-done
-
-echo "building release binaries into $BIN ..." >&2
-cargo build --release --quiet -p tracker-cluster -p proxy -p node || die "the build failed"
-scripts/cluster.sh stop --wipe >/dev/null 2>&1 || true
-STARTED_CLUSTER=1
-scripts/cluster.sh start >/dev/null || die "the cluster did not start"
-
-rm -rf "$DIR"
-mkdir -p "$DIR" logs
-declare -A LISTEN=([dl]=0)
-i=0
-for u in "${SEEDERS[@]}"; do i=$((i + 1)); LISTEN[$u]=$((BASE + 60 + i)); done
-PW="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-TAG="$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-for u in "${SEEDERS[@]}" dl; do
-  [ "${LISTEN[$u]}" != 0 ] && udp_bound "${LISTEN[$u]}" && die "UDP port ${LISTEN[$u]} is taken"
-  mkdir -p "$DIR/$u/files"
-  cat >"$DIR/$u/config.json" <<JSON
-{
-  "proxies": ["127.0.0.1:$BASE"],
-  "ca_cert": "certs/ca.pem",
-  "log_dir": "logs",
-  "log_level": "warn",
-  "storage_dir": "$DIR/$u/files",
-  "listen": "127.0.0.1:${LISTEN[$u]}"
-}
-JSON
-  printf '%s\n' "$PW" | q "$u" register "bench-$u-$TAG" --password-stdin >/dev/null
-  QUORRENT_PASSWORD="$PW" q "$u" login "bench-$u-$TAG" >/dev/null
-done
+for u in "${SEEDERS[@]}" dl; do bench_home "$u" 127.0.0.1:0; done
 
 echo "making a ${SIZE_MIB} MiB random file, shared by ${#SEEDERS[@]} seeders ..." >&2
 SRC="$DIR/s1/files/$NAME"
 head -c "$((SIZE_MIB << 20))" /dev/urandom >"$SRC"
 for u in "${SEEDERS[@]:1}"; do ln "$SRC" "$DIR/$u/files/$NAME"; done
 
-start_seed() {
-  local u="$1" port="${LISTEN[$1]}"
-  "$BIN/quorrent" --home "$DIR/$u" seed >"$DIR/$u-seed.out" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 100); do
-    udp_bound "$port" && return 0
-    kill -0 "$!" 2>/dev/null || die "$u's seed exited: $(tail -n 3 "$DIR/$u-seed.out")"
-    sleep 0.1
-  done
-  die "$u's seed did not listen within 10 s"
-}
-
 FILE_ID=""
 for u in "${SEEDERS[@]}"; do
   FILE_ID="$(q "$u" --json share "$DIR/$u/files/$NAME" | jq -r .file_id)"
-  start_seed "$u"
+  bench_daemon "$u"
 done
 HAVE="$DIR/dl/files/.quorrent/$FILE_ID.have"
 
@@ -118,7 +50,6 @@ have_counts() {
     END { printf "%d %d\n", held, prefix }'
 }
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ROWS=()
 CHUNKS=""
 

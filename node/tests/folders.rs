@@ -11,7 +11,6 @@ use std::path::Path;
 
 use common::*;
 use rand::{Rng, RngCore, SeedableRng};
-use tracker_cluster::testing::TestCluster;
 
 /// Writes the test folder under `root` and returns its path.
 fn release(root: &Path) -> std::path::PathBuf {
@@ -51,11 +50,7 @@ fn diff(a: &Path, b: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn folder_of_a_thousand_files_round_trips() {
-    let mut c = TestCluster::new(3);
-    c.start_all();
-    c.wait_leader(LIMIT).await;
-    let p = start_proxy(&c, "proxy-1", 0).await;
-    let root = tempfile::tempdir().unwrap();
+    let Network { c, p, root } = network().await;
     let alice = home(root.path(), "alice", &[p.addr], &c);
     let bob = home(root.path(), "bob", &[p.addr], &c);
     let carol = home(root.path(), "carol", &[p.addr], &c);

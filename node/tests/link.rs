@@ -15,7 +15,6 @@ use std::{path::Path, process::Stdio, time::Duration};
 use common::*;
 use protocol::link::Link;
 use tokio::io::AsyncWriteExt;
-use tracker_cluster::testing::TestCluster;
 
 /// `quorrent --home DIR ARGS...` with no `--config`, run in `cwd` (its
 /// default log folder lands there), killed on drop.
@@ -45,11 +44,7 @@ async fn bare_error(cwd: &Path, home: &Path, args: &[&str]) -> serde_json::Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_works_on_a_fresh_home() {
-    let mut c = TestCluster::new(3);
-    c.start_all();
-    c.wait_leader(LIMIT).await;
-    let p = start_proxy(&c, "proxy-1", 0).await;
-    let root = tempfile::tempdir().unwrap();
+    let Network { c, p, root } = network().await;
     let alice = home(root.path(), "alice", &[p.addr], &c);
     sign_up(&alice, "alice").await;
 

@@ -8,15 +8,10 @@
 mod common;
 
 use common::*;
-use tracker_cluster::testing::TestCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_verify_and_unshare() {
-    let mut c = TestCluster::new(3);
-    c.start_all();
-    c.wait_leader(LIMIT).await;
-    let p = start_proxy(&c, "proxy-1", 0).await;
-    let root = tempfile::tempdir().unwrap();
+    let Network { c, p, root } = network().await;
     let alice = home(root.path(), "alice", &[p.addr], &c);
     sign_up(&alice, "alice").await;
 

@@ -11,7 +11,6 @@ use std::path::Path;
 
 use common::*;
 use serde_json::Value;
-use tracker_cluster::testing::TestCluster;
 
 /// 16 MiB at 256 KiB chunks: 64 chunks.
 const SIZE: usize = 16 << 20;
@@ -38,11 +37,7 @@ fn same_bytes(a: &Path, b: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_names_of_one_content_pool_owners() {
-    let mut c = TestCluster::new(3);
-    c.start_all();
-    c.wait_leader(LIMIT).await;
-    let p = start_proxy(&c, "proxy-1", 0).await;
-    let root = tempfile::tempdir().unwrap();
+    let Network { c, p, root } = network().await;
     let names = ["alice", "carol", "bob", "dave", "erin", "frank"];
     let homes: Vec<Home> = names.iter().map(|n| home(root.path(), n, &[p.addr], &c)).collect();
     for (h, n) in homes.iter().zip(names) {

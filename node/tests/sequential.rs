@@ -22,7 +22,6 @@ use std::{
 
 use common::*;
 use serde_json::json;
-use tracker_cluster::testing::TestCluster;
 
 const CHUNK: usize = 256 << 10;
 /// 96 chunks.
@@ -136,11 +135,7 @@ fn get_file(dir: &Path, id: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_downloads_grow_a_verified_prefix() {
-    let mut c = TestCluster::new(3);
-    c.start_all();
-    c.wait_leader(LIMIT).await;
-    let p = start_proxy(&c, "proxy-1", 0).await;
-    let root = tempfile::tempdir().unwrap();
+    let Network { c, p, root } = network().await;
     let r = root.path();
     let [alice, bob, dave, carol] = ["alice", "bob", "dave", "carol"].map(|n| home(r, n, &[p.addr], &c));
 

@@ -9,7 +9,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tracker_cluster::testing::TestCluster;
 
 /// Searches until `text` is found with an owner (bounded by LIMIT).
 async fn await_hit(h: &Home, text: &str) -> serde_json::Value {
@@ -29,11 +28,7 @@ async fn await_hit(h: &Home, text: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_dropped_in_the_watch_folder_become_searchable() {
-    let mut c = TestCluster::new(3);
-    c.start_all();
-    c.wait_leader(LIMIT).await;
-    let p = start_proxy(&c, "proxy-1", 0).await;
-    let root = tempfile::tempdir().unwrap();
+    let Network { c, p, root } = network().await;
     let inbox = root.path().join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     let alice = home_with(root.path(), "alice", &[p.addr], &c, |j| {

@@ -35,6 +35,27 @@ pub async fn start_proxy(c: &TestCluster, name: &str, port: u16) -> Proxy {
     Proxy::start(cfg).await.expect("proxy starts")
 }
 
+/// A 3-member cluster with a leader, one proxy in front of it (ephemeral
+/// port), and a temporary folder for the homes; all stopped or removed
+/// when dropped.
+pub struct Network {
+    pub c: TestCluster,
+    pub p: Proxy,
+    pub root: tempfile::TempDir,
+}
+
+pub async fn network() -> Network {
+    let mut c = TestCluster::new(3);
+    c.start_all();
+    c.wait_leader(LIMIT).await;
+    let p = start_proxy(&c, "proxy-1", 0).await;
+    Network {
+        c,
+        p,
+        root: tempfile::tempdir().unwrap(),
+    }
+}
+
 /// A node home with a configuration listing `proxies` in order.
 pub struct Home {
     pub dir: PathBuf,
