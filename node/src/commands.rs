@@ -1054,7 +1054,7 @@ async fn get(home: &Home, id_or_name: &str, opts: GetOptions, json: bool) -> Res
         only: only.clone(),
         sequential,
     };
-    if sequential && !json {
+    if sequential && !json && file.files == 0 {
         let part = download::sidecar(&std::fs::canonicalize(&dir).unwrap_or(dir.clone()), &id, "part");
         eprintln!("sequential: {} fills from its start as it arrives", part.display());
     }
@@ -1381,7 +1381,14 @@ pub(crate) fn load_one(
         Err(e) => return Err(format!("{}: {e}", manifest_path.display())),
     };
     let manifest = Manifest::decode_checked(&bytes, *id).map_err(|e| e.to_string())?;
-    let data = Data::open(&manifest, data, false).map_err(|e| e.to_string())?;
+    // A partial download's data is where the manifest says (a part file
+    // or a folder being built), whatever the record guessed before the
+    // manifest was known.
+    let data = match partial_in {
+        Some(dir) => download::data_path(dir, id, &manifest),
+        None => data.to_path_buf(),
+    };
+    let data = Data::open(&manifest, &data, false).map_err(|e| e.to_string())?;
     let n = manifest.chunks.len() as u32;
     let have = match partial_in {
         Some(dir) => download::load_have(dir, id, n),

@@ -135,7 +135,7 @@ impl Folder {
             return Ok((f, offset));
         }
         let path = Tree::path_under(&self.root(), tree.entries[span.entry].path());
-        let f = Arc::new(OpenOptions::new().read(true).write(self.writable).open(path)?);
+        let f = Arc::new(open_no_link(&path, self.writable, false)?);
         if open.len() >= OPEN_HANDLES {
             open.remove(0);
         }
@@ -212,31 +212,81 @@ pub fn create_tree(m: &Manifest, root: &Path, patterns: &[String]) -> io::Result
             dirs.insert(path);
         }
     }
-    // In byte order a folder comes before what it holds.
+    // In byte order a folder comes before what it holds. A folder there
+    // already (a resumed download) must be a folder, not a link to one.
     for rel in dirs {
         let path = Tree::path_under(root, rel);
         match std::fs::create_dir(&path) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && is_real_dir(&path) => {}
             Err(e) => return Err(e),
         }
     }
     for e in chosen {
         if let Entry::File { path: rel, size } = e {
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(Tree::path_under(root, rel))?;
+            let f = open_no_link(&Tree::path_under(root, rel), true, true)?;
             f.set_len(*size)?;
         }
     }
     Ok(())
 }
 
+fn is_real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+/// Opens a file of a folder, refusing a symbolic link in its place
+/// (`O_NOFOLLOW`): a link planted in a folder being built or served
+/// cannot make the node write or read elsewhere.
+fn open_no_link(path: &Path, write: bool, create: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .create(create)
+        .truncate(false)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link planted in a folder being built (a resumed download) is not
+    /// followed: neither a file's nor a folder's.
+    #[test]
+    fn links_in_a_folder_being_built_are_refused() {
+        use protocol::content::{hash_folder, MIN_CHUNK};
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("a.bin"), b"hello").unwrap();
+        std::fs::write(src.join("sub/b.bin"), b"world").unwrap();
+        let m = hash_folder(&src, "x".into(), MIN_CHUNK, false, |_| {}).unwrap();
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, b"precious").unwrap();
+        let built = d.path().join("built");
+        std::fs::create_dir(&built).unwrap();
+        std::os::unix::fs::symlink(&outside, built.join("a.bin")).unwrap();
+        assert!(create_tree(&m, &built, &[]).is_err());
+        assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
+        std::fs::remove_file(built.join("a.bin")).unwrap();
+        std::fs::remove_dir(built.join("sub")).unwrap();
+        std::os::unix::fs::symlink(d.path(), built.join("sub")).unwrap();
+        assert!(create_tree(&m, &built, &[]).is_err());
+        assert!(!d.path().join("b.bin").exists());
+        // Served: a file replaced by a link after sharing is not read.
+        std::fs::remove_file(built.join("sub")).unwrap();
+        create_tree(&m, &built, &[]).unwrap();
+        let data = Data::open(&m, &built, true).unwrap();
+        data.write_chunk(&m, 0, b"hello").unwrap();
+        std::fs::remove_file(built.join("a.bin")).unwrap();
+        std::os::unix::fs::symlink(&outside, built.join("a.bin")).unwrap();
+        let fresh = Data::open(&m, &built, false).unwrap();
+        let mut buf = [0u8; 5];
+        assert!(fresh.read_chunk(&m, 0, &mut buf).is_err());
+    }
 
     #[test]
     fn patterns_select_paths_and_folders() {

@@ -13,7 +13,7 @@
 //! starts is not hashed again.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -97,8 +97,9 @@ pub async fn watch_loop(d: Arc<Daemon>, dir: PathBuf, settle: Duration) {
                 .unwrap_or_default()
         };
         let now = Instant::now();
-        pending.retain(|p, _| entries.iter().any(|(q, _)| q == p));
-        done.retain(|p, _| entries.iter().any(|(q, _)| q == p));
+        let present: HashSet<&PathBuf> = entries.iter().map(|(p, _)| p).collect();
+        pending.retain(|p, _| present.contains(p));
+        done.retain(|p, _| present.contains(p));
         for (path, sig) in entries {
             if first && owned.contains(&path) {
                 done.insert(path, sig);
@@ -110,8 +111,11 @@ pub async fn watch_loop(d: Arc<Daemon>, dir: PathBuf, settle: Duration) {
             match pending.get(&path) {
                 Some((s, since)) if *s == sig && now.duration_since(*since) >= settle => {
                     pending.remove(&path);
-                    done.insert(path.clone(), sig);
-                    share(&d, &path).await;
+                    // Refused for what it is: not again until it changes.
+                    // Failed on the way (tracker, disk): again next look.
+                    if share(&d, &path).await {
+                        done.insert(path.clone(), sig);
+                    }
                 }
                 Some((s, _)) if *s == sig => {}
                 _ => {
@@ -142,20 +146,28 @@ fn scan(dir: &Path) -> Vec<(PathBuf, Signature)> {
         .collect()
 }
 
-async fn share(d: &Arc<Daemon>, path: &Path) {
+/// Shares `path`; whether that is settled (shared, or refused for what
+/// the entry is) rather than failed on the way (status 500 and over).
+async fn share(d: &Arc<Daemon>, path: &Path) -> bool {
     let shown = path.display().to_string();
     let result = match d.inside_roots(path) {
         Ok(canonical) => d.share(&canonical).await,
         Err(r) => Err(r),
     };
     match result {
-        Ok(entry) => info!(
-            path = %shown,
-            file = %entry.id,
-            name = %entry.name,
-            size = entry.size,
-            "watch folder: shared"
-        ),
-        Err(r) => warn!(path = %shown, code = r.code, "watch folder: not shared: {}", r.message),
+        Ok(entry) => {
+            info!(
+                path = %shown,
+                file = %entry.id,
+                name = %entry.name,
+                size = entry.size,
+                "watch folder: shared"
+            );
+            true
+        }
+        Err(r) => {
+            warn!(path = %shown, code = r.code, "watch folder: not shared: {}", r.message);
+            r.status < 500
+        }
     }
 }

@@ -931,7 +931,12 @@ impl<'a> Download<'a> {
             .map_err(disk(&o.part))?;
         let dir = &self.plan.dir;
         let path = if o.manifest.is_folder() {
-            let path = finish_folder(dir, &o.part, &o.manifest).map_err(disk(dir))?;
+            let (d, built, m) = (dir.clone(), o.part.clone(), o.manifest.clone());
+            let path = tokio::task::spawn_blocking(move || finish_folder(&d, &built, &m))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(disk(dir))?;
             o.data.moved_to(&path);
             path
         } else {
@@ -991,7 +996,11 @@ pub fn prefix_of(m: &Manifest, have: &HaveBits, from: u32) -> (u32, u64) {
     while c < have.len() && have.get(c) {
         c += 1;
     }
-    let bytes = (c as u64 * m.chunk_size as u64).min(m.size);
+    // A folder has no one file to read from the start: no prefix.
+    let bytes = match m.tree {
+        None => (c as u64 * m.chunk_size as u64).min(m.size),
+        Some(_) => 0,
+    };
     (c, bytes)
 }
 
@@ -1023,11 +1032,19 @@ async fn open_output(plan: &DownloadPlan, manifest: Manifest, peers: usize) -> R
     let part = data_path(&plan.dir, &id, &manifest);
     let n = manifest.chunks.len() as u32;
     let wanted = crate::data::wanted_chunks(&manifest, &plan.only);
-    if wanted.as_ref().is_some_and(|w| w.count() == 0) {
+    let selects_any =
+        |t: &protocol::content::Tree| t.entries.iter().any(|e| crate::data::selects(&plan.only, e.path()));
+    if manifest.tree.as_ref().is_some_and(|t| !selects_any(t)) {
         return Err(DownloadError::NothingSelected(plan.only.join(", ")));
     }
     let data = if manifest.is_folder() {
-        crate::data::create_tree(&manifest, &part, &plan.only).map_err(disk(&part))?;
+        // Up to 100,000 files created: off the async workers.
+        let (m, at, only) = (manifest.clone(), part.clone(), plan.only.clone());
+        tokio::task::spawn_blocking(move || crate::data::create_tree(&m, &at, &only))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(disk(&part))?;
         Data::open(&manifest, &part, true).map_err(disk(&part))?
     } else {
         let file = OpenOptions::new()
@@ -1183,16 +1200,16 @@ fn finish_folder(dir: &Path, built: &Path, m: &Manifest) -> std::io::Result<Path
             }
             continue;
         }
-        // rename(2) onto a missing name; a name taken between the check
-        // and here fails with an error rather than being replaced, since
-        // a folder never replaces a non-empty folder or a file.
-        match std::fs::rename(built, &target) {
+        // Never onto a name taken between the check and here (not even
+        // an empty folder): RENAME_NOREPLACE.
+        let cwd = rustix::fs::CWD;
+        match rustix::fs::renameat_with(cwd, built, cwd, &target, rustix::fs::RenameFlags::NOREPLACE) {
             Ok(()) => return Ok(target),
-            Err(e) if target.exists() => {
-                debug!("{} taken meanwhile: {e}", target.display());
+            Err(e) if e == rustix::io::Errno::EXIST => {
+                debug!("{} taken meanwhile", target.display());
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     Err(std::io::Error::new(
@@ -1204,10 +1221,13 @@ fn finish_folder(dir: &Path, built: &Path, m: &Manifest) -> std::io::Result<Path
 /// Whether the file or folder at `path` is exactly what `m` describes
 /// (hashed again in full).
 pub fn same_content(path: &Path, m: &Manifest) -> bool {
-    if m.is_folder() {
+    if let Some(tree) = &m.tree {
+        // The tree first (a walk): a folder of another shape, however
+        // large, is not hashed.
         return std::fs::symlink_metadata(path).is_ok_and(|md| md.is_dir())
-            && protocol::content::hash_folder(path, m.name.clone(), m.chunk_size, false, |_| {})
-                .is_ok_and(|got| got.chunks == m.chunks && got.tree == m.tree);
+            && protocol::content::walk_tree(path, false).is_ok_and(|t| &t == tree)
+            && protocol::content::hash_tree(path, m.name.clone(), m.chunk_size, tree.clone(), |_| {})
+                .is_ok_and(|got| got.chunks == m.chunks);
     }
     std::fs::metadata(path).is_ok_and(|md| md.is_file() && md.len() == m.size)
         && protocol::content::hash_file(path, m.name.clone(), m.chunk_size, |_| {})
