@@ -16,8 +16,9 @@
 //!
 //! Folders: the daemon writes only in its storage folder (downloads) and
 //! the home, and reads for sharing only in the storage folder and the
-//! configuration's `share_roots`. A path from a request is used only after
-//! `canonicalize` and a check that it lies inside one of those.
+//! configuration's `share_roots` and `watch_dir`. A path from a request is
+//! used only after `canonicalize` and a check that it lies inside one of
+//! those.
 
 pub mod api;
 pub mod client;
@@ -879,7 +880,7 @@ pub fn inside(roots: &[PathBuf], path: &Path) -> Result<PathBuf, Refusal> {
         "outside_roots",
         format!(
             "{} is outside the folders this daemon may read; it may read only: {} \
-             (the storage folder and `share_roots` of the node's configuration)",
+             (the storage folder, and `share_roots` and `watch_dir` of the node's configuration)",
             path.display(),
             list.join(", ")
         ),
